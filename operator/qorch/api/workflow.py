@@ -1,0 +1,308 @@
+"""The ``HybridWorkflow`` custom resource (namespaced, short name ``hwf``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from qorch.api.meta import (
+    API_VERSION,
+    Condition,
+    ResourceName,
+    StrictModel,
+    SubtaskName,
+    schema_extra,
+)
+
+MAX_SUBTASKS = 200
+MAX_QASM_BYTES = 65536
+MAX_RESULT_BYTES = 4096
+
+
+class Primitive(StrEnum):
+    SAMPLER = "sampler"
+    ESTIMATOR = "estimator"
+
+
+class ConfigMapKeyRef(StrictModel):
+    name: ResourceName = Field(description="ConfigMap in the workflow's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key holding the OpenQASM source.")
+
+
+class CircuitSpec(StrictModel):
+    """A circuit evaluation: runs on a quantum backend or is simulated on a classical pool."""
+
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": schema_extra(**{
+            "x-kubernetes-validations": [
+                {"rule": "has(self.qasm) != has(self.configMapRef)",
+                 "message": "give exactly one of qasm or configMapRef"},
+                {"rule": "self.primitive != 'estimator' || "
+                         "(has(self.observables) && size(self.observables) > 0)",
+                 "message": "an estimator circuit needs at least one observable"},
+                {"rule": "self.primitive != 'sampler' || !has(self.observables)",
+                 "message": "observables apply to the estimator primitive only"},
+            ]
+        })
+    }
+
+    qasm: str | None = Field(default=None, max_length=MAX_QASM_BYTES,
+                             description="OpenQASM 3 (or 2) source of the circuit.")
+    configMapRef: ConfigMapKeyRef | None = Field(
+        default=None, description="ConfigMap key holding the OpenQASM source instead of qasm.")
+    primitive: Primitive = Field(default=Primitive.SAMPLER,
+                                 description="sampler (counts) or estimator (expectation values).")
+    shots: int = Field(default=1024, ge=1, le=1_000_000, description="Shots per evaluation.")
+    observables: list[str] | None = Field(
+        default=None, max_length=64,
+        description="Pauli strings for the estimator, e.g. 'ZZI' (leftmost = highest qubit).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CircuitSpec:
+        if (self.qasm is None) == (self.configMapRef is None):
+            raise ValueError("give exactly one of qasm or configMapRef")
+        if self.primitive is Primitive.ESTIMATOR and not self.observables:
+            raise ValueError("an estimator circuit needs at least one observable")
+        if self.primitive is Primitive.SAMPLER and self.observables:
+            raise ValueError("observables apply to the estimator primitive only")
+        return self
+
+
+class ClassicalResources(StrictModel):
+    cpu: str = Field(default="500m", max_length=16, pattern=r"^([0-9]+m?|[0-9]*\.[0-9]+)$",
+                     description="CPU request, Kubernetes quantity.")
+    memory: str = Field(default="512Mi", max_length=16,
+                        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+                        description="Memory request and limit, Kubernetes quantity.")
+    gpu: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu count; >0 needs a GPU pool.")
+
+
+class ClassicalSpec(StrictModel):
+    """A classical step run as a pod from a container image."""
+
+    image: str = Field(min_length=1, max_length=512, description="Container image.")
+    command: list[str] = Field(default_factory=list, max_length=64,
+                               description="Entrypoint override.")
+    args: list[str] = Field(default_factory=list, max_length=256)
+    env: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                description="Plain environment variables (no secrets here).")
+    resources: ClassicalResources = Field(default_factory=ClassicalResources)
+    annotations: dict[str, str] = Field(
+        default_factory=dict, max_length=32,
+        description="Extra annotations on the subtask's pods (e.g. for admission webhooks).")
+
+
+class SubtaskSpec(StrictModel):
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": schema_extra(**{
+            "x-kubernetes-validations": [
+                {"rule": "has(self.circuit) != has(self.classical)",
+                 "message": "a subtask is exactly one of circuit or classical"},
+            ]
+        })
+    }
+
+    name: SubtaskName = Field(description="Unique within the workflow; a DNS-1123 label.")
+    dependsOn: list[SubtaskName] = Field(
+        default_factory=list, max_length=50,
+        description="Subtasks that must succeed before this one starts.",
+        json_schema_extra=schema_extra(**{"x-kubernetes-list-type": "set"}))
+    circuit: CircuitSpec | None = None
+    classical: ClassicalSpec | None = None
+    maxRetries: int = Field(default=2, ge=0, le=10,
+                            description="Relaunches after a failed attempt before giving up.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SubtaskSpec:
+        if (self.circuit is None) == (self.classical is None):
+            raise ValueError("a subtask is exactly one of circuit or classical")
+        return self
+
+
+class Toleration(StrictModel):
+    key: str | None = Field(default=None, max_length=253)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ClassicalPool(StrictModel):
+    """A set of nodes subtask pods may run on, chosen by node labels."""
+
+    name: ResourceName
+    nodeSelector: dict[str, str] = Field(default_factory=dict, max_length=16,
+                                         description="Labels the pool's nodes carry.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
+    gpu: bool = Field(default=False, description="Nodes have nvidia.com/gpu.")
+    maxQubits: int = Field(default=30, ge=1, le=100,
+                           description="Largest circuit this pool simulates exactly.")
+
+
+def default_pools() -> list[ClassicalPool]:
+    return [
+        ClassicalPool(name="cpu", nodeSelector={"qorch.io/pool": "cpu"}, maxQubits=28),
+        ClassicalPool(
+            name="gpu", nodeSelector={"qorch.io/pool": "gpu"}, gpu=True, maxQubits=32,
+            tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists",
+                                    effect="NoSchedule")],
+        ),
+    ]
+
+
+class ResourcesSpec(StrictModel):
+    quantumBackends: list[ResourceName] = Field(
+        default_factory=list, max_length=20,
+        description="Names of cluster QuantumBackends this workflow may use.")
+    classicalPools: list[ClassicalPool] = Field(
+        default_factory=default_pools, max_length=10,
+        description="Classical node pools; default: cpu and gpu by the qorch.io/pool label.")
+
+
+class ObjectivePreset(StrEnum):
+    SPEED = "speed"
+    ACCURACY = "accuracy"
+    COST = "cost"
+    BALANCED = "balanced"
+
+
+class Weights(StrictModel):
+    time: float = Field(ge=0, le=1)
+    error: float = Field(ge=0, le=1)
+    cost: float = Field(ge=0, le=1)
+
+
+class ObjectiveSpec(StrictModel):
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": schema_extra(**{
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.weights) || "
+                         "self.weights.time + self.weights.error + self.weights.cost > 0.0",
+                 "message": "at least one weight must be positive"},
+            ]
+        })
+    }
+
+    preset: ObjectivePreset = Field(default=ObjectivePreset.BALANCED)
+    weights: Weights | None = Field(default=None,
+                                    description="Explicit weights; override the preset.")
+
+
+class BudgetSpec(StrictModel):
+    maxCostUSD: float | None = Field(default=None, ge=0, le=1e6)
+    deadlineSeconds: int | None = Field(default=None, ge=1, le=30 * 86400)
+
+
+class ReallocationSpec(StrictModel):
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": schema_extra(**{
+            "x-kubernetes-validations": [
+                {"rule": "self.hysteresis <= self.threshold",
+                 "message": "hysteresis must not exceed threshold"},
+            ]
+        })
+    }
+
+    enabled: bool = True
+    intervalSeconds: int = Field(default=15, ge=1, le=3600)
+    threshold: float = Field(default=0.2, ge=0, le=1,
+                             description="Relative cost gain a move must beat.")
+    hysteresis: float = Field(default=0.05, ge=0, le=1)
+    maxMovesPerSubtask: int = Field(default=2, ge=0, le=10)
+
+
+class HybridWorkflowSpec(StrictModel):
+    subtasks: list[SubtaskSpec] = Field(
+        min_length=1, max_length=MAX_SUBTASKS,
+        description="The steps of the workflow, a DAG through dependsOn. Immutable.",
+        # A map-list keyed by name: the apiserver itself rejects duplicate names.
+        json_schema_extra=schema_extra(**{
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf",
+                 "message": "subtasks are immutable; create a new workflow to change them"},
+            ],
+        }),
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    reallocation: ReallocationSpec = Field(default_factory=ReallocationSpec)
+
+
+class WorkflowPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class SubtaskPhase(StrEnum):
+    PENDING = "Pending"        # waiting for dependencies
+    LAUNCHING = "Launching"    # pod created (gated) or job being submitted
+    SCHEDULED = "Scheduled"    # placement applied; pod not yet running / job queued
+    RUNNING = "Running"
+    RETRYING = "Retrying"      # last attempt failed; next one after backoff
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"        # never ran: the workflow failed first
+
+
+class ResourceKind(StrEnum):
+    POOL = "pool"
+    BACKEND = "backend"
+
+
+class Placement(StrictModel):
+    kind: ResourceKind
+    name: str = Field(max_length=63)
+
+
+class HistoryEntry(StrictModel):
+    time: str
+    event: str = Field(max_length=64)
+    message: str = Field(default="", max_length=1024)
+
+
+class SubtaskStatus(StrictModel):
+    name: str
+    phase: SubtaskPhase = SubtaskPhase.PENDING
+    attempts: int = Field(default=0, ge=0)
+    placement: Placement | None = None
+    podName: str | None = None
+    jobId: str | None = None
+    launchedAt: str | None = None
+    startedAt: str | None = None
+    finishedAt: str | None = None
+    retryAfter: str | None = None
+    moves: int = Field(default=0, ge=0)
+    message: str = Field(default="", max_length=4096)
+    result: dict[str, Any] | None = Field(
+        default=None, description="Small result (counts or expectation values).",
+        json_schema_extra=schema_extra(**{"x-kubernetes-preserve-unknown-fields": True}))
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=32)
+
+
+class HybridWorkflowStatus(StrictModel):
+    phase: WorkflowPhase = WorkflowPhase.PENDING
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16,
+        json_schema_extra=schema_extra(**{"x-kubernetes-list-type": "map",
+                                          "x-kubernetes-list-map-keys": ["type"]}))
+    subtasks: list[SubtaskStatus] = Field(default_factory=list, max_length=MAX_SUBTASKS)
+    progress: str = Field(default="0/0", description="Succeeded/total subtasks.")
+    moves: int = Field(default=0, ge=0)
+    costUSD: float = Field(default=0.0, ge=0)
+    startedAt: str | None = None
+    finishedAt: str | None = None
+
+
+class HybridWorkflow(StrictModel):
+    apiVersion: Literal["qorch.io/v1alpha1"] = API_VERSION
+    kind: Literal["HybridWorkflow"] = "HybridWorkflow"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: HybridWorkflowSpec
+    status: HybridWorkflowStatus | None = None

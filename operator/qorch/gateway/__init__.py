@@ -1,0 +1,1 @@
+"""Quantum gateway: the service behind a QuantumBackend, and clients of it."""

@@ -1,0 +1,1 @@
+"""Performance Monitoring Agent (exporters) and the Prometheus reader."""

@@ -1,0 +1,113 @@
+"""Turn a ``Plan`` into API writes: pods, gateway jobs, the status, Events, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from kubernetes.client import ApiException, CoreV1Api, CustomObjectsApi
+
+from qorch.api.meta import GROUP, VERSION
+from qorch.api.workflow import HybridWorkflowSpec
+from qorch.gateway.base import GatewayClient, GatewayError, JobRequest
+from qorch.metrics import operator_metrics as metrics
+from qorch.operator.podspec import GATE, build_pod, release_patch
+from qorch.orchestrator.plan import (
+    CancelJob,
+    CreatePod,
+    DeletePod,
+    Event,
+    Plan,
+    ReleasePod,
+    SubmitJob,
+)
+
+
+class Applier:
+    def __init__(self, core: CoreV1Api, custom: CustomObjectsApi, gateway: GatewayClient,
+                 worker_image: str) -> None:
+        self.core = core
+        self.custom = custom
+        self.gateway = gateway
+        self.worker_image = worker_image
+
+    async def apply(self, body: dict[str, Any], spec: HybridWorkflowSpec, plan: Plan,
+                    qasm: dict[str, str], logger: logging.Logger) -> list[Event]:
+        """Perform the plan's actions, then write the status. Returns the Events to post,
+        including Warnings for writes that failed (the next cycle retries them)."""
+        events = list(plan.events)
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        subtasks = {s.name: s for s in spec.subtasks}
+        pools = {p.name: p for p in spec.resources.classicalPools}
+        for action in plan.actions:
+            try:
+                if isinstance(action, CreatePod):
+                    manifest = build_pod(workflow=dict(body), subtask=subtasks[action.subtask],
+                                         attempt=action.attempt, pod_name=action.pod_name,
+                                         worker_image=self.worker_image)
+                    await self._create_pod(namespace, manifest)
+                elif isinstance(action, ReleasePod):
+                    await self._release_pod(namespace, action.pod_name, pools[action.pool])
+                    metrics.placements(pools[action.pool].name, "pool")
+                elif isinstance(action, DeletePod):
+                    await self._delete_pod(namespace, action.pod_name)
+                elif isinstance(action, SubmitJob):
+                    circuit = subtasks[action.subtask].circuit
+                    assert circuit is not None
+                    await self.gateway.submit(JobRequest(
+                        job_id=action.job_id, backend=action.backend,
+                        qasm=qasm[action.subtask], primitive=circuit.primitive.value,
+                        shots=circuit.shots, observables=tuple(circuit.observables or ())))
+                    metrics.placements(action.backend, "backend")
+                elif isinstance(action, CancelJob):
+                    await self.gateway.cancel(action.backend, action.job_id)
+            except (ApiException, GatewayError) as exc:
+                reason = getattr(exc, "reason", None) or str(exc)
+                message = f"{type(action).__name__} failed: {_api_message(exc) or reason}"
+                logger.warning("%s/%s: %s", namespace, name, message)
+                events.append(Event("ActionFailed", message, warning=True))
+                metrics.action_failures(type(action).__name__)
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, namespace, "hybridworkflows", name,
+            {"status": plan.status.model_dump(mode="json")},
+        )
+        for ev in events:
+            metrics.decisions(ev.reason)
+        return events
+
+    async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:  # already exists: a replayed plan, nothing to do
+                raise
+
+    async def _release_pod(self, namespace: str, pod_name: str, pool: Any) -> None:
+        pod = await asyncio.to_thread(self.core.read_namespaced_pod, pod_name, namespace)
+        raw = self.core.api_client.sanitize_for_serialization(pod)
+        gates = [g.get("name") for g in raw.get("spec", {}).get("schedulingGates") or []]
+        if GATE not in gates:
+            return  # released already (a replayed plan)
+        await asyncio.to_thread(self.core.patch_namespaced_pod, pod_name, namespace,
+                                release_patch(raw, pool))
+
+    async def _delete_pod(self, namespace: str, pod_name: str) -> None:
+        try:
+            await asyncio.to_thread(self.core.delete_namespaced_pod, pod_name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _api_message(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, str | bytes):
+        try:
+            return str(json.loads(body).get("message", ""))
+        except (ValueError, AttributeError):
+            return ""
+    return ""

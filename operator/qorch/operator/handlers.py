@@ -1,0 +1,175 @@
+"""Kopf handlers: translate events into pure ``plan`` calls and the plans into writes.
+
+One daemon per HybridWorkflow drives it (level-based: each cycle compares the
+recorded status with the pods and gateway jobs it finds); pod events wake the daemon,
+and it re-plans at least every ``resync_seconds`` anyway. Run with ``qorch operator``
+or ``kopf run -m qorch.operator.handlers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from qorch.api.backend import GatewayRef, Provider
+from qorch.api.meta import GROUP, VERSION
+from qorch.api.workflow import HybridWorkflowStatus, ResourceKind, WorkflowPhase
+from qorch.metrics import operator_metrics as metrics
+from qorch.operator.podspec import LABEL_MANAGED_BY, LABEL_WORKFLOW, pod_state
+from qorch.operator.runtime import Runtime, build_snapshot, parse_spec
+from qorch.operator.settings import OperatorSettings
+from qorch.orchestrator.lifecycle import ACTIVE
+from qorch.orchestrator.plan import plan
+from qorch.orchestrator.snapshot import BackendInfo, PodState
+
+MANAGED = {LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT}
+TERMINAL = (WorkflowPhase.SUCCEEDED.value, WorkflowPhase.FAILED.value)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
+                    logger: logging.Logger, **_: Any) -> None:
+    ours = OperatorSettings.from_env()
+    settings.peering.name = "qorch"
+    settings.peering.mandatory = True
+    settings.peering.clusterwide = True
+    settings.peering.priority = ours.priority
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{GROUP}/gateway-jobs"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 120
+    memo.runtime = Runtime.build(ours)
+    if ours.metrics_port:
+        start_http_server(ours.metrics_port)
+    logger.info("qorch operator started (peering priority %d, gateway %s)",
+                ours.priority, ours.gateway_mode)
+
+
+@kopf.index("pods", labels=MANAGED)
+def workflow_pods(namespace: str, labels: dict[str, str], body: kopf.Body,
+                  **_: Any) -> dict[tuple[str, str], PodState]:
+    return {(namespace, labels[LABEL_WORKFLOW]): pod_state(_plain(body))}
+
+
+@kopf.index(GROUP, VERSION, "quantumbackends")
+def quantum_backends(name: str, spec: kopf.Spec, status: kopf.Status,
+                     **_: Any) -> dict[str, BackendInfo]:
+    return {name: BackendInfo(
+        name=name,
+        provider=Provider(spec.get("provider", "aer")),
+        num_qubits=int(spec.get("numQubits", 30)),
+        healthy=status.get("healthy") is not False,
+        queue_length=int(status.get("queueLength") or 0),
+        price_per_qpu_second=float(spec.get("pricePerQpuSecondUSD", 0.0)),
+    )}
+
+
+@kopf.on.event(GROUP, VERSION, "quantumbackends")
+def track_gateway_url(name: str, spec: kopf.Spec, type: str | None, memo: kopf.Memo,
+                      **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    gateway = spec.get("gateway")
+    if type == "DELETED" or not gateway:
+        runtime.gateway_urls.pop(name, None)
+    else:
+        runtime.gateway_urls[name] = GatewayRef.model_validate(dict(gateway)).base_url()
+
+
+@kopf.on.event("pods", labels=MANAGED)
+def wake_on_pod_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
+                      **_: Any) -> None:
+    memo.runtime.wake(namespace, labels[LABEL_WORKFLOW])
+
+
+@kopf.daemon(GROUP, VERSION, "hybridworkflows", cancellation_timeout=10.0,
+             when=lambda status, **_: status.get("phase") not in TERMINAL)
+async def drive_workflow(stopped: kopf.DaemonStopped, body: kopf.Body, name: str,
+                         namespace: str, memo: kopf.Memo, logger: logging.Logger,
+                         workflow_pods: kopf.Index[tuple[str, str], PodState],
+                         quantum_backends: kopf.Index[str, BackendInfo], **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    wake = runtime.wakeup(namespace, name)
+    # This daemon is the only writer of the status: after its first write it trusts what it
+    # wrote over the (possibly lagging) watched body.
+    status = HybridWorkflowStatus.model_validate(_plain(body).get("status") or {})
+    try:
+        while not stopped:
+            wake.clear()
+            started = time.perf_counter()
+            raw = _plain(body)
+            spec, problem = parse_spec(raw.get("spec") or {})
+            if spec is None:
+                await _fail_unparseable(runtime, raw, problem)
+                return
+            sources, infos = await runtime.load_sources(namespace, spec)
+            snapshot = build_snapshot(
+                namespace=namespace, name=name,
+                generation=int(raw["metadata"].get("generation") or 1), spec=spec,
+                status=status, pods=list(workflow_pods.get((namespace, name), [])),
+                jobs=await runtime.job_states(status),
+                backends=[b for store in quantum_backends.values() for b in store],
+                circuits_info=infos, runtime=runtime)
+            decided = plan(snapshot, runtime.policy)
+            events = await runtime.applier.apply(raw, spec, decided, sources, logger)
+            for ev in events:
+                (kopf.warn if ev.warning else kopf.info)(body, reason=ev.reason,
+                                                         message=ev.message[:1024])
+            status = decided.status
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+            if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
+                logger.info("workflow %s/%s %s", namespace, name, status.phase)
+                return
+            delay = runtime.settings.resync_seconds
+            if decided.requeue_after is not None:
+                delay = min(delay, max(decided.requeue_after.total_seconds(), 0.05))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=delay)
+    finally:
+        runtime.wakeups.pop((namespace, name), None)
+
+
+async def _fail_unparseable(runtime: Runtime, raw: dict[str, Any], problem: str) -> None:
+    """The schema let through something the models reject (e.g. an older CRD): fail loudly."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = {
+        "phase": WorkflowPhase.FAILED.value,
+        "observedGeneration": raw["metadata"].get("generation"),
+        "finishedAt": now,
+        "conditions": [{"type": "Valid", "status": "False", "reason": "InvalidSpec",
+                        "message": problem[:4096], "lastTransitionTime": now}],
+    }
+    meta = raw["metadata"]
+    await asyncio.to_thread(runtime.custom.patch_namespaced_custom_object_status, GROUP,
+                            VERSION, meta["namespace"], "hybridworkflows", meta["name"],
+                            {"status": status})
+    kopf.warn(raw, reason="InvalidSpec", message=problem[:1024])
+
+
+@kopf.on.delete(GROUP, VERSION, "hybridworkflows")
+async def cancel_gateway_jobs(status: kopf.Status, memo: kopf.Memo, logger: logging.Logger,
+                              **_: Any) -> None:
+    """Pods go with the workflow by owner reference; queued QPU jobs need cancelling."""
+    runtime: Runtime = memo.runtime
+    parsed = HybridWorkflowStatus.model_validate(dict(status) or {})
+    for st in parsed.subtasks:
+        if st.phase in ACTIVE and st.jobId and st.placement and (
+                st.placement.kind is ResourceKind.BACKEND):
+            try:
+                await runtime.gateway.cancel(st.placement.name, st.jobId)
+            except Exception as exc:  # noqa: BLE001 - deletion must not hang on a gateway
+                logger.warning("could not cancel job %s: %s", st.jobId, exc)
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    """Kopf bodies are read-only views; the pure code gets plain dicts."""
+    import copy
+
+    return copy.deepcopy(dict(body))

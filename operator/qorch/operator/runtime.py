@@ -1,0 +1,154 @@
+"""Everything the handlers share, built once at start-up and handed over through memo."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client, config
+from pydantic import ValidationError
+
+from qorch import circuits
+from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, ResourceKind
+from qorch.gateway.base import GatewayClient, GatewayError
+from qorch.operator.apply import Applier
+from qorch.operator.settings import OperatorSettings
+from qorch.orchestrator.lifecycle import ACTIVE
+from qorch.orchestrator.placement import PlacementPolicy, RulePolicy
+from qorch.orchestrator.snapshot import (
+    BackendInfo,
+    CircuitInfo,
+    JobState,
+    PodState,
+    WorkflowSnapshot,
+)
+
+
+def make_gateway(settings: OperatorSettings, urls: dict[str, str]) -> GatewayClient:
+    if settings.gateway_mode == "scripted":
+        from qorch.gateway.fake import ScriptedGateway
+
+        return ScriptedGateway(queue_seconds=settings.scripted_queue_seconds,
+                               run_seconds=settings.scripted_run_seconds)
+    from qorch.gateway.client import HttpGatewayClient
+
+    return HttpGatewayClient(urls)
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    core: client.CoreV1Api
+    custom: client.CustomObjectsApi
+    gateway: GatewayClient
+    applier: Applier
+    policy: PlacementPolicy
+    gateway_urls: dict[str, str]
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    _circuit_cache: dict[str, CircuitInfo] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: OperatorSettings) -> Runtime:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api = client.ApiClient()
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        urls: dict[str, str] = {}
+        gateway = make_gateway(settings, urls)
+        applier = Applier(core, custom, gateway, settings.worker_image)
+        return cls(settings, core, custom, gateway, applier, RulePolicy(), urls)
+
+    def wakeup(self, namespace: str, name: str) -> asyncio.Event:
+        return self.wakeups.setdefault((namespace, name), asyncio.Event())
+
+    def wake(self, namespace: str, name: str) -> None:
+        event = self.wakeups.get((namespace, name))
+        if event is not None:
+            event.set()
+
+    async def load_sources(self, namespace: str, spec: HybridWorkflowSpec
+                           ) -> tuple[dict[str, str], dict[str, CircuitInfo]]:
+        """QASM source and parse result of every circuit subtask (ConfigMaps read here)."""
+        sources: dict[str, str] = {}
+        infos: dict[str, CircuitInfo] = {}
+        for sub in spec.subtasks:
+            if sub.circuit is None:
+                continue
+            if sub.circuit.qasm is not None:
+                source = sub.circuit.qasm
+            else:
+                ref = sub.circuit.configMapRef
+                assert ref is not None
+                try:
+                    cm = await asyncio.to_thread(self.core.read_namespaced_config_map,
+                                                 ref.name, namespace)
+                except client.ApiException as exc:
+                    infos[sub.name] = CircuitInfo(
+                        error=f"ConfigMap {ref.name!r} cannot be read ({exc.status} {exc.reason})")
+                    continue
+                data = cm.data or {}
+                if ref.key not in data:
+                    infos[sub.name] = CircuitInfo(
+                        error=f"ConfigMap {ref.name!r} has no key {ref.key!r}")
+                    continue
+                source = data[ref.key]
+            sources[sub.name] = source
+            digest = hashlib.sha256(source.encode()).hexdigest()
+            if digest not in self._circuit_cache:
+                self._circuit_cache[digest] = await asyncio.to_thread(circuits.inspect, source)
+            infos[sub.name] = self._circuit_cache[digest]
+        return sources, infos
+
+    async def job_states(self, status: HybridWorkflowStatus) -> dict[str, JobState]:
+        by_backend: dict[str, list[str]] = {}
+        for st in status.subtasks:
+            if st.phase in ACTIVE and st.jobId and st.placement and (
+                    st.placement.kind is ResourceKind.BACKEND):
+                by_backend.setdefault(st.placement.name, []).append(st.jobId)
+        states: dict[str, JobState] = {}
+        for backend, ids in by_backend.items():
+            try:
+                states.update(await self.gateway.status(backend, ids))
+            except GatewayError as exc:
+                # Unknown state is not "gone": keep the jobs out of the planner's reach by
+                # reporting them as still queued rather than missing (which would resubmit).
+                logging.getLogger(__name__).warning("gateway %s: %s", backend, exc)
+                states.update(_assume_unchanged(ids))
+        return states
+
+
+def _assume_unchanged(ids: Iterable[str]) -> dict[str, JobState]:
+    from qorch.orchestrator.snapshot import JobPhase
+
+    return {i: JobState(i, JobPhase.QUEUED, "gateway unreachable") for i in ids}
+
+
+def parse_spec(raw: dict[str, Any]) -> tuple[HybridWorkflowSpec | None, str]:
+    try:
+        return HybridWorkflowSpec.model_validate(raw), ""
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                   for p in err["loc"])
+            parts.append(f"{loc}: {err['msg']}")
+        return None, "; ".join(parts)
+
+
+def build_snapshot(*, namespace: str, name: str, generation: int, spec: HybridWorkflowSpec,
+                   status: HybridWorkflowStatus, pods: Iterable[PodState],
+                   jobs: dict[str, JobState], backends: Iterable[BackendInfo],
+                   circuits_info: dict[str, CircuitInfo], runtime: Runtime) -> WorkflowSnapshot:
+    return WorkflowSnapshot(
+        namespace=namespace, name=name, generation=generation, spec=spec, status=status,
+        now=dt.datetime.now(dt.UTC), pods={p.name: p for p in pods if not p.deleting},
+        jobs=jobs, backends={b.name: b for b in backends}, circuits=circuits_info,
+        config=runtime.settings.planner,
+    )

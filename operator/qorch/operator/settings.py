@@ -1,0 +1,55 @@
+"""Operator settings, read once from the environment at start-up (Helm sets them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+from dataclasses import dataclass, field
+
+from qorch.orchestrator.snapshot import PlannerConfig
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    worker_image: str = "ghcr.io/qorch/qorch:0.1.0"
+    gateway_mode: str = "http"          # "http" (real gateways) or "scripted" (test double)
+    scripted_queue_seconds: float = 0.5
+    scripted_run_seconds: float = 0.5
+    resync_seconds: float = 10.0        # re-plan at least this often even without events
+    priority: int = field(default_factory=lambda: random.randint(1, 1_000_000))
+    metrics_port: int = 8080
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        mode = os.environ.get("QORCH_GATEWAY", "http")
+        if mode not in ("http", "scripted"):
+            raise ValueError(f"QORCH_GATEWAY={mode!r}: expected 'http' or 'scripted'")
+        priority_raw = os.environ.get("QORCH_PRIORITY")
+        defaults = cls()
+        return cls(
+            worker_image=os.environ.get("QORCH_WORKER_IMAGE", defaults.worker_image),
+            gateway_mode=mode,
+            scripted_queue_seconds=_float("QORCH_SCRIPTED_QUEUE_SECONDS", 0.5),
+            scripted_run_seconds=_float("QORCH_SCRIPTED_RUN_SECONDS", 0.5),
+            resync_seconds=_float("QORCH_RESYNC_SECONDS", 10.0),
+            priority=int(priority_raw) if priority_raw else defaults.priority,
+            metrics_port=int(_float("QORCH_METRICS_PORT", 8080)),
+            planner=PlannerConfig(
+                retry_backoff_base=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_SECONDS", 10)),
+                retry_backoff_max=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_MAX_SECONDS",
+                                                              300)),
+                lost_pod_grace=dt.timedelta(seconds=_float("QORCH_LOST_POD_GRACE_SECONDS", 30)),
+            ),
+        )

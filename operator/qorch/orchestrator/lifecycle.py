@@ -1,0 +1,28 @@
+"""The subtask lifecycle as an explicit table of valid transitions (checked on every write)."""
+
+from __future__ import annotations
+
+from qorch.api.workflow import SubtaskPhase as P
+
+VALID_TRANSITIONS: dict[P, frozenset[P]] = {
+    P.PENDING: frozenset({P.LAUNCHING, P.SKIPPED, P.FAILED}),
+    P.LAUNCHING: frozenset({P.SCHEDULED, P.RUNNING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
+    P.SCHEDULED: frozenset({P.RUNNING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
+    P.RUNNING: frozenset({P.SUCCEEDED, P.RETRYING, P.FAILED}),
+    P.RETRYING: frozenset({P.LAUNCHING, P.FAILED}),
+    P.SUCCEEDED: frozenset(),
+    P.FAILED: frozenset(),
+    P.SKIPPED: frozenset(),
+}
+
+ACTIVE = frozenset({P.LAUNCHING, P.SCHEDULED, P.RUNNING})
+TERMINAL = frozenset({P.SUCCEEDED, P.FAILED, P.SKIPPED})
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def check_transition(subtask: str, old: P, new: P) -> None:
+    if old != new and new not in VALID_TRANSITIONS[old]:
+        raise InvalidTransition(f"subtask {subtask!r}: {old} -> {new} is not a valid transition")

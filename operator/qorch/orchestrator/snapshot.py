@@ -1,0 +1,90 @@
+"""The immutable view of the world one planning cycle decides on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from qorch.api.backend import Provider
+from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus
+
+
+class PodPhase(StrEnum):
+    GATED = "Gated"          # still carries Qorch's scheduling gate
+    PENDING = "Pending"      # gate removed, not running yet (unbound or starting)
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    subtask: str
+    attempt: int
+    phase: PodPhase
+    node: str | None = None
+    message: str = ""
+    result: dict[str, Any] | None = None
+    deleting: bool = False
+
+
+class JobPhase(StrEnum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    DONE = "Done"
+    ERROR = "Error"
+    CANCELLED = "Cancelled"
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    phase: JobPhase
+    message: str = ""
+    result: dict[str, Any] | None = None
+    qpu_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    provider: Provider
+    num_qubits: int
+    healthy: bool = True
+    queue_length: int = 0
+    price_per_qpu_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class CircuitInfo:
+    """What the operator learned parsing a circuit (parsing needs qiskit: not in here)."""
+
+    num_qubits: int | None = None
+    depth: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    retry_backoff_base: dt.timedelta = dt.timedelta(seconds=10)
+    retry_backoff_max: dt.timedelta = dt.timedelta(minutes=5)
+    # How long a launched pod may be missing from the cache before it counts as lost.
+    lost_pod_grace: dt.timedelta = dt.timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class WorkflowSnapshot:
+    namespace: str
+    name: str
+    generation: int
+    spec: HybridWorkflowSpec
+    status: HybridWorkflowStatus
+    now: dt.datetime
+    pods: dict[str, PodState] = field(default_factory=dict)
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    backends: dict[str, BackendInfo] = field(default_factory=dict)
+    circuits: dict[str, CircuitInfo] = field(default_factory=dict)
+    config: PlannerConfig = field(default_factory=PlannerConfig)

@@ -1,0 +1,1 @@
+"""Predictive model served by onnxruntime."""

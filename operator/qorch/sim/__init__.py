@@ -1,0 +1,1 @@
+"""Digital twin: runs the orchestrator's ``plan`` on a simulated clock."""
