@@ -8,6 +8,7 @@ For manual debugging, the kubeconfig path is printed at start; or run
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -24,19 +25,21 @@ from tests.harness.cluster import Cluster  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def session_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="qorch-test-") as d:
-        yield Path(d)
+def session_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Logs of every process the tests start; kept (and named on stderr) when a test fails."""
+    path = Path(tempfile.mkdtemp(prefix="qorch-test-"))
+    yield path
+    if request.session.testsfailed or os.environ.get("QORCH_KEEP_TEST_DIR"):
+        sys.stderr.write(f"\n[qorch] logs kept in {path}\n")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def control_plane(session_dir: Path) -> Iterator[cp_mod.ControlPlane]:
-    plane = cp_mod.start(session_dir / "control-plane")
+    plane = cp_mod.start(session_dir / "control-plane", crds=REPO / "crds")
     sys.stderr.write(f"\n[qorch] control plane up: export KUBECONFIG={plane.kubeconfig}\n")
     try:
-        plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        plane.kubectl("wait", "--for", "condition=Established", "--timeout", "60s",
-                      "crd", "--all")
         yield plane
     finally:
         plane.stop()

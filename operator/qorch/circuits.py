@@ -21,8 +21,23 @@ def load_qasm(source: str) -> QuantumCircuit:
             return qasm2.loads(source, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
         return qasm3.loads(source)
     except Exception as exc:  # qiskit raises several unrelated types for bad input
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CircuitError(f"OpenQASM does not parse: {first_line}") from exc
+        raise CircuitError(f"OpenQASM does not parse: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """The most specific message in the cause chain; the OpenQASM 3 parser bails out with
+    an empty exception whose cause holds the offending token."""
+    pending: list[object] = [exc]
+    while pending:
+        seen = pending.pop(0)
+        token = getattr(seen, "offendingToken", None)
+        if token is not None:
+            return f"line {token.line}, column {token.column + 1}: unexpected {token.text!r}"
+        if isinstance(seen, BaseException):
+            pending.extend(a for a in seen.args if isinstance(a, BaseException))
+            pending.extend(e for e in (seen.__cause__, seen.__context__) if e is not None)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def inspect(source: str) -> CircuitInfo:

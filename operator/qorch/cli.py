@@ -45,6 +45,8 @@ def _operator(args: argparse.Namespace) -> int:
 
     import qorch.operator.handlers  # noqa: F401  (registers the handlers)
 
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()],
+                   log_prefix=True)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace or [],
         liveness_endpoint=args.liveness or None,
@@ -72,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="watch only this namespace (repeatable); default: all")
     p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
                    help="liveness endpoint URL ('' to disable)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     p.set_defaults(func=_operator)
 
     for name in ("gateway", "worker", "demo", "simulate", "train"):

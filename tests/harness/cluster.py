@@ -28,7 +28,10 @@ class Cluster:
 
     def apply(self, manifest: str, namespace: str | None = None, check: bool = True) -> Any:
         args = ["apply", "-f", "-"] + (["-n", namespace] if namespace else [])
-        return self.plane.kubectl(*args, input=manifest, check=check)
+        out = self.plane.kubectl(*args, input=manifest, check=False)
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl apply failed: {out.stderr}")
+        return out
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])

@@ -168,8 +168,13 @@ current-context: qorch-test
 
 
 def start(workdir: Path, nodes: tuple[NodeSpec, ...] = DEFAULT_NODES,
-          extra_kwok_args: tuple[str, ...] = ()) -> ControlPlane:
-    """Start every component, create the KWOK nodes, wait until they are Ready."""
+          extra_kwok_args: tuple[str, ...] = (), crds: Path | None = None) -> ControlPlane:
+    """Start every component, create the KWOK nodes, wait until they are Ready.
+
+    ``crds`` are applied before kube-controller-manager starts: its garbage collector
+    discovers new resource types only every 30 s, so owner references to a CRD created
+    later would be honoured late.
+    """
     bin_dir = control_plane_bin_dir()
     workdir.mkdir(parents=True, exist_ok=True)
     pki = pki_mod.generate(workdir / "pki")
@@ -205,6 +210,10 @@ def start(workdir: Path, nodes: tuple[NodeSpec, ...] = DEFAULT_NODES,
             "--profiling=false", "-v", "1",
         ])
         _wait("kube-apiserver /readyz", cp, lambda: _api_ready(cp), 60)
+        if crds is not None:
+            cp.kubectl("apply", "--server-side", "-f", str(crds))
+            cp.kubectl("wait", "--for", "condition=Established", "--timeout", "60s",
+                       "crd", "--all")
         common = ["--kubeconfig", str(cp.kubeconfig), "--leader-elect=false",
                   "--kube-api-qps", "1000", "--kube-api-burst", "2000", "-v", "1"]
         _spawn(cp, "kube-controller-manager", [

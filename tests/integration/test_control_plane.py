@@ -53,6 +53,21 @@ def test_crd_accepts_a_valid_workflow(cluster: Cluster, namespace: str) -> None:
     assert got is not None and got["spec"]["subtasks"][0]["name"] == "step"
 
 
+@pytest.mark.parametrize("spec", [
+    # Every optional field left out: the CEL rules must not trip over missing keys.
+    "subtasks: [{name: q, circuit: {qasm: 'OPENQASM 3.0; qubit[1] q;'}}]",
+    "subtasks: [{name: q, circuit: {qasm: 'x', primitive: estimator, observables: [Z]}}]",
+    "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.3}",
+    "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {hysteresis: 0.1}",
+    "subtasks: [{name: a, classical: {image: x}}]\n  objective: {weights: {time: 1, error: 0, "
+    "cost: 0}}",
+])
+def test_crd_accepts_minimal_variants(cluster: Cluster, namespace: str, spec: str) -> None:
+    manifest = ("apiVersion: qorch.io/v1alpha1\nkind: HybridWorkflow\n"
+                f"metadata: {{name: ok}}\nspec:\n  {spec}\n")
+    cluster.apply(manifest, namespace)
+
+
 @pytest.mark.parametrize(("spec", "expected"), [
     ("subtasks: []", "spec.subtasks: Invalid value: 0: spec.subtasks in body should have at "
                      "least 1 items"),
@@ -67,6 +82,12 @@ def test_crd_accepts_a_valid_workflow(cluster: Cluster, namespace: str) -> None:
      "spec.objective.preset: Unsupported value"),
     ("subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.1, "
      "hysteresis: 0.5}", "hysteresis must not exceed threshold"),
+    ("subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.01}",
+     "hysteresis must not exceed threshold"),
+    ("subtasks: [{name: a, circuit: {qasm: x, observables: [Z]}}]",
+     "observables apply to the estimator primitive only"),
+    ("subtasks: [{name: a, classical: {image: x}}]\n  objective: {weights: {time: 0, "
+     "error: 0, cost: 0}}", "at least one weight must be positive"),
     ("subtasks: [{name: a, classical: {image: x, colour: red}}]", 'unknown field "spec.subtasks[0].classical.colour"'),
 ])
 def test_crd_rejects_invalid_workflows(cluster: Cluster, namespace: str, spec: str,

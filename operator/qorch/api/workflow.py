@@ -19,6 +19,8 @@ from qorch.api.meta import (
 MAX_SUBTASKS = 200
 MAX_QASM_BYTES = 65536
 MAX_RESULT_BYTES = 4096
+DEFAULT_THRESHOLD = 0.2
+DEFAULT_HYSTERESIS = 0.05
 
 
 class Primitive(StrEnum):
@@ -39,10 +41,12 @@ class CircuitSpec(StrictModel):
             "x-kubernetes-validations": [
                 {"rule": "has(self.qasm) != has(self.configMapRef)",
                  "message": "give exactly one of qasm or configMapRef"},
-                {"rule": "self.primitive != 'estimator' || "
+                # Optional fields have no schema defaults, so every rule guards with has().
+                {"rule": "!has(self.primitive) || self.primitive != 'estimator' || "
                          "(has(self.observables) && size(self.observables) > 0)",
                  "message": "an estimator circuit needs at least one observable"},
-                {"rule": "self.primitive != 'sampler' || !has(self.observables)",
+                {"rule": "(has(self.primitive) && self.primitive == 'estimator') || "
+                         "!has(self.observables)",
                  "message": "observables apply to the estimator primitive only"},
             ]
         })
@@ -198,7 +202,8 @@ class ReallocationSpec(StrictModel):
     model_config = StrictModel.model_config | {
         "json_schema_extra": schema_extra(**{
             "x-kubernetes-validations": [
-                {"rule": "self.hysteresis <= self.threshold",
+                {"rule": f"(has(self.hysteresis) ? self.hysteresis : {DEFAULT_HYSTERESIS}) <= "
+                         f"(has(self.threshold) ? self.threshold : {DEFAULT_THRESHOLD})",
                  "message": "hysteresis must not exceed threshold"},
             ]
         })
@@ -206,10 +211,18 @@ class ReallocationSpec(StrictModel):
 
     enabled: bool = True
     intervalSeconds: int = Field(default=15, ge=1, le=3600)
-    threshold: float = Field(default=0.2, ge=0, le=1,
+    threshold: float = Field(default=DEFAULT_THRESHOLD, ge=0, le=1,
                              description="Relative cost gain a move must beat.")
-    hysteresis: float = Field(default=0.05, ge=0, le=1)
+    hysteresis: float = Field(default=DEFAULT_HYSTERESIS, ge=0, le=1,
+                              description="Margin below threshold before a moved subtask may "
+                                          "move back.")
     maxMovesPerSubtask: int = Field(default=2, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _hysteresis_below_threshold(self) -> ReallocationSpec:
+        if self.hysteresis > self.threshold:
+            raise ValueError("hysteresis must not exceed threshold")
+        return self
 
 
 class HybridWorkflowSpec(StrictModel):

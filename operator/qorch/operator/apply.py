@@ -33,10 +33,11 @@ class Applier:
         self.gateway = gateway
         self.worker_image = worker_image
 
-    async def apply(self, body: dict[str, Any], spec: HybridWorkflowSpec, plan: Plan,
-                    qasm: dict[str, str], logger: logging.Logger) -> list[Event]:
-        """Perform the plan's actions, then write the status. Returns the Events to post,
-        including Warnings for writes that failed (the next cycle retries them)."""
+    async def act(self, body: dict[str, Any], spec: HybridWorkflowSpec, plan: Plan,
+                  qasm: dict[str, str], logger: logging.Logger) -> list[Event]:
+        """Perform the plan's actions. Returns the Events to post, including Warnings for
+        writes that failed (the next cycle retries them). The status is written apart, by
+        ``write_status``, as the cycle's last step."""
         events = list(plan.events)
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -70,14 +71,17 @@ class Applier:
                 logger.warning("%s/%s: %s", namespace, name, message)
                 events.append(Event("ActionFailed", message, warning=True))
                 metrics.action_failures(type(action).__name__)
-        await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, namespace, "hybridworkflows", name,
-            {"status": plan.status.model_dump(mode="json")},
-        )
         for ev in events:
             metrics.decisions(ev.reason)
         return events
+
+    async def write_status(self, body: dict[str, Any], plan: Plan) -> None:
+        meta = body["metadata"]
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, meta["namespace"], "hybridworkflows", meta["name"],
+            {"status": plan.status.model_dump(mode="json")},
+        )
 
     async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:

@@ -41,6 +41,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
     settings.peering.mandatory = True
     settings.peering.clusterwide = True
     settings.peering.priority = ours.priority
+    settings.peering.lifetime = ours.peering_lifetime_seconds
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/gateway-jobs"
@@ -110,18 +111,23 @@ async def drive_workflow(stopped: kopf.DaemonStopped, body: kopf.Body, name: str
                 await _fail_unparseable(runtime, raw, problem)
                 return
             sources, infos = await runtime.load_sources(namespace, spec)
+            pods = list(workflow_pods.get((namespace, name), []))
+            pods += await runtime.read_missing_pods(namespace, status, pods)
             snapshot = build_snapshot(
                 namespace=namespace, name=name,
                 generation=int(raw["metadata"].get("generation") or 1), spec=spec,
-                status=status, pods=list(workflow_pods.get((namespace, name), [])),
+                status=status, pods=pods,
                 jobs=await runtime.job_states(status),
                 backends=[b for store in quantum_backends.values() for b in store],
                 circuits_info=infos, runtime=runtime)
             decided = plan(snapshot, runtime.policy)
-            events = await runtime.applier.apply(raw, spec, decided, sources, logger)
+            events = await runtime.applier.act(raw, spec, decided, sources, logger)
             for ev in events:
-                (kopf.warn if ev.warning else kopf.info)(body, reason=ev.reason,
-                                                         message=ev.message[:1024])
+                kopf.event(body, type="Warning" if ev.warning else "Normal",
+                           reason=ev.reason, message=ev.message[:1024])
+            # Last: a terminal phase stops this daemon (the `when` filter) as soon as Kopf
+            # sees it, so nothing may be left to do after this write.
+            await runtime.applier.write_status(raw, decided)
             status = decided.status
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
@@ -150,7 +156,7 @@ async def _fail_unparseable(runtime: Runtime, raw: dict[str, Any], problem: str)
     await asyncio.to_thread(runtime.custom.patch_namespaced_custom_object_status, GROUP,
                             VERSION, meta["namespace"], "hybridworkflows", meta["name"],
                             {"status": status})
-    kopf.warn(raw, reason="InvalidSpec", message=problem[:1024])
+    kopf.event(raw, type="Warning", reason="InvalidSpec", message=problem[:1024])
 
 
 @kopf.on.delete(GROUP, VERSION, "hybridworkflows")

@@ -17,6 +17,7 @@ from qorch import circuits
 from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, ResourceKind
 from qorch.gateway.base import GatewayClient, GatewayError
 from qorch.operator.apply import Applier
+from qorch.operator.podspec import pod_state
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.placement import PlacementPolicy, RulePolicy
@@ -105,6 +106,27 @@ class Runtime:
                 self._circuit_cache[digest] = await asyncio.to_thread(circuits.inspect, source)
             infos[sub.name] = self._circuit_cache[digest]
         return sources, infos
+
+    async def read_missing_pods(self, namespace: str, status: HybridWorkflowStatus,
+                                cached: Iterable[PodState]) -> list[PodState]:
+        """Pods the status expects but the watch cache lacks, read live from the apiserver.
+
+        The cache can lag (just after a start or a peering pause); concluding from it that
+        a pod is gone would start a second attempt beside a running first one.
+        """
+        known = {p.name for p in cached}
+        found: list[PodState] = []
+        for st in status.subtasks:
+            if st.phase in ACTIVE and st.podName and st.podName not in known:
+                try:
+                    pod = await asyncio.to_thread(self.core.read_namespaced_pod, st.podName,
+                                                  namespace)
+                except client.ApiException as exc:
+                    if exc.status == 404:
+                        continue
+                    raise
+                found.append(pod_state(self.core.api_client.sanitize_for_serialization(pod)))
+        return found
 
     async def job_states(self, status: HybridWorkflowStatus) -> dict[str, JobState]:
         by_backend: dict[str, list[str]] = {}

@@ -29,6 +29,9 @@ class OperatorSettings:
     resync_seconds: float = 10.0        # re-plan at least this often even without events
     priority: int = field(default_factory=lambda: random.randint(1, 1_000_000))
     metrics_port: int = 8080
+    # A replica killed without notice holds the lead this long; lower means faster failover
+    # and more keep-alive writes.
+    peering_lifetime_seconds: int = 60
     planner: PlannerConfig = field(default_factory=PlannerConfig)
 
     @classmethod
@@ -46,6 +49,7 @@ class OperatorSettings:
             resync_seconds=_float("QORCH_RESYNC_SECONDS", 10.0),
             priority=int(priority_raw) if priority_raw else defaults.priority,
             metrics_port=int(_float("QORCH_METRICS_PORT", 8080)),
+            peering_lifetime_seconds=int(_float("QORCH_PEERING_LIFETIME_SECONDS", 60)),
             planner=PlannerConfig(
                 retry_backoff_base=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_SECONDS", 10)),
                 retry_backoff_max=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_MAX_SECONDS",

@@ -1,0 +1,76 @@
+"""Run ``qorch operator`` as a real process against the test control plane."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.harness.controlplane import ControlPlane, environ_for, free_port
+
+PEERING = """
+apiVersion: kopf.dev/v1
+kind: ClusterKopfPeering
+metadata: {name: qorch}
+"""
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as when a node dies."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start(plane: ControlPlane, log_path: Path, priority: int | None = None,
+          extra_env: dict[str, str] | None = None) -> OperatorProcess:
+    plane.kubectl("apply", "-f", "-", input=PEERING)
+    metrics_port = free_port()
+    env = environ_for(plane)
+    env.update({
+        "QORCH_GATEWAY": "scripted",
+        "QORCH_RETRY_BACKOFF_SECONDS": "1",
+        "QORCH_RESYNC_SECONDS": "2",
+        "QORCH_PEERING_LIFETIME_SECONDS": "10",
+        "QORCH_METRICS_PORT": str(metrics_port),
+        "PYTHONUNBUFFERED": "1",
+        **({"QORCH_PRIORITY": str(priority)} if priority is not None else {}),
+        **(extra_env or {}),
+    })
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qorch.cli", "operator", "--liveness", ""],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    return OperatorProcess(proc, log_path, metrics_port)
+
+
+@contextlib.contextmanager
+def running(plane: ControlPlane, log_path: Path, **kwargs: object) -> Iterator[OperatorProcess]:
+    op = start(plane, log_path, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield op
+    finally:
+        op.stop()
