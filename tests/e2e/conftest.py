@@ -12,8 +12,9 @@ from tests.harness.controlplane import ControlPlane
 
 
 @pytest.fixture(scope="module")
-def operator_process(control_plane: ControlPlane, session_dir: Path,
-                     request: pytest.FixtureRequest) -> Iterator[operator_mod.OperatorProcess]:
+def operator_process(
+    control_plane: ControlPlane, session_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[operator_mod.OperatorProcess]:
     log = session_dir / f"operator-{request.module.__name__.rsplit('.', 1)[-1]}.log"
     with operator_mod.running(control_plane, log) as op:
         yield op

@@ -24,21 +24,27 @@ def phase_of(cluster: Cluster, name: str, namespace: str) -> str | None:
     return (wf or {}).get("status", {}).get("phase")
 
 
-def wait_phase(cluster: Cluster, name: str, namespace: str, phases: set[str],
-               timeout: float = 90) -> dict[str, Any]:
+def wait_phase(
+    cluster: Cluster, name: str, namespace: str, phases: set[str], timeout: float = 90
+) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         wf = cluster.get("hwf", name, namespace)
         return wf if wf and wf.get("status", {}).get("phase") in phases else None
+
     return wait_for(f"{namespace}/{name} in {phases}", done, timeout)
 
 
 def test_three_stage_example_runs_gated_placed_and_completed(
-        cluster: Cluster, namespace: str, operator_process: operator_mod.OperatorProcess,
-        control_plane: ControlPlane) -> None:
+    cluster: Cluster,
+    namespace: str,
+    operator_process: operator_mod.OperatorProcess,
+    control_plane: ControlPlane,
+) -> None:
     phases_seen: list[str] = []
     with PodWatcher(str(control_plane.kubeconfig), namespace) as watcher:
-        out = control_plane.kubectl("apply", "-n", namespace, "-f",
-                                    str(REPO / "examples" / "three-stage-dag.yaml"))
+        out = control_plane.kubectl(
+            "apply", "-n", namespace, "-f", str(REPO / "examples" / "three-stage-dag.yaml")
+        )
         assert "created" in out.stdout
 
         def finished() -> bool:
@@ -46,6 +52,7 @@ def test_three_stage_example_runs_gated_placed_and_completed(
             if phase and (not phases_seen or phases_seen[-1] != phase):
                 phases_seen.append(phase)
             return phase in ("Succeeded", "Failed")
+
         wait_for("workflow to finish", finished, 90, interval=0.1)
 
     wf = cluster.get("hwf", "three-stage-dag", namespace)
@@ -78,9 +85,16 @@ def test_three_stage_example_runs_gated_placed_and_completed(
         assert live["spec"]["securityContext"]["runAsNonRoot"] is True
 
     # Every placement leaves an Event (Kopf posts them from a queue: wait for the last).
-    reasons = wait_for("WorkflowSucceeded event", lambda: (
-        r if "WorkflowSucceeded" in (r := [e["reason"] for e in cluster.events(
-            namespace, "three-stage-dag")]) else None), 30)
+    reasons = wait_for(
+        "WorkflowSucceeded event",
+        lambda: (
+            r
+            if "WorkflowSucceeded"
+            in (r := [e["reason"] for e in cluster.events(namespace, "three-stage-dag")])
+            else None
+        ),
+        30,
+    )
     assert reasons.count("Placed") == 3, reasons
 
     # Dependencies ran in order.
@@ -90,7 +104,8 @@ def test_three_stage_example_runs_gated_placed_and_completed(
 
     # The operator's metrics count the decisions.
     with urllib.request.urlopen(
-            f"http://127.0.0.1:{operator_process.metrics_port}/metrics", timeout=5) as resp:
+        f"http://127.0.0.1:{operator_process.metrics_port}/metrics", timeout=5
+    ) as resp:
         text = resp.read().decode()
     assert 'qorch_operator_placements_total{kind="pool",resource="gpu"}' in text
 
@@ -103,30 +118,60 @@ BAD_QASM = STD + "qubit[2] q; h q[0]; cx q[0] q[1];"  # missing comma
 WIDE = STD + "qubit[40] q; h q[0];"
 
 
-@pytest.mark.parametrize(("subtasks", "resources", "expected"), [
-    ([{"name": "a", "dependsOn": ["ghost"], "classical": {"image": "busybox"}}], {},
-     "spec.subtasks[0].dependsOn[0]: unknown subtask 'ghost'"),
-    ([{"name": "a", "dependsOn": ["b"], "classical": {"image": "busybox"}},
-      {"name": "b", "dependsOn": ["a"], "classical": {"image": "busybox"}}], {},
-     "spec.subtasks: dependency cycle: a -> b -> a"),
-    ([{"name": "q", "circuit": {"qasm": BAD_QASM}}], {},
-     "spec.subtasks[0].circuit.qasm: OpenQASM does not parse: line 1, column 67: "
-     "unexpected 'q'"),
-    ([{"name": "q", "circuit": {"qasm": WIDE}}], {},
-     "spec.subtasks[0].circuit.qasm: circuit needs 40 qubits but the largest allowed "
-     "resource has 32"),
-    ([{"name": "q", "circuit": {"qasm": STD + "qubit[2] q; h q[0];"}}],
-     {"quantumBackends": ["no-such-backend"]},
-     "spec.resources.quantumBackends[0]: unknown QuantumBackend 'no-such-backend'"),
-    ([{"name": "q", "circuit": {"configMapRef": {"name": "missing", "key": "c.qasm"}}}], {},
-     "spec.subtasks[0].circuit.configMapRef: ConfigMap 'missing' cannot be read (404"),
-])
+@pytest.mark.parametrize(
+    ("subtasks", "resources", "expected"),
+    [
+        (
+            [{"name": "a", "dependsOn": ["ghost"], "classical": {"image": "busybox"}}],
+            {},
+            "spec.subtasks[0].dependsOn[0]: unknown subtask 'ghost'",
+        ),
+        (
+            [
+                {"name": "a", "dependsOn": ["b"], "classical": {"image": "busybox"}},
+                {"name": "b", "dependsOn": ["a"], "classical": {"image": "busybox"}},
+            ],
+            {},
+            "spec.subtasks: dependency cycle: a -> b -> a",
+        ),
+        (
+            [{"name": "q", "circuit": {"qasm": BAD_QASM}}],
+            {},
+            "spec.subtasks[0].circuit.qasm: OpenQASM does not parse: line 1, column 67: "
+            "unexpected 'q'",
+        ),
+        (
+            [{"name": "q", "circuit": {"qasm": WIDE}}],
+            {},
+            "spec.subtasks[0].circuit.qasm: circuit needs 40 qubits but the largest allowed "
+            "resource has 32",
+        ),
+        (
+            [{"name": "q", "circuit": {"qasm": STD + "qubit[2] q; h q[0];"}}],
+            {"quantumBackends": ["no-such-backend"]},
+            "spec.resources.quantumBackends[0]: unknown QuantumBackend 'no-such-backend'",
+        ),
+        (
+            [{"name": "q", "circuit": {"configMapRef": {"name": "missing", "key": "c.qasm"}}}],
+            {},
+            "spec.subtasks[0].circuit.configMapRef: ConfigMap 'missing' cannot be read (404",
+        ),
+    ],
+)
 def test_invalid_workflow_fails_fast_with_a_specific_message_and_no_pods(
-        cluster: Cluster, namespace: str, operator_process: operator_mod.OperatorProcess,
-        subtasks: list[dict[str, Any]], resources: dict[str, Any], expected: str) -> None:
-    manifest = {"apiVersion": "qorch.io/v1alpha1", "kind": "HybridWorkflow",
-                "metadata": {"name": "bad"},
-                "spec": {"subtasks": subtasks, "resources": resources}}
+    cluster: Cluster,
+    namespace: str,
+    operator_process: operator_mod.OperatorProcess,
+    subtasks: list[dict[str, Any]],
+    resources: dict[str, Any],
+    expected: str,
+) -> None:
+    manifest = {
+        "apiVersion": "qorch.io/v1alpha1",
+        "kind": "HybridWorkflow",
+        "metadata": {"name": "bad"},
+        "spec": {"subtasks": subtasks, "resources": resources},
+    }
     cluster.apply(json.dumps(manifest), namespace)
     wf = wait_phase(cluster, "bad", namespace, {"Failed", "Succeeded", "Running"})
     assert wf["status"]["phase"] == "Failed"
@@ -134,23 +179,40 @@ def test_invalid_workflow_fails_fast_with_a_specific_message_and_no_pods(
     assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
     assert expected in valid["message"], valid["message"]
     assert cluster.list("pods", namespace) == []
-    wait_for("InvalidSpec warning event", lambda: any(
-        e["reason"] == "InvalidSpec" and e["type"] == "Warning"
-        for e in cluster.events(namespace, "bad")), 30)
+    wait_for(
+        "InvalidSpec warning event",
+        lambda: any(
+            e["reason"] == "InvalidSpec" and e["type"] == "Warning"
+            for e in cluster.events(namespace, "bad")
+        ),
+        30,
+    )
 
 
 def test_failing_step_is_retried_then_fails_the_workflow(
-        cluster: Cluster, namespace: str, operator_process: operator_mod.OperatorProcess) -> None:
-    manifest = {"apiVersion": "qorch.io/v1alpha1", "kind": "HybridWorkflow",
-                "metadata": {"name": "flaky"},
-                "spec": {"subtasks": [
-                    {"name": "boom", "maxRetries": 1, "classical": {
-                        "image": "busybox", "annotations": {
+    cluster: Cluster, namespace: str, operator_process: operator_mod.OperatorProcess
+) -> None:
+    manifest = {
+        "apiVersion": "qorch.io/v1alpha1",
+        "kind": "HybridWorkflow",
+        "metadata": {"name": "flaky"},
+        "spec": {
+            "subtasks": [
+                {
+                    "name": "boom",
+                    "maxRetries": 1,
+                    "classical": {
+                        "image": "busybox",
+                        "annotations": {
                             "pod-complete.stage.kwok.x-k8s.io/delay": "500ms",
-                            "qorch.io/kwok-exit-code": "3"}}},
-                    {"name": "after", "dependsOn": ["boom"],
-                     "classical": {"image": "busybox"}},
-                ]}}
+                            "qorch.io/kwok-exit-code": "3",
+                        },
+                    },
+                },
+                {"name": "after", "dependsOn": ["boom"], "classical": {"image": "busybox"}},
+            ]
+        },
+    }
     cluster.apply(json.dumps(manifest), namespace)
     wf = wait_phase(cluster, "flaky", namespace, {"Failed", "Succeeded"})
     assert wf["status"]["phase"] == "Failed"
@@ -160,24 +222,41 @@ def test_failing_step_is_retried_then_fails_the_workflow(
     assert st["after"]["phase"] == "Skipped"
     names = sorted(p["metadata"]["name"] for p in cluster.list("pods", namespace))
     assert names == ["flaky-boom-1", "flaky-boom-2"]
-    reasons = wait_for("WorkflowFailed event", lambda: (
-        r if "WorkflowFailed" in (r := [e["reason"] for e in cluster.events(
-            namespace, "flaky")]) else None), 30)
+    reasons = wait_for(
+        "WorkflowFailed event",
+        lambda: (
+            r
+            if "WorkflowFailed" in (r := [e["reason"] for e in cluster.events(namespace, "flaky")])
+            else None
+        ),
+        30,
+    )
     assert "AttemptFailed" in reasons
 
 
 FAN_OUT = {
-    "apiVersion": "qorch.io/v1alpha1", "kind": "HybridWorkflow", "metadata": {"name": "fan"},
-    "spec": {"subtasks": [
-        {"name": n, "dependsOn": d, "classical": {
-            "image": "busybox", "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "2s"}}}
-        for n, d in [("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"]), ("e", ["d"])]
-    ]},
+    "apiVersion": "qorch.io/v1alpha1",
+    "kind": "HybridWorkflow",
+    "metadata": {"name": "fan"},
+    "spec": {
+        "subtasks": [
+            {
+                "name": n,
+                "dependsOn": d,
+                "classical": {
+                    "image": "busybox",
+                    "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "2s"},
+                },
+            }
+            for n, d in [("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"]), ("e", ["d"])]
+        ]
+    },
 }
 
 
 def test_operator_killed_mid_run_and_restarted_still_succeeds_without_duplicates(
-        cluster: Cluster, namespace: str, control_plane: ControlPlane, session_dir: Path) -> None:
+    cluster: Cluster, namespace: str, control_plane: ControlPlane, session_dir: Path
+) -> None:
     log = session_dir / "operator-sigkill.log"
     op = operator_mod.start(control_plane, log)
     try:
@@ -192,8 +271,12 @@ def test_operator_killed_mid_run_and_restarted_still_succeeds_without_duplicates
                 break
             progress = status.get("progress")
             # Kill the operator each time the workflow has moved on, at most three times.
-            if progress and progress not in seen_progress and kills < 3 and (
-                    status.get("phase") == "Running"):
+            if (
+                progress
+                and progress not in seen_progress
+                and kills < 3
+                and (status.get("phase") == "Running")
+            ):
                 seen_progress.add(progress)
                 op.kill()
                 kills += 1
@@ -203,21 +286,24 @@ def test_operator_killed_mid_run_and_restarted_still_succeeds_without_duplicates
         wf = wait_phase(cluster, "fan", namespace, {"Succeeded", "Failed"}, 120)
         assert wf["status"]["phase"] == "Succeeded", wf["status"]
         pods = cluster.list("pods", namespace)
-        assert len(pods) == len(FAN_OUT["spec"]["subtasks"]), [p["metadata"]["name"]
-                                                              for p in pods]
+        assert len(pods) == len(FAN_OUT["spec"]["subtasks"]), [p["metadata"]["name"] for p in pods]
         assert all(s["attempts"] == 1 for s in wf["status"]["subtasks"])
     finally:
         op.stop()
 
 
 def test_two_replicas_only_the_higher_priority_one_acts(
-        cluster: Cluster, namespace: str, control_plane: ControlPlane, session_dir: Path) -> None:
+    cluster: Cluster, namespace: str, control_plane: ControlPlane, session_dir: Path
+) -> None:
     high_log, low_log = session_dir / "operator-high.log", session_dir / "operator-low.log"
     low = operator_mod.start(control_plane, low_log, priority=10)
     high = operator_mod.start(control_plane, high_log, priority=20)
     try:
-        wait_for("low-priority replica to pause",
-                 lambda: "Pausing operations in favour of" in low.log(), 60)
+        wait_for(
+            "low-priority replica to pause",
+            lambda: "Pausing operations in favour of" in low.log(),
+            60,
+        )
         manifest = json.loads(json.dumps(FAN_OUT))
         manifest["metadata"]["name"] = "peered"
         manifest["spec"]["subtasks"] = manifest["spec"]["subtasks"][:2]

@@ -43,8 +43,9 @@ class Cluster:
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
-    def list(self, kind: str, namespace: str | None = None, selector: str | None = None
-             ) -> list[dict[str, Any]]:
+    def list(
+        self, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
         args = ["get", kind, "-o", "json"]
         args += ["-n", namespace] if namespace else ["--all-namespaces"]
         if selector:
@@ -53,12 +54,16 @@ class Cluster:
         return items
 
     def events(self, namespace: str, involved: str) -> list[dict[str, Any]]:
-        return [e for e in self.list("events", namespace)
-                if e.get("involvedObject", {}).get("name") == involved]
+        return [
+            e
+            for e in self.list("events", namespace)
+            if e.get("involvedObject", {}).get("name") == involved
+        ]
 
 
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60.0,
-             interval: float = 0.25) -> T:
+def wait_for(
+    what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25
+) -> T:
     """Poll ``fn`` until it returns something truthy; fail naming ``what`` otherwise."""
     deadline = time.monotonic() + timeout
     last: T | None = None

@@ -34,7 +34,9 @@ def control_plane_bin_dir() -> Path:
     """Build (or find cached) binaries and return their directory."""
     out = subprocess.run(
         [str(REPO / "hack" / "build-control-plane.sh")],
-        check=True, stdout=subprocess.PIPE, text=True,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     return Path(out.stdout.strip().splitlines()[-1])
 
@@ -87,11 +89,15 @@ class ControlPlane:
     pki: pki_mod.Pki
     components: dict[str, Component] = field(default_factory=dict)
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input, text=True, capture_output=True, check=check,
+            input=input,
+            text=True,
+            capture_output=True,
+            check=check,
         )
 
     def get_json(self, path: str) -> Any:
@@ -111,8 +117,10 @@ class ControlPlane:
                 comp.stop()
 
     def describe_failure(self) -> str:
-        return "\n".join(f"--- {n} (pid {c.pid}, alive={c.alive()})\n{c.tail()}"
-                         for n, c in self.components.items())
+        return "\n".join(
+            f"--- {n} (pid {c.pid}, alive={c.alive()})\n{c.tail()}"
+            for n, c in self.components.items()
+        )
 
 
 def _spawn(cp: ControlPlane, name: str, args: list[str]) -> Component:
@@ -120,7 +128,9 @@ def _spawn(cp: ControlPlane, name: str, args: list[str]) -> Component:
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [str(cp.bin_dir / name), *args],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: teardown kills children too
     )
     comp = Component(name, proc, log_path, log)
@@ -138,11 +148,12 @@ def _wait(what: str, cp: ControlPlane, check: Any, timeout: float) -> None:
         try:
             if check():
                 return
-        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+        except Exception as exc:
             last = exc
         time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready after {timeout}s (last error: {last})\n"
-                       f"{cp.describe_failure()}")
+    raise TimeoutError(
+        f"{what} not ready after {timeout}s (last error: {last})\n{cp.describe_failure()}"
+    )
 
 
 def _write_kubeconfig(path: Path, server: str, pki: pki_mod.Pki) -> None:
@@ -167,8 +178,12 @@ current-context: qorch-test
     )
 
 
-def start(workdir: Path, nodes: tuple[NodeSpec, ...] = DEFAULT_NODES,
-          extra_kwok_args: tuple[str, ...] = (), crds: Path | None = None) -> ControlPlane:
+def start(
+    workdir: Path,
+    nodes: tuple[NodeSpec, ...] = DEFAULT_NODES,
+    extra_kwok_args: tuple[str, ...] = (),
+    crds: Path | None = None,
+) -> ControlPlane:
     """Start every component, create the KWOK nodes, wait until they are Ready.
 
     ``crds`` are applied before kube-controller-manager starts: its garbage collector
@@ -184,62 +199,136 @@ def start(workdir: Path, nodes: tuple[NodeSpec, ...] = DEFAULT_NODES,
     _write_kubeconfig(cp.kubeconfig, server, pki)
     try:
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        _spawn(cp, "etcd", [
-            "--name", "qorch-test", "--data-dir", str(workdir / "etcd"),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"qorch-test=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync", "--log-level", "warn",
-        ])
+        _spawn(
+            cp,
+            "etcd",
+            [
+                "--name",
+                "qorch-test",
+                "--data-dir",
+                str(workdir / "etcd"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"qorch-test=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+        )
         _wait("etcd", cp, lambda: _http_ok(f"{etcd_url}/health"), 30)
-        _spawn(cp, "kube-apiserver", [
-            "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--secure-port", str(api_port),
-            "--tls-cert-file", str(pki.serving_cert), "--tls-private-key-file", str(pki.serving_key),
-            "--client-ca-file", str(pki.ca_cert),
-            "--service-account-key-file", str(pki.sa_pub),
-            "--service-account-signing-key-file", str(pki.sa_key),
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--authorization-mode", "RBAC,Node",
-            "--service-cluster-ip-range", "10.96.0.0/16",
-            "--allow-privileged=true",
-            "--max-requests-inflight", "2000", "--max-mutating-requests-inflight", "1000",
-            "--enable-priority-and-fairness=false",
-            "--profiling=false", "-v", "1",
-        ])
+        _spawn(
+            cp,
+            "kube-apiserver",
+            [
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(api_port),
+                "--tls-cert-file",
+                str(pki.serving_cert),
+                "--tls-private-key-file",
+                str(pki.serving_key),
+                "--client-ca-file",
+                str(pki.ca_cert),
+                "--service-account-key-file",
+                str(pki.sa_pub),
+                "--service-account-signing-key-file",
+                str(pki.sa_key),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                "--authorization-mode",
+                "RBAC,Node",
+                "--service-cluster-ip-range",
+                "10.96.0.0/16",
+                "--allow-privileged=true",
+                "--max-requests-inflight",
+                "2000",
+                "--max-mutating-requests-inflight",
+                "1000",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "-v",
+                "1",
+            ],
+        )
         _wait("kube-apiserver /readyz", cp, lambda: _api_ready(cp), 60)
         if crds is not None:
             cp.kubectl("apply", "--server-side", "-f", str(crds))
-            cp.kubectl("wait", "--for", "condition=Established", "--timeout", "60s",
-                       "crd", "--all")
-        common = ["--kubeconfig", str(cp.kubeconfig), "--leader-elect=false",
-                  "--kube-api-qps", "1000", "--kube-api-burst", "2000", "-v", "1"]
-        _spawn(cp, "kube-controller-manager", [
-            *common, "--controllers", "*,-nodeipam",
-            "--service-account-private-key-file", str(pki.sa_key),
-            "--root-ca-file", str(pki.ca_cert),
-            "--use-service-account-credentials=false",
-            "--secure-port", "0",
-            "--node-monitor-grace-period", "40s",
-        ])
+            cp.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", "crd", "--all")
+        common = [
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "--leader-elect=false",
+            "--kube-api-qps",
+            "1000",
+            "--kube-api-burst",
+            "2000",
+            "-v",
+            "1",
+        ]
+        _spawn(
+            cp,
+            "kube-controller-manager",
+            [
+                *common,
+                "--controllers",
+                "*,-nodeipam",
+                "--service-account-private-key-file",
+                str(pki.sa_key),
+                "--root-ca-file",
+                str(pki.ca_cert),
+                "--use-service-account-credentials=false",
+                "--secure-port",
+                "0",
+                "--node-monitor-grace-period",
+                "40s",
+            ],
+        )
         _spawn(cp, "kube-scheduler", [*common, "--secure-port", "0"])
-        _spawn(cp, "kwok", [
-            "--kubeconfig", str(cp.kubeconfig), "--config", str(STAGES),
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake",
-            "--disregard-status-with-annotation-selector", "kwok.x-k8s.io/status=custom",
-            "--node-lease-duration-seconds", "40",
-            "--cidr", "10.244.0.0/16", "--node-ip", "10.10.0.1",
-            "--server-address", f"127.0.0.1:{free_port()}",
-            *extra_kwok_args,
-        ])
+        _spawn(
+            cp,
+            "kwok",
+            [
+                "--kubeconfig",
+                str(cp.kubeconfig),
+                "--config",
+                str(STAGES),
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector",
+                "kwok.x-k8s.io/node=fake",
+                "--disregard-status-with-annotation-selector",
+                "kwok.x-k8s.io/status=custom",
+                "--node-lease-duration-seconds",
+                "40",
+                "--cidr",
+                "10.244.0.0/16",
+                "--node-ip",
+                "10.10.0.1",
+                "--server-address",
+                f"127.0.0.1:{free_port()}",
+                *extra_kwok_args,
+            ],
+        )
         for spec in nodes:
             cp.kubectl("apply", "-f", "-", input=node_manifest(spec))
         _wait("KWOK nodes Ready and untainted", cp, lambda: _nodes_ready(cp, len(nodes)), 90)
-        _wait("default ServiceAccount", cp,
-              lambda: cp.kubectl("get", "sa", "default", check=False).returncode == 0, 60)
+        _wait(
+            "default ServiceAccount",
+            cp,
+            lambda: cp.kubectl("get", "sa", "default", check=False).returncode == 0,
+            60,
+        )
     except BaseException:
         cp.stop()
         raise

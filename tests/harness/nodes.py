@@ -34,11 +34,13 @@ def node_manifest(spec: NodeSpec) -> str:
     taints = [*spec.extra_taints]
     if spec.gpus:
         capacity["nvidia.com/gpu"] = str(spec.gpus)
-        labels.update({
-            "nvidia.com/gpu.present": "true",
-            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-            "nvidia.com/gpu.count": str(spec.gpus),
-        })
+        labels.update(
+            {
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                "nvidia.com/gpu.count": str(spec.gpus),
+            }
+        )
         taints.append(GPU_TAINT)
     node = {
         "apiVersion": "v1",

@@ -44,25 +44,34 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start(plane: ControlPlane, log_path: Path, priority: int | None = None,
-          extra_env: dict[str, str] | None = None) -> OperatorProcess:
+def start(
+    plane: ControlPlane,
+    log_path: Path,
+    priority: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> OperatorProcess:
     plane.kubectl("apply", "-f", "-", input=PEERING)
     metrics_port = free_port()
     env = environ_for(plane)
-    env.update({
-        "QORCH_GATEWAY": "scripted",
-        "QORCH_RETRY_BACKOFF_SECONDS": "1",
-        "QORCH_RESYNC_SECONDS": "2",
-        "QORCH_PEERING_LIFETIME_SECONDS": "10",
-        "QORCH_METRICS_PORT": str(metrics_port),
-        "PYTHONUNBUFFERED": "1",
-        **({"QORCH_PRIORITY": str(priority)} if priority is not None else {}),
-        **(extra_env or {}),
-    })
+    env.update(
+        {
+            "QORCH_GATEWAY": "scripted",
+            "QORCH_RETRY_BACKOFF_SECONDS": "1",
+            "QORCH_RESYNC_SECONDS": "2",
+            "QORCH_PEERING_LIFETIME_SECONDS": "10",
+            "QORCH_METRICS_PORT": str(metrics_port),
+            "PYTHONUNBUFFERED": "1",
+            **({"QORCH_PRIORITY": str(priority)} if priority is not None else {}),
+            **(extra_env or {}),
+        }
+    )
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "qorch.cli", "operator", "--liveness", ""],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     return OperatorProcess(proc, log_path, metrics_port)
 

@@ -65,9 +65,15 @@ def generate(directory: Path) -> Pki:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -87,8 +93,11 @@ def generate(directory: Path) -> Pki:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [x509.ExtendedKeyUsageOID.SERVER_AUTH if server
-                     else x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [
+                        x509.ExtendedKeyUsageOID.SERVER_AUTH
+                        if server
+                        else x509.ExtendedKeyUsageOID.CLIENT_AUTH
+                    ]
                 ),
                 critical=False,
             )

@@ -46,17 +46,21 @@ class PodWatcher:
         self._ready.set()
         while not self._stop.is_set():
             w = watch.Watch()
-            for ev in w.stream(api.list_namespaced_pod, self.namespace, resource_version=rv,
-                               timeout_seconds=1):
+            for ev in w.stream(
+                api.list_namespaced_pod, self.namespace, resource_version=rv, timeout_seconds=1
+            ):
                 pod = ev["object"]
                 rv = pod.metadata.resource_version
-                self.observations.append(PodObservation(
-                    event=ev["type"], name=pod.metadata.name,
-                    gates=tuple(g.name for g in pod.spec.scheduling_gates or []),
-                    node_selector=dict(pod.spec.node_selector or {}),
-                    node=pod.spec.node_name,
-                    phase=pod.status.phase if pod.status else None,
-                ))
+                self.observations.append(
+                    PodObservation(
+                        event=ev["type"],
+                        name=pod.metadata.name,
+                        gates=tuple(g.name for g in pod.spec.scheduling_gates or []),
+                        node_selector=dict(pod.spec.node_selector or {}),
+                        node=pod.spec.node_name,
+                        phase=pod.status.phase if pod.status else None,
+                    )
+                )
                 if self._stop.is_set():
                     w.stop()
 

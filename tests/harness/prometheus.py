@@ -23,8 +23,12 @@ from tests.harness.controlplane import REPO, free_port
 
 
 def prometheus_binary() -> Path:
-    out = subprocess.run([str(REPO / "hack" / "install-prometheus.sh")],
-                         check=True, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(
+        [str(REPO / "hack" / "install-prometheus.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return Path(out.stdout.strip().splitlines()[-1]) / "prometheus"
 
 
@@ -35,13 +39,17 @@ class Prometheus:
     targets_file: Path
     workdir: Path
 
-    def set_targets(self, job: str, targets: list[str], labels: dict[str, str] | None = None
-                    ) -> None:
+    def set_targets(
+        self, job: str, targets: list[str], labels: dict[str, str] | None = None
+    ) -> None:
         """Replace the scrape targets of ``job`` (written atomically; picked up in ~1 s)."""
         current: list[dict[str, Any]] = []
         if self.targets_file.exists():
-            current = [g for g in json.loads(self.targets_file.read_text())
-                       if g["labels"].get("job") != job]
+            current = [
+                g
+                for g in json.loads(self.targets_file.read_text())
+                if g["labels"].get("job") != job
+            ]
         current.append({"targets": targets, "labels": {"job": job, **(labels or {})}})
         tmp = self.targets_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(current))
@@ -63,7 +71,6 @@ class Prometheus:
                 self.process.wait(5)
 
 
-
 def start(workdir: Path) -> Prometheus:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -80,20 +87,29 @@ def start(workdir: Path) -> Prometheus:
     )
     log = (workdir / "prometheus.log").open("wb")
     proc = subprocess.Popen(
-        [str(prometheus_binary()), f"--config.file={config}",
-         f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(prometheus_binary()),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     prom = Prometheus(f"http://127.0.0.1:{port}", proc, targets, workdir)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError((workdir / "prometheus.log").read_text())
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return prom
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as resp,
+        ):
+            if resp.status == 200:
+                return prom
         time.sleep(0.2)
     prom.stop()
     raise TimeoutError("prometheus not ready after 30 s")

@@ -53,47 +53,79 @@ def test_crd_accepts_a_valid_workflow(cluster: Cluster, namespace: str) -> None:
     assert got is not None and got["spec"]["subtasks"][0]["name"] == "step"
 
 
-@pytest.mark.parametrize("spec", [
-    # Every optional field left out: the CEL rules must not trip over missing keys.
-    "subtasks: [{name: q, circuit: {qasm: 'OPENQASM 3.0; qubit[1] q;'}}]",
-    "subtasks: [{name: q, circuit: {qasm: 'x', primitive: estimator, observables: [Z]}}]",
-    "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.3}",
-    "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {hysteresis: 0.1}",
-    "subtasks: [{name: a, classical: {image: x}}]\n  objective: {weights: {time: 1, error: 0, "
-    "cost: 0}}",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # Every optional field left out: the CEL rules must not trip over missing keys.
+        "subtasks: [{name: q, circuit: {qasm: 'OPENQASM 3.0; qubit[1] q;'}}]",
+        "subtasks: [{name: q, circuit: {qasm: 'x', primitive: estimator, observables: [Z]}}]",
+        "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.3}",
+        "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {hysteresis: 0.1}",
+        "subtasks: [{name: a, classical: {image: x}}]\n  objective: {weights: {time: 1, error: 0, "
+        "cost: 0}}",
+    ],
+)
 def test_crd_accepts_minimal_variants(cluster: Cluster, namespace: str, spec: str) -> None:
-    manifest = ("apiVersion: qorch.io/v1alpha1\nkind: HybridWorkflow\n"
-                f"metadata: {{name: ok}}\nspec:\n  {spec}\n")
+    manifest = (
+        "apiVersion: qorch.io/v1alpha1\nkind: HybridWorkflow\n"
+        f"metadata: {{name: ok}}\nspec:\n  {spec}\n"
+    )
     cluster.apply(manifest, namespace)
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("subtasks: []", "spec.subtasks: Invalid value: 0: spec.subtasks in body should have at "
-                     "least 1 items"),
-    ("subtasks: [{name: Bad_Name, classical: {image: x}}]", "spec.subtasks[0].name"),
-    ("subtasks: [{name: a}]", "a subtask is exactly one of circuit or classical"),
-    ("subtasks: [{name: a, circuit: {qasm: 'x', shots: 0}}]", "spec.subtasks[0].circuit.shots"),
-    ("subtasks: [{name: a, circuit: {qasm: 'x', primitive: estimator}}]",
-     "an estimator circuit needs at least one observable"),
-    ("subtasks: [{name: a, classical: {image: x}}, {name: a, classical: {image: y}}]",
-     'Duplicate value: {"name":"a"}'),
-    ("subtasks: [{name: a, classical: {image: x}}]\n  objective: {preset: fastest}",
-     "spec.objective.preset: Unsupported value"),
-    ("subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.1, "
-     "hysteresis: 0.5}", "hysteresis must not exceed threshold"),
-    ("subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.01}",
-     "hysteresis must not exceed threshold"),
-    ("subtasks: [{name: a, circuit: {qasm: x, observables: [Z]}}]",
-     "observables apply to the estimator primitive only"),
-    ("subtasks: [{name: a, classical: {image: x}}]\n  objective: {weights: {time: 0, "
-     "error: 0, cost: 0}}", "at least one weight must be positive"),
-    ("subtasks: [{name: a, classical: {image: x, colour: red}}]", 'unknown field "spec.subtasks[0].classical.colour"'),
-])
-def test_crd_rejects_invalid_workflows(cluster: Cluster, namespace: str, spec: str,
-                                       expected: str) -> None:
-    manifest = ("apiVersion: qorch.io/v1alpha1\nkind: HybridWorkflow\n"
-                f"metadata: {{name: bad}}\nspec:\n  {spec}\n")
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (
+            "subtasks: []",
+            "spec.subtasks: Invalid value: 0: spec.subtasks in body should have at least 1 items",
+        ),
+        ("subtasks: [{name: Bad_Name, classical: {image: x}}]", "spec.subtasks[0].name"),
+        ("subtasks: [{name: a}]", "a subtask is exactly one of circuit or classical"),
+        ("subtasks: [{name: a, circuit: {qasm: 'x', shots: 0}}]", "spec.subtasks[0].circuit.shots"),
+        (
+            "subtasks: [{name: a, circuit: {qasm: 'x', primitive: estimator}}]",
+            "an estimator circuit needs at least one observable",
+        ),
+        (
+            "subtasks: [{name: a, classical: {image: x}}, {name: a, classical: {image: y}}]",
+            'Duplicate value: {"name":"a"}',
+        ),
+        (
+            "subtasks: [{name: a, classical: {image: x}}]\n  objective: {preset: fastest}",
+            "spec.objective.preset: Unsupported value",
+        ),
+        (
+            "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.1, "
+            "hysteresis: 0.5}",
+            "hysteresis must not exceed threshold",
+        ),
+        (
+            "subtasks: [{name: a, classical: {image: x}}]\n  reallocation: {threshold: 0.01}",
+            "hysteresis must not exceed threshold",
+        ),
+        (
+            "subtasks: [{name: a, circuit: {qasm: x, observables: [Z]}}]",
+            "observables apply to the estimator primitive only",
+        ),
+        (
+            "subtasks: [{name: a, classical: {image: x}}]\n  objective: {weights: {time: 0, "
+            "error: 0, cost: 0}}",
+            "at least one weight must be positive",
+        ),
+        (
+            "subtasks: [{name: a, classical: {image: x, colour: red}}]",
+            'unknown field "spec.subtasks[0].classical.colour"',
+        ),
+    ],
+)
+def test_crd_rejects_invalid_workflows(
+    cluster: Cluster, namespace: str, spec: str, expected: str
+) -> None:
+    manifest = (
+        "apiVersion: qorch.io/v1alpha1\nkind: HybridWorkflow\n"
+        f"metadata: {{name: bad}}\nspec:\n  {spec}\n"
+    )
     out = cluster.apply(manifest, namespace, check=False)
     assert out.returncode != 0
     assert expected in out.stderr, out.stderr
@@ -126,44 +158,77 @@ def _pod(cluster: Cluster, name: str, namespace: str) -> dict:  # type: ignore[t
 
 
 def test_gated_pod_waits_then_one_narrowing_update_binds_it_to_the_gpu_pool(
-        cluster: Cluster, namespace: str) -> None:
+    cluster: Cluster, namespace: str
+) -> None:
     cluster.apply(GATED_POD % {"name": "gated"}, namespace)
-    wait_for("SchedulingGated condition", lambda: any(
-        c.get("reason") == "SchedulingGated"
-        for c in _pod(cluster, "gated", namespace).get("status", {}).get("conditions", [])))
+    wait_for(
+        "SchedulingGated condition",
+        lambda: any(
+            c.get("reason") == "SchedulingGated"
+            for c in _pod(cluster, "gated", namespace).get("status", {}).get("conditions", [])
+        ),
+    )
     assert "nodeName" not in _pod(cluster, "gated", namespace)["spec"]
 
     patch = [
         {"op": "add", "path": "/spec/nodeSelector", "value": {"qorch.io/pool": "gpu"}},
         {"op": "replace", "path": "/spec/schedulingGates", "value": []},
     ]
-    cluster.plane.kubectl("patch", "pod", "gated", "-n", namespace, "--type", "json",
-                          "-p", json.dumps(patch))
-    pod = wait_for("pod Running", lambda: (
-        p if (p := _pod(cluster, "gated", namespace))["status"].get("phase") == "Running"
-        else None))
+    cluster.plane.kubectl(
+        "patch", "pod", "gated", "-n", namespace, "--type", "json", "-p", json.dumps(patch)
+    )
+    pod = wait_for(
+        "pod Running",
+        lambda: (
+            p
+            if (p := _pod(cluster, "gated", namespace))["status"].get("phase") == "Running"
+            else None
+        ),
+    )
     assert pod["spec"]["nodeName"].startswith("kwok-gpu-")
 
 
 def test_widening_a_gated_pods_selector_is_rejected(cluster: Cluster, namespace: str) -> None:
     manifest = (GATED_POD % {"name": "narrow"}).replace(
-        "  schedulingGates", "  nodeSelector: {qorch.io/pool: gpu}\n  schedulingGates")
+        "  schedulingGates", "  nodeSelector: {qorch.io/pool: gpu}\n  schedulingGates"
+    )
     cluster.apply(manifest, namespace)
     patch = [{"op": "replace", "path": "/spec/nodeSelector", "value": {"qorch.io/pool": "cpu"}}]
-    out = cluster.plane.kubectl("patch", "pod", "narrow", "-n", namespace, "--type", "json",
-                                "-p", json.dumps(patch), check=False)
+    out = cluster.plane.kubectl(
+        "patch",
+        "pod",
+        "narrow",
+        "-n",
+        namespace,
+        "--type",
+        "json",
+        "-p",
+        json.dumps(patch),
+        check=False,
+    )
     assert out.returncode != 0
     assert "only additions to spec.nodeSelector are allowed" in out.stderr
 
 
-def test_changing_the_selector_after_binding_is_rejected(cluster: Cluster,
-                                                        namespace: str) -> None:
+def test_changing_the_selector_after_binding_is_rejected(cluster: Cluster, namespace: str) -> None:
     manifest = (GATED_POD % {"name": "bound"}).replace(
-        "  schedulingGates: [{name: qorch.io/placement}]\n", "  nodeSelector: {qorch.io/pool: cpu}\n")
+        "  schedulingGates: [{name: qorch.io/placement}]\n",
+        "  nodeSelector: {qorch.io/pool: cpu}\n",
+    )
     cluster.apply(manifest, namespace)
     wait_for("pod bound", lambda: _pod(cluster, "bound", namespace)["spec"].get("nodeName"))
     patch = [{"op": "add", "path": "/spec/nodeSelector/extra", "value": "x"}]
-    out = cluster.plane.kubectl("patch", "pod", "bound", "-n", namespace, "--type", "json",
-                                "-p", json.dumps(patch), check=False)
+    out = cluster.plane.kubectl(
+        "patch",
+        "pod",
+        "bound",
+        "-n",
+        namespace,
+        "--type",
+        "json",
+        "-p",
+        json.dumps(patch),
+        check=False,
+    )
     assert out.returncode != 0
     assert "Forbidden: pod updates may not change fields" in out.stderr

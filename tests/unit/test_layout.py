@@ -11,9 +11,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_import_operator_from_repo_root_gives_the_stdlib_module() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import operator, sys; print(operator.__file__); "
-         "print(operator.itemgetter(1)([0, 42]))"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import operator, sys; print(operator.__file__); "
+            "print(operator.itemgetter(1)([0, 42]))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     path, value = out.stdout.split()
@@ -22,8 +29,11 @@ def test_import_operator_from_repo_root_gives_the_stdlib_module() -> None:
 
 
 def test_generated_crds_match_the_models() -> None:
-    out = subprocess.run([sys.executable, "-m", "qorch.cli", "crds", "--check",
-                          "--output-dir", str(REPO / "crds")], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "qorch.cli", "crds", "--check", "--output-dir", str(REPO / "crds")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -32,7 +42,10 @@ def test_crd_check_fails_on_drift(tmp_path: Path) -> None:
         (tmp_path / f.name).write_text(f.read_text())
     victim = tmp_path / "qorch.io_hybridworkflows.yaml"
     victim.write_text(victim.read_text().replace("maxLength: 30", "maxLength: 31", 1))
-    out = subprocess.run([sys.executable, "-m", "qorch.cli", "crds", "--check",
-                          "--output-dir", str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "qorch.cli", "crds", "--check", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1
     assert "qorch.io_hybridworkflows.yaml" in out.stderr

@@ -44,8 +44,12 @@ def spec(*subtasks: dict[str, Any], **extra: Any) -> HybridWorkflowSpec:
 
 
 def classical(name: str, *deps: str, gpu: int = 0, retries: int = 2) -> dict[str, Any]:
-    return {"name": name, "dependsOn": list(deps), "maxRetries": retries,
-            "classical": {"image": "busybox", "resources": {"gpu": gpu}}}
+    return {
+        "name": name,
+        "dependsOn": list(deps),
+        "maxRetries": retries,
+        "classical": {"image": "busybox", "resources": {"gpu": gpu}},
+    }
 
 
 def circuit(name: str, *deps: str) -> dict[str, Any]:
@@ -55,23 +59,39 @@ def circuit(name: str, *deps: str) -> dict[str, Any]:
 class World:
     """A tiny fake cluster: applies plans to pods/jobs dicts the way the apiserver would."""
 
-    def __init__(self, s: HybridWorkflowSpec, backends: dict[str, BackendInfo] | None = None,
-                 circuits: dict[str, CircuitInfo] | None = None) -> None:
+    def __init__(
+        self,
+        s: HybridWorkflowSpec,
+        backends: dict[str, BackendInfo] | None = None,
+        circuits: dict[str, CircuitInfo] | None = None,
+    ) -> None:
         self.spec = s
         self.status = HybridWorkflowStatus()
         self.now = T0
         self.pods: dict[str, PodState] = {}
         self.jobs: dict[str, JobState] = {}
         self.backends = backends or {}
-        self.circuits = circuits if circuits is not None else {
-            st.name: CircuitInfo(num_qubits=3, depth=3) for st in s.subtasks if st.circuit}
+        self.circuits = (
+            circuits
+            if circuits is not None
+            else {st.name: CircuitInfo(num_qubits=3, depth=3) for st in s.subtasks if st.circuit}
+        )
         self.config = PlannerConfig(retry_backoff_base=dt.timedelta(seconds=10))
 
     def snapshot(self) -> WorkflowSnapshot:
-        return WorkflowSnapshot(namespace="ns", name="wf", generation=1, spec=self.spec,
-                                status=self.status, now=self.now, pods=dict(self.pods),
-                                jobs=dict(self.jobs), backends=self.backends,
-                                circuits=self.circuits, config=self.config)
+        return WorkflowSnapshot(
+            namespace="ns",
+            name="wf",
+            generation=1,
+            spec=self.spec,
+            status=self.status,
+            now=self.now,
+            pods=dict(self.pods),
+            jobs=dict(self.jobs),
+            backends=self.backends,
+            circuits=self.circuits,
+            config=self.config,
+        )
 
     def step(self) -> Plan:
         p = plan(self.snapshot(), RulePolicy())
@@ -119,8 +139,7 @@ def test_three_stage_dag_runs_in_order_and_succeeds() -> None:
         assert w.sub(name).result == {"answer": 42}
     assert w.status.phase is WorkflowPhase.SUCCEEDED
     assert w.status.progress == "3/3"
-    assert {c.type: c.status for c in w.status.conditions} == {"Valid": "True",
-                                                                "Succeeded": "True"}
+    assert {c.type: c.status for c in w.status.conditions} == {"Valid": "True", "Succeeded": "True"}
     assert len(w.pods) == 3
 
 
@@ -194,15 +213,15 @@ def test_circuit_goes_to_the_quantum_backend_with_the_shortest_queue() -> None:
         "idle": BackendInfo("idle", Provider.FAKE, 27, queue_length=2),
         "down": BackendInfo("down", Provider.FAKE, 27, healthy=False),
     }
-    w = World(spec(circuit("q"), resources={"quantumBackends": ["busy", "idle", "down"]}),
-              backends)
+    w = World(spec(circuit("q"), resources={"quantumBackends": ["busy", "idle", "down"]}), backends)
     p = w.step()
     assert p.actions == (SubmitJob("q", 1, "ns.wf.q.1", "idle"),)
     w.jobs["ns.wf.q.1"] = JobState("ns.wf.q.1", JobPhase.RUNNING)
     w.step()
     assert w.sub("q").phase is SubtaskPhase.RUNNING
-    w.jobs["ns.wf.q.1"] = JobState("ns.wf.q.1", JobPhase.DONE, result={"counts": {"000": 5}},
-                                   qpu_seconds=2.0)
+    w.jobs["ns.wf.q.1"] = JobState(
+        "ns.wf.q.1", JobPhase.DONE, result={"counts": {"000": 5}}, qpu_seconds=2.0
+    )
     w.step()
     assert w.sub("q").result == {"counts": {"000": 5}}
     assert w.status.phase is WorkflowPhase.SUCCEEDED
@@ -211,8 +230,9 @@ def test_circuit_goes_to_the_quantum_backend_with_the_shortest_queue() -> None:
 def test_circuit_without_backends_is_simulated_on_the_smallest_pool_that_fits() -> None:
     w = World(spec(circuit("q")))
     p = w.step()
-    assert [a for a in p.actions if isinstance(a, CreatePod)] == [CreatePod("q", 1, "wf-q-1",
-                                                                             "cpu")]
+    assert [a for a in p.actions if isinstance(a, CreatePod)] == [
+        CreatePod("q", 1, "wf-q-1", "cpu")
+    ]
     w2 = World(spec(circuit("q")), circuits={"q": CircuitInfo(num_qubits=31, depth=5)})
     p2 = w2.step()
     assert [a.pool for a in p2.actions if isinstance(a, CreatePod)] == ["gpu"]
@@ -227,22 +247,54 @@ def test_cost_of_qpu_time_is_accumulated() -> None:
     assert w.status.costUSD == pytest.approx(4.0)
 
 
-@pytest.mark.parametrize(("subtasks", "circuits", "resources", "field", "reason"), [
-    ([classical("a", "ghost")], {}, {}, "spec.subtasks[0].dependsOn[0]", "unknown subtask 'ghost'"),
-    ([classical("a", "b"), classical("b", "a")], {}, {}, "spec.subtasks",
-     "dependency cycle: a -> b -> a"),
-    ([classical("a", "a")], {}, {}, "spec.subtasks[0].dependsOn[0]", "depends on itself"),
-    ([circuit("q")], {"q": CircuitInfo(error="OpenQASM does not parse: bad token")}, {},
-     "spec.subtasks[0].circuit.qasm", "does not parse"),
-    ([circuit("q")], {"q": CircuitInfo(num_qubits=40)}, {}, "spec.subtasks[0].circuit.qasm",
-     "needs 40 qubits but the largest allowed resource has 32"),
-    ([classical("a")], {}, {"quantumBackends": ["nowhere"]},
-     "spec.resources.quantumBackends[0]", "unknown QuantumBackend 'nowhere'"),
-])
-def test_invalid_specs_fail_fast_naming_the_field(subtasks: list[dict[str, Any]],
-                                                 circuits: dict[str, CircuitInfo],
-                                                 resources: dict[str, Any], field: str,
-                                                 reason: str) -> None:
+@pytest.mark.parametrize(
+    ("subtasks", "circuits", "resources", "field", "reason"),
+    [
+        (
+            [classical("a", "ghost")],
+            {},
+            {},
+            "spec.subtasks[0].dependsOn[0]",
+            "unknown subtask 'ghost'",
+        ),
+        (
+            [classical("a", "b"), classical("b", "a")],
+            {},
+            {},
+            "spec.subtasks",
+            "dependency cycle: a -> b -> a",
+        ),
+        ([classical("a", "a")], {}, {}, "spec.subtasks[0].dependsOn[0]", "depends on itself"),
+        (
+            [circuit("q")],
+            {"q": CircuitInfo(error="OpenQASM does not parse: bad token")},
+            {},
+            "spec.subtasks[0].circuit.qasm",
+            "does not parse",
+        ),
+        (
+            [circuit("q")],
+            {"q": CircuitInfo(num_qubits=40)},
+            {},
+            "spec.subtasks[0].circuit.qasm",
+            "needs 40 qubits but the largest allowed resource has 32",
+        ),
+        (
+            [classical("a")],
+            {},
+            {"quantumBackends": ["nowhere"]},
+            "spec.resources.quantumBackends[0]",
+            "unknown QuantumBackend 'nowhere'",
+        ),
+    ],
+)
+def test_invalid_specs_fail_fast_naming_the_field(
+    subtasks: list[dict[str, Any]],
+    circuits: dict[str, CircuitInfo],
+    resources: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
     w = World(spec(*subtasks, resources=resources), circuits=circuits)
     p = w.step()
     assert p.actions == ()

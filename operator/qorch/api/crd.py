@@ -47,7 +47,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue  # structural schemas prune unknown fields; booleans are not allowed
         else:
             out[key] = _structural(value, defs)
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
 
@@ -58,9 +62,18 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
-def _crd(*, kind: str, plural: str, singular: str, scope: str, short_names: list[str],
-         spec_model: type[BaseModel], status_model: type[BaseModel],
-         columns: list[dict[str, Any]], description: str) -> dict[str, Any]:
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    scope: str,
+    short_names: list[str],
+    spec_model: type[BaseModel],
+    status_model: type[BaseModel],
+    columns: list[dict[str, Any]],
+    description: str,
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -68,40 +81,52 @@ def _crd(*, kind: str, plural: str, singular: str, scope: str, short_names: list
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": kind, "listKind": f"{kind}List", "plural": plural,
-                "singular": singular, "shortNames": short_names, "categories": ["qorch"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
+                "categories": ["qorch"],
             },
             "scope": scope,
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": description,
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": openapi_schema(spec_model),
-                        "status": openapi_schema(status_model),
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": openapi_schema(spec_model),
+                                "status": openapi_schema(status_model),
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
 
 def hybrid_workflow_crd() -> dict[str, Any]:
     return _crd(
-        kind="HybridWorkflow", plural="hybridworkflows", singular="hybridworkflow",
-        scope="Namespaced", short_names=["hwf"],
-        spec_model=HybridWorkflowSpec, status_model=HybridWorkflowStatus,
+        kind="HybridWorkflow",
+        plural="hybridworkflows",
+        singular="hybridworkflow",
+        scope="Namespaced",
+        short_names=["hwf"],
+        spec_model=HybridWorkflowSpec,
+        status_model=HybridWorkflowStatus,
         description="A DAG of circuit and classical subtasks that Qorch places on quantum "
-                    "backends or classical node pools and re-places during the run.",
+        "backends or classical node pools and re-places during the run.",
         columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Done/Total", "type": "string", "jsonPath": ".status.progress"},
@@ -114,11 +139,15 @@ def hybrid_workflow_crd() -> dict[str, Any]:
 
 def quantum_backend_crd() -> dict[str, Any]:
     return _crd(
-        kind="QuantumBackend", plural="quantumbackends", singular="quantumbackend",
-        scope="Cluster", short_names=["qb"],
-        spec_model=QuantumBackendSpec, status_model=QuantumBackendStatus,
+        kind="QuantumBackend",
+        plural="quantumbackends",
+        singular="quantumbackend",
+        scope="Cluster",
+        short_names=["qb"],
+        spec_model=QuantumBackendSpec,
+        status_model=QuantumBackendStatus,
         description="A quantum resource (IBM Quantum, a fake backend or Aer) served by a "
-                    "quantum-gateway.",
+        "quantum-gateway.",
         columns=[
             {"name": "Provider", "type": "string", "jsonPath": ".spec.provider"},
             {"name": "Backend", "type": "string", "jsonPath": ".spec.backendName"},
@@ -140,16 +169,29 @@ def kopf_peering_crd() -> dict[str, Any]:
         "spec": {
             "group": "kopf.dev",
             "scope": "Cluster",
-            "names": {"kind": "ClusterKopfPeering", "plural": "clusterkopfpeerings",
-                      "singular": "clusterkopfpeering"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {"status": {"type": "object",
-                                              "x-kubernetes-preserve-unknown-fields": True}},
-                }},
-            }],
+            "names": {
+                "kind": "ClusterKopfPeering",
+                "plural": "clusterkopfpeerings",
+                "singular": "clusterkopfpeering",
+            },
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
         },
     }
 

@@ -8,7 +8,6 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from qorch.api.meta import (
-    API_VERSION,
     Condition,
     ResourceName,
     StrictModel,
@@ -37,31 +36,46 @@ class CircuitSpec(StrictModel):
     """A circuit evaluation: runs on a quantum backend or is simulated on a classical pool."""
 
     model_config = StrictModel.model_config | {
-        "json_schema_extra": schema_extra(**{
-            "x-kubernetes-validations": [
-                {"rule": "has(self.qasm) != has(self.configMapRef)",
-                 "message": "give exactly one of qasm or configMapRef"},
-                # Optional fields have no schema defaults, so every rule guards with has().
-                {"rule": "!has(self.primitive) || self.primitive != 'estimator' || "
-                         "(has(self.observables) && size(self.observables) > 0)",
-                 "message": "an estimator circuit needs at least one observable"},
-                {"rule": "(has(self.primitive) && self.primitive == 'estimator') || "
-                         "!has(self.observables)",
-                 "message": "observables apply to the estimator primitive only"},
-            ]
-        })
+        "json_schema_extra": schema_extra(
+            **{
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "has(self.qasm) != has(self.configMapRef)",
+                        "message": "give exactly one of qasm or configMapRef",
+                    },
+                    # Optional fields have no schema defaults, so every rule guards with has().
+                    {
+                        "rule": "!has(self.primitive) || self.primitive != 'estimator' || "
+                        "(has(self.observables) && size(self.observables) > 0)",
+                        "message": "an estimator circuit needs at least one observable",
+                    },
+                    {
+                        "rule": "(has(self.primitive) && self.primitive == 'estimator') || "
+                        "!has(self.observables)",
+                        "message": "observables apply to the estimator primitive only",
+                    },
+                ]
+            }
+        )
     }
 
-    qasm: str | None = Field(default=None, max_length=MAX_QASM_BYTES,
-                             description="OpenQASM 3 (or 2) source of the circuit.")
+    qasm: str | None = Field(
+        default=None,
+        max_length=MAX_QASM_BYTES,
+        description="OpenQASM 3 (or 2) source of the circuit.",
+    )
     configMapRef: ConfigMapKeyRef | None = Field(
-        default=None, description="ConfigMap key holding the OpenQASM source instead of qasm.")
-    primitive: Primitive = Field(default=Primitive.SAMPLER,
-                                 description="sampler (counts) or estimator (expectation values).")
+        default=None, description="ConfigMap key holding the OpenQASM source instead of qasm."
+    )
+    primitive: Primitive = Field(
+        default=Primitive.SAMPLER, description="sampler (counts) or estimator (expectation values)."
+    )
     shots: int = Field(default=1024, ge=1, le=1_000_000, description="Shots per evaluation.")
     observables: list[str] | None = Field(
-        default=None, max_length=64,
-        description="Pauli strings for the estimator, e.g. 'ZZI' (leftmost = highest qubit).")
+        default=None,
+        max_length=64,
+        description="Pauli strings for the estimator, e.g. 'ZZI' (leftmost = highest qubit).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CircuitSpec:
@@ -75,48 +89,70 @@ class CircuitSpec(StrictModel):
 
 
 class ClassicalResources(StrictModel):
-    cpu: str = Field(default="500m", max_length=16, pattern=r"^([0-9]+m?|[0-9]*\.[0-9]+)$",
-                     description="CPU request, Kubernetes quantity.")
-    memory: str = Field(default="512Mi", max_length=16,
-                        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
-                        description="Memory request and limit, Kubernetes quantity.")
-    gpu: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu count; >0 needs a GPU pool.")
+    cpu: str = Field(
+        default="500m",
+        max_length=16,
+        pattern=r"^([0-9]+m?|[0-9]*\.[0-9]+)$",
+        description="CPU request, Kubernetes quantity.",
+    )
+    memory: str = Field(
+        default="512Mi",
+        max_length=16,
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description="Memory request and limit, Kubernetes quantity.",
+    )
+    gpu: int = Field(
+        default=0, ge=0, le=16, description="nvidia.com/gpu count; >0 needs a GPU pool."
+    )
 
 
 class ClassicalSpec(StrictModel):
     """A classical step run as a pod from a container image."""
 
     image: str = Field(min_length=1, max_length=512, description="Container image.")
-    command: list[str] = Field(default_factory=list, max_length=64,
-                               description="Entrypoint override.")
+    command: list[str] = Field(
+        default_factory=list, max_length=64, description="Entrypoint override."
+    )
     args: list[str] = Field(default_factory=list, max_length=256)
-    env: dict[str, str] = Field(default_factory=dict, max_length=64,
-                                description="Plain environment variables (no secrets here).")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Plain environment variables (no secrets here).",
+    )
     resources: ClassicalResources = Field(default_factory=ClassicalResources)
     annotations: dict[str, str] = Field(
-        default_factory=dict, max_length=32,
-        description="Extra annotations on the subtask's pods (e.g. for admission webhooks).")
+        default_factory=dict,
+        max_length=32,
+        description="Extra annotations on the subtask's pods (e.g. for admission webhooks).",
+    )
 
 
 class SubtaskSpec(StrictModel):
     model_config = StrictModel.model_config | {
-        "json_schema_extra": schema_extra(**{
-            "x-kubernetes-validations": [
-                {"rule": "has(self.circuit) != has(self.classical)",
-                 "message": "a subtask is exactly one of circuit or classical"},
-            ]
-        })
+        "json_schema_extra": schema_extra(
+            **{
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "has(self.circuit) != has(self.classical)",
+                        "message": "a subtask is exactly one of circuit or classical",
+                    },
+                ]
+            }
+        )
     }
 
     name: SubtaskName = Field(description="Unique within the workflow; a DNS-1123 label.")
     dependsOn: list[SubtaskName] = Field(
-        default_factory=list, max_length=50,
+        default_factory=list,
+        max_length=50,
         description="Subtasks that must succeed before this one starts.",
-        json_schema_extra=schema_extra(**{"x-kubernetes-list-type": "set"}))
+        json_schema_extra=schema_extra(**{"x-kubernetes-list-type": "set"}),
+    )
     circuit: CircuitSpec | None = None
     classical: ClassicalSpec | None = None
-    maxRetries: int = Field(default=2, ge=0, le=10,
-                            description="Relaunches after a failed attempt before giving up.")
+    maxRetries: int = Field(
+        default=2, ge=0, le=10, description="Relaunches after a failed attempt before giving up."
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> SubtaskSpec:
@@ -136,32 +172,40 @@ class ClassicalPool(StrictModel):
     """A set of nodes subtask pods may run on, chosen by node labels."""
 
     name: ResourceName
-    nodeSelector: dict[str, str] = Field(default_factory=dict, max_length=16,
-                                         description="Labels the pool's nodes carry.")
+    nodeSelector: dict[str, str] = Field(
+        default_factory=dict, max_length=16, description="Labels the pool's nodes carry."
+    )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
     gpu: bool = Field(default=False, description="Nodes have nvidia.com/gpu.")
-    maxQubits: int = Field(default=30, ge=1, le=100,
-                           description="Largest circuit this pool simulates exactly.")
+    maxQubits: int = Field(
+        default=30, ge=1, le=100, description="Largest circuit this pool simulates exactly."
+    )
 
 
 def default_pools() -> list[ClassicalPool]:
     return [
         ClassicalPool(name="cpu", nodeSelector={"qorch.io/pool": "cpu"}, maxQubits=28),
         ClassicalPool(
-            name="gpu", nodeSelector={"qorch.io/pool": "gpu"}, gpu=True, maxQubits=32,
-            tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists",
-                                    effect="NoSchedule")],
+            name="gpu",
+            nodeSelector={"qorch.io/pool": "gpu"},
+            gpu=True,
+            maxQubits=32,
+            tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
         ),
     ]
 
 
 class ResourcesSpec(StrictModel):
     quantumBackends: list[ResourceName] = Field(
-        default_factory=list, max_length=20,
-        description="Names of cluster QuantumBackends this workflow may use.")
+        default_factory=list,
+        max_length=20,
+        description="Names of cluster QuantumBackends this workflow may use.",
+    )
     classicalPools: list[ClassicalPool] = Field(
-        default_factory=default_pools, max_length=10,
-        description="Classical node pools; default: cpu and gpu by the qorch.io/pool label.")
+        default_factory=default_pools,
+        max_length=10,
+        description="Classical node pools; default: cpu and gpu by the qorch.io/pool label.",
+    )
 
 
 class ObjectivePreset(StrEnum):
@@ -179,18 +223,23 @@ class Weights(StrictModel):
 
 class ObjectiveSpec(StrictModel):
     model_config = StrictModel.model_config | {
-        "json_schema_extra": schema_extra(**{
-            "x-kubernetes-validations": [
-                {"rule": "!has(self.weights) || "
-                         "self.weights.time + self.weights.error + self.weights.cost > 0.0",
-                 "message": "at least one weight must be positive"},
-            ]
-        })
+        "json_schema_extra": schema_extra(
+            **{
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!has(self.weights) || "
+                        "self.weights.time + self.weights.error + self.weights.cost > 0.0",
+                        "message": "at least one weight must be positive",
+                    },
+                ]
+            }
+        )
     }
 
     preset: ObjectivePreset = Field(default=ObjectivePreset.BALANCED)
-    weights: Weights | None = Field(default=None,
-                                    description="Explicit weights; override the preset.")
+    weights: Weights | None = Field(
+        default=None, description="Explicit weights; override the preset."
+    )
 
 
 class BudgetSpec(StrictModel):
@@ -200,22 +249,31 @@ class BudgetSpec(StrictModel):
 
 class ReallocationSpec(StrictModel):
     model_config = StrictModel.model_config | {
-        "json_schema_extra": schema_extra(**{
-            "x-kubernetes-validations": [
-                {"rule": f"(has(self.hysteresis) ? self.hysteresis : {DEFAULT_HYSTERESIS}) <= "
-                         f"(has(self.threshold) ? self.threshold : {DEFAULT_THRESHOLD})",
-                 "message": "hysteresis must not exceed threshold"},
-            ]
-        })
+        "json_schema_extra": schema_extra(
+            **{
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "(has(self.hysteresis) ? self.hysteresis : "
+                        f"{DEFAULT_HYSTERESIS}) <= (has(self.threshold) ? self.threshold : "
+                        f"{DEFAULT_THRESHOLD})",
+                        "message": "hysteresis must not exceed threshold",
+                    },
+                ]
+            }
+        )
     }
 
     enabled: bool = True
     intervalSeconds: int = Field(default=15, ge=1, le=3600)
-    threshold: float = Field(default=DEFAULT_THRESHOLD, ge=0, le=1,
-                             description="Relative cost gain a move must beat.")
-    hysteresis: float = Field(default=DEFAULT_HYSTERESIS, ge=0, le=1,
-                              description="Margin below threshold before a moved subtask may "
-                                          "move back.")
+    threshold: float = Field(
+        default=DEFAULT_THRESHOLD, ge=0, le=1, description="Relative cost gain a move must beat."
+    )
+    hysteresis: float = Field(
+        default=DEFAULT_HYSTERESIS,
+        ge=0,
+        le=1,
+        description="Margin below threshold before a moved subtask may move back.",
+    )
     maxMovesPerSubtask: int = Field(default=2, ge=0, le=10)
 
     @model_validator(mode="after")
@@ -227,17 +285,22 @@ class ReallocationSpec(StrictModel):
 
 class HybridWorkflowSpec(StrictModel):
     subtasks: list[SubtaskSpec] = Field(
-        min_length=1, max_length=MAX_SUBTASKS,
+        min_length=1,
+        max_length=MAX_SUBTASKS,
         description="The steps of the workflow, a DAG through dependsOn. Immutable.",
         # A map-list keyed by name: the apiserver itself rejects duplicate names.
-        json_schema_extra=schema_extra(**{
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["name"],
-            "x-kubernetes-validations": [
-                {"rule": "self == oldSelf",
-                 "message": "subtasks are immutable; create a new workflow to change them"},
-            ],
-        }),
+        json_schema_extra=schema_extra(
+            **{
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "self == oldSelf",
+                        "message": "subtasks are immutable; create a new workflow to change them",
+                    },
+                ],
+            }
+        ),
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
@@ -253,14 +316,14 @@ class WorkflowPhase(StrEnum):
 
 
 class SubtaskPhase(StrEnum):
-    PENDING = "Pending"        # waiting for dependencies
-    LAUNCHING = "Launching"    # pod created (gated) or job being submitted
-    SCHEDULED = "Scheduled"    # placement applied; pod not yet running / job queued
+    PENDING = "Pending"  # waiting for dependencies
+    LAUNCHING = "Launching"  # pod created (gated) or job being submitted
+    SCHEDULED = "Scheduled"  # placement applied; pod not yet running / job queued
     RUNNING = "Running"
-    RETRYING = "Retrying"      # last attempt failed; next one after backoff
+    RETRYING = "Retrying"  # last attempt failed; next one after backoff
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
-    SKIPPED = "Skipped"        # never ran: the workflow failed first
+    SKIPPED = "Skipped"  # never ran: the workflow failed first
 
 
 class ResourceKind(StrEnum):
@@ -293,8 +356,10 @@ class SubtaskStatus(StrictModel):
     moves: int = Field(default=0, ge=0)
     message: str = Field(default="", max_length=4096)
     result: dict[str, Any] | None = Field(
-        default=None, description="Small result (counts or expectation values).",
-        json_schema_extra=schema_extra(**{"x-kubernetes-preserve-unknown-fields": True}))
+        default=None,
+        description="Small result (counts or expectation values).",
+        json_schema_extra=schema_extra(**{"x-kubernetes-preserve-unknown-fields": True}),
+    )
     history: list[HistoryEntry] = Field(default_factory=list, max_length=32)
 
 
@@ -302,9 +367,12 @@ class HybridWorkflowStatus(StrictModel):
     phase: WorkflowPhase = WorkflowPhase.PENDING
     observedGeneration: int | None = None
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16,
-        json_schema_extra=schema_extra(**{"x-kubernetes-list-type": "map",
-                                          "x-kubernetes-list-map-keys": ["type"]}))
+        default_factory=list,
+        max_length=16,
+        json_schema_extra=schema_extra(
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+        ),
+    )
     subtasks: list[SubtaskStatus] = Field(default_factory=list, max_length=MAX_SUBTASKS)
     progress: str = Field(default="0/0", description="Succeeded/total subtasks.")
     moves: int = Field(default=0, ge=0)
@@ -314,7 +382,7 @@ class HybridWorkflowStatus(StrictModel):
 
 
 class HybridWorkflow(StrictModel):
-    apiVersion: Literal["qorch.io/v1alpha1"] = API_VERSION
+    apiVersion: Literal["qorch.io/v1alpha1"] = "qorch.io/v1alpha1"
     kind: Literal["HybridWorkflow"] = "HybridWorkflow"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: HybridWorkflowSpec

@@ -23,7 +23,9 @@ class HttpGatewayClient:
         try:
             return self.urls[backend].rstrip("/")
         except KeyError:
-            raise GatewayError(f"no gateway known for backend {backend!r}", retryable=True) from None
+            raise GatewayError(
+                f"no gateway known for backend {backend!r}", retryable=True
+            ) from None
 
     async def _request(self, method: str, url: str, json: Any = None) -> Any:
         if self._session is None or self._session.closed:
@@ -33,22 +35,32 @@ class HttpGatewayClient:
                 body = await resp.json(content_type=None)
                 if resp.status >= 400:
                     detail = body.get("detail") if isinstance(body, dict) else body
-                    raise GatewayError(f"{method} {url}: {resp.status} {detail}",
-                                       retryable=resp.status >= 500 or resp.status == 429)
+                    raise GatewayError(
+                        f"{method} {url}: {resp.status} {detail}",
+                        retryable=resp.status >= 500 or resp.status == 429,
+                    )
                 return body
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise GatewayError(f"{method} {url}: {exc}", retryable=True) from exc
 
     async def submit(self, request: JobRequest) -> None:
-        await self._request("POST", f"{self._url(request.backend)}/v1/jobs", json={
-            "job_id": request.job_id, "backend": request.backend, "qasm": request.qasm,
-            "primitive": request.primitive, "shots": request.shots,
-            "observables": list(request.observables),
-        })
+        await self._request(
+            "POST",
+            f"{self._url(request.backend)}/v1/jobs",
+            json={
+                "job_id": request.job_id,
+                "backend": request.backend,
+                "qasm": request.qasm,
+                "primitive": request.primitive,
+                "shots": request.shots,
+                "observables": list(request.observables),
+            },
+        )
 
     async def status(self, backend: str, job_ids: Iterable[str]) -> dict[str, JobState]:
-        body = await self._request("POST", f"{self._url(backend)}/v1/jobs/status",
-                                   json={"job_ids": list(job_ids)})
+        body = await self._request(
+            "POST", f"{self._url(backend)}/v1/jobs/status", json={"job_ids": list(job_ids)}
+        )
         return {job["job_id"]: job_state(job) for job in body.get("jobs", [])}
 
     async def cancel(self, backend: str, job_id: str) -> None:
@@ -61,6 +73,9 @@ class HttpGatewayClient:
 
 def job_state(job: dict[str, Any]) -> JobState:
     return JobState(
-        job_id=job["job_id"], phase=JobPhase(job["phase"]), message=job.get("message", ""),
-        result=job.get("result"), qpu_seconds=float(job.get("qpu_seconds") or 0.0),
+        job_id=job["job_id"],
+        phase=JobPhase(job["phase"]),
+        message=job.get("message", ""),
+        result=job.get("result"),
+        qpu_seconds=float(job.get("qpu_seconds") or 0.0),
     )

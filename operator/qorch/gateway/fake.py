@@ -55,8 +55,9 @@ class ScriptedGateway:
             elif job.request.backend in self.failing_backends:
                 out[job_id] = JobState(job_id, JobPhase.ERROR, "scripted failure")
             else:
-                out[job_id] = JobState(job_id, JobPhase.DONE, result={"scripted": True},
-                                       qpu_seconds=self.run_seconds)
+                out[job_id] = JobState(
+                    job_id, JobPhase.DONE, result={"scripted": True}, qpu_seconds=self.run_seconds
+                )
         return out
 
     async def cancel(self, backend: str, job_id: str) -> None:

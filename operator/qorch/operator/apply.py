@@ -26,15 +26,22 @@ from qorch.orchestrator.plan import (
 
 
 class Applier:
-    def __init__(self, core: CoreV1Api, custom: CustomObjectsApi, gateway: GatewayClient,
-                 worker_image: str) -> None:
+    def __init__(
+        self, core: CoreV1Api, custom: CustomObjectsApi, gateway: GatewayClient, worker_image: str
+    ) -> None:
         self.core = core
         self.custom = custom
         self.gateway = gateway
         self.worker_image = worker_image
 
-    async def act(self, body: dict[str, Any], spec: HybridWorkflowSpec, plan: Plan,
-                  qasm: dict[str, str], logger: logging.Logger) -> list[Event]:
+    async def act(
+        self,
+        body: dict[str, Any],
+        spec: HybridWorkflowSpec,
+        plan: Plan,
+        qasm: dict[str, str],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> list[Event]:
         """Perform the plan's actions. Returns the Events to post, including Warnings for
         writes that failed (the next cycle retries them). The status is written apart, by
         ``write_status``, as the cycle's last step."""
@@ -46,9 +53,13 @@ class Applier:
         for action in plan.actions:
             try:
                 if isinstance(action, CreatePod):
-                    manifest = build_pod(workflow=dict(body), subtask=subtasks[action.subtask],
-                                         attempt=action.attempt, pod_name=action.pod_name,
-                                         worker_image=self.worker_image)
+                    manifest = build_pod(
+                        workflow=dict(body),
+                        subtask=subtasks[action.subtask],
+                        attempt=action.attempt,
+                        pod_name=action.pod_name,
+                        worker_image=self.worker_image,
+                    )
                     await self._create_pod(namespace, manifest)
                 elif isinstance(action, ReleasePod):
                     await self._release_pod(namespace, action.pod_name, pools[action.pool])
@@ -58,10 +69,16 @@ class Applier:
                 elif isinstance(action, SubmitJob):
                     circuit = subtasks[action.subtask].circuit
                     assert circuit is not None
-                    await self.gateway.submit(JobRequest(
-                        job_id=action.job_id, backend=action.backend,
-                        qasm=qasm[action.subtask], primitive=circuit.primitive.value,
-                        shots=circuit.shots, observables=tuple(circuit.observables or ())))
+                    await self.gateway.submit(
+                        JobRequest(
+                            job_id=action.job_id,
+                            backend=action.backend,
+                            qasm=qasm[action.subtask],
+                            primitive=circuit.primitive.value,
+                            shots=circuit.shots,
+                            observables=tuple(circuit.observables or ()),
+                        )
+                    )
                     metrics.placements(action.backend, "backend")
                 elif isinstance(action, CancelJob):
                     await self.gateway.cancel(action.backend, action.job_id)
@@ -79,7 +96,11 @@ class Applier:
         meta = body["metadata"]
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, meta["namespace"], "hybridworkflows", meta["name"],
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "hybridworkflows",
+            meta["name"],
             {"status": plan.status.model_dump(mode="json")},
         )
 
@@ -96,8 +117,9 @@ class Applier:
         gates = [g.get("name") for g in raw.get("spec", {}).get("schedulingGates") or []]
         if GATE not in gates:
             return  # released already (a replayed plan)
-        await asyncio.to_thread(self.core.patch_namespaced_pod, pod_name, namespace,
-                                release_patch(raw, pool))
+        await asyncio.to_thread(
+            self.core.patch_namespaced_pod, pod_name, namespace, release_patch(raw, pool)
+        )
 
     async def _delete_pod(self, namespace: str, pod_name: str) -> None:
         try:

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -29,13 +30,14 @@ from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import plan
 from qorch.orchestrator.snapshot import BackendInfo, PodState
 
-MANAGED = {LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT}
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 TERMINAL = (WorkflowPhase.SUCCEEDED.value, WorkflowPhase.FAILED.value)
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
-                    logger: logging.Logger, **_: Any) -> None:
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, **_: Any
+) -> None:
     ours = OperatorSettings.from_env()
     settings.peering.name = "qorch"
     settings.peering.mandatory = True
@@ -50,32 +52,38 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
     memo.runtime = Runtime.build(ours)
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
-    logger.info("qorch operator started (peering priority %d, gateway %s)",
-                ours.priority, ours.gateway_mode)
+    logger.info(
+        "qorch operator started (peering priority %d, gateway %s)", ours.priority, ours.gateway_mode
+    )
 
 
-@kopf.index("pods", labels=MANAGED)
-def workflow_pods(namespace: str, labels: dict[str, str], body: kopf.Body,
-                  **_: Any) -> dict[tuple[str, str], PodState]:
-    return {(namespace, labels[LABEL_WORKFLOW]): pod_state(_plain(body))}
+@kopf.index("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
+def workflow_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], PodState]:
+    return {(_namespaced(namespace), labels[LABEL_WORKFLOW]): pod_state(_plain(body))}
 
 
 @kopf.index(GROUP, VERSION, "quantumbackends")
-def quantum_backends(name: str, spec: kopf.Spec, status: kopf.Status,
-                     **_: Any) -> dict[str, BackendInfo]:
-    return {name: BackendInfo(
-        name=name,
-        provider=Provider(spec.get("provider", "aer")),
-        num_qubits=int(spec.get("numQubits", 30)),
-        healthy=status.get("healthy") is not False,
-        queue_length=int(status.get("queueLength") or 0),
-        price_per_qpu_second=float(spec.get("pricePerQpuSecondUSD", 0.0)),
-    )}
+def quantum_backends(
+    name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, BackendInfo]:
+    return {
+        name: BackendInfo(
+            name=name,
+            provider=Provider(spec.get("provider", "aer")),
+            num_qubits=int(spec.get("numQubits", 30)),
+            healthy=status.get("healthy") is not False,
+            queue_length=int(status.get("queueLength") or 0),
+            price_per_qpu_second=float(spec.get("pricePerQpuSecondUSD", 0.0)),
+        )
+    }
 
 
 @kopf.on.event(GROUP, VERSION, "quantumbackends")
-def track_gateway_url(name: str, spec: kopf.Spec, type: str | None, memo: kopf.Memo,
-                      **_: Any) -> None:
+def track_gateway_url(
+    name: str, spec: kopf.Spec, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     runtime: Runtime = memo.runtime
     gateway = spec.get("gateway")
     if type == "DELETED" or not gateway:
@@ -84,20 +92,35 @@ def track_gateway_url(name: str, spec: kopf.Spec, type: str | None, memo: kopf.M
         runtime.gateway_urls[name] = GatewayRef.model_validate(dict(gateway)).base_url()
 
 
-@kopf.on.event("pods", labels=MANAGED)
-def wake_on_pod_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
-                      **_: Any) -> None:
-    memo.runtime.wake(namespace, labels[LABEL_WORKFLOW])
+@kopf.on.event("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
+def wake_on_pod_event(
+    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
+) -> None:
+    memo.runtime.wake(_namespaced(namespace), labels[LABEL_WORKFLOW])
 
 
-@kopf.daemon(GROUP, VERSION, "hybridworkflows", cancellation_timeout=10.0,
-             when=lambda status, **_: status.get("phase") not in TERMINAL)
-async def drive_workflow(stopped: kopf.DaemonStopped, body: kopf.Body, name: str,
-                         namespace: str, memo: kopf.Memo, logger: logging.Logger,
-                         workflow_pods: kopf.Index[tuple[str, str], PodState],
-                         quantum_backends: kopf.Index[str, BackendInfo], **_: Any) -> None:
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    "hybridworkflows",
+    cancellation_timeout=10.0,
+    when=lambda status, **_: status.get("phase") not in TERMINAL,
+)
+async def drive_workflow(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    name: str,
+    namespace: str | None,
+    memo: kopf.Memo,
+    logger: Logger,
+    **kwargs: Any,
+) -> None:
+    # Kopf passes each index by the name of its function.
+    workflow_pods: kopf.Index[tuple[str, str], PodState] = kwargs["workflow_pods"]
+    quantum_backends: kopf.Index[str, BackendInfo] = kwargs["quantum_backends"]
     runtime: Runtime = memo.runtime
-    wake = runtime.wakeup(namespace, name)
+    ns = _namespaced(namespace)
+    wake = runtime.wakeup(ns, name)
     # This daemon is the only writer of the status: after its first write it trusts what it
     # wrote over the (possibly lagging) watched body.
     status = HybridWorkflowStatus.model_validate(_plain(body).get("status") or {})
@@ -108,30 +131,39 @@ async def drive_workflow(stopped: kopf.DaemonStopped, body: kopf.Body, name: str
             raw = _plain(body)
             spec, problem = parse_spec(raw.get("spec") or {})
             if spec is None:
-                await _fail_unparseable(runtime, raw, problem)
+                await _fail_unparseable(runtime, body, raw, problem)
                 return
-            sources, infos = await runtime.load_sources(namespace, spec)
-            pods = list(workflow_pods.get((namespace, name), []))
-            pods += await runtime.read_missing_pods(namespace, status, pods)
+            sources, infos = await runtime.load_sources(ns, spec)
+            pods = list(workflow_pods.get((ns, name), []))
+            pods += await runtime.read_missing_pods(ns, status, pods)
             snapshot = build_snapshot(
-                namespace=namespace, name=name,
-                generation=int(raw["metadata"].get("generation") or 1), spec=spec,
-                status=status, pods=pods,
+                namespace=ns,
+                name=name,
+                generation=int(raw["metadata"].get("generation") or 1),
+                spec=spec,
+                status=status,
+                pods=pods,
                 jobs=await runtime.job_states(status),
                 backends=[b for store in quantum_backends.values() for b in store],
-                circuits_info=infos, runtime=runtime)
+                circuits_info=infos,
+                runtime=runtime,
+            )
             decided = plan(snapshot, runtime.policy)
             events = await runtime.applier.act(raw, spec, decided, sources, logger)
             for ev in events:
-                kopf.event(body, type="Warning" if ev.warning else "Normal",
-                           reason=ev.reason, message=ev.message[:1024])
+                kopf.event(
+                    body,
+                    type="Warning" if ev.warning else "Normal",
+                    reason=ev.reason,
+                    message=ev.message[:1024],
+                )
             # Last: a terminal phase stops this daemon (the `when` filter) as soon as Kopf
             # sees it, so nothing may be left to do after this write.
             await runtime.applier.write_status(raw, decided)
             status = decided.status
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
-                logger.info("workflow %s/%s %s", namespace, name, status.phase)
+                logger.info("workflow %s/%s %s", ns, name, status.phase)
                 return
             delay = runtime.settings.resync_seconds
             if decided.requeue_after is not None:
@@ -139,39 +171,65 @@ async def drive_workflow(stopped: kopf.DaemonStopped, body: kopf.Body, name: str
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
     finally:
-        runtime.wakeups.pop((namespace, name), None)
+        runtime.wakeups.pop((ns, name), None)
 
 
-async def _fail_unparseable(runtime: Runtime, raw: dict[str, Any], problem: str) -> None:
+async def _fail_unparseable(
+    runtime: Runtime, body: kopf.Body, raw: dict[str, Any], problem: str
+) -> None:
     """The schema let through something the models reject (e.g. an older CRD): fail loudly."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = {
         "phase": WorkflowPhase.FAILED.value,
         "observedGeneration": raw["metadata"].get("generation"),
         "finishedAt": now,
-        "conditions": [{"type": "Valid", "status": "False", "reason": "InvalidSpec",
-                        "message": problem[:4096], "lastTransitionTime": now}],
+        "conditions": [
+            {
+                "type": "Valid",
+                "status": "False",
+                "reason": "InvalidSpec",
+                "message": problem[:4096],
+                "lastTransitionTime": now,
+            }
+        ],
     }
     meta = raw["metadata"]
-    await asyncio.to_thread(runtime.custom.patch_namespaced_custom_object_status, GROUP,
-                            VERSION, meta["namespace"], "hybridworkflows", meta["name"],
-                            {"status": status})
-    kopf.event(raw, type="Warning", reason="InvalidSpec", message=problem[:1024])
+    await asyncio.to_thread(
+        runtime.custom.patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        meta["namespace"],
+        "hybridworkflows",
+        meta["name"],
+        {"status": status},
+    )
+    kopf.event(body, type="Warning", reason="InvalidSpec", message=problem[:1024])
 
 
 @kopf.on.delete(GROUP, VERSION, "hybridworkflows")
-async def cancel_gateway_jobs(status: kopf.Status, memo: kopf.Memo, logger: logging.Logger,
-                              **_: Any) -> None:
+async def cancel_gateway_jobs(
+    status: kopf.Status, memo: kopf.Memo, logger: Logger, **_: Any
+) -> None:
     """Pods go with the workflow by owner reference; queued QPU jobs need cancelling."""
     runtime: Runtime = memo.runtime
     parsed = HybridWorkflowStatus.model_validate(dict(status) or {})
     for st in parsed.subtasks:
-        if st.phase in ACTIVE and st.jobId and st.placement and (
-                st.placement.kind is ResourceKind.BACKEND):
+        if (
+            st.phase in ACTIVE
+            and st.jobId
+            and st.placement
+            and (st.placement.kind is ResourceKind.BACKEND)
+        ):
             try:
                 await runtime.gateway.cancel(st.placement.name, st.jobId)
-            except Exception as exc:  # noqa: BLE001 - deletion must not hang on a gateway
+            except Exception as exc:
                 logger.warning("could not cancel job %s: %s", st.jobId, exc)
+
+
+def _namespaced(namespace: str | None) -> str:
+    if namespace is None:  # pods and workflows are namespaced: Kopf always passes one
+        raise kopf.PermanentError("a namespaced object arrived without a namespace")
+    return namespace
 
 
 def _plain(body: Any) -> dict[str, Any]:

@@ -17,8 +17,14 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 RESULT_LIMIT_BYTES = 4096  # Kubernetes caps a termination message at 4096 bytes
 
 
-def build_pod(*, workflow: dict[str, Any], subtask: SubtaskSpec, attempt: int, pod_name: str,
-              worker_image: str) -> dict[str, Any]:
+def build_pod(
+    *,
+    workflow: dict[str, Any],
+    subtask: SubtaskSpec,
+    attempt: int,
+    pod_name: str,
+    worker_image: str,
+) -> dict[str, Any]:
     """A gated pod: it carries no placement until ``release_patch`` narrows it."""
     meta = workflow["metadata"]
     labels = {
@@ -54,27 +60,40 @@ def build_pod(*, workflow: dict[str, Any], subtask: SubtaskSpec, attempt: int, p
             env.append({"name": "QORCH_QASM", "value": circuit.qasm})
         else:
             assert circuit.configMapRef is not None
-            env.append({"name": "QORCH_QASM", "valueFrom": {"configMapKeyRef": {
-                "name": circuit.configMapRef.name, "key": circuit.configMapRef.key}}})
-        env.extend([
-            {"name": "QORCH_PRIMITIVE", "value": circuit.primitive.value},
-            {"name": "QORCH_SHOTS", "value": str(circuit.shots)},
-            {"name": "QORCH_OBSERVABLES", "value": json.dumps(circuit.observables or [])},
-        ])
+            env.append(
+                {
+                    "name": "QORCH_QASM",
+                    "valueFrom": {
+                        "configMapKeyRef": {
+                            "name": circuit.configMapRef.name,
+                            "key": circuit.configMapRef.key,
+                        }
+                    },
+                }
+            )
+        env.extend(
+            [
+                {"name": "QORCH_PRIMITIVE", "value": circuit.primitive.value},
+                {"name": "QORCH_SHOTS", "value": str(circuit.shots)},
+                {"name": "QORCH_OBSERVABLES", "value": json.dumps(circuit.observables or [])},
+            ]
+        )
         requests = {"cpu": "1", "memory": "2Gi"}
         limits = {"memory": "2Gi"}
-    container.update({
-        "env": env,
-        "resources": {"requests": requests, "limits": limits},
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        # A read-only root filesystem, but a writable /tmp: most images expect one.
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    })
+    container.update(
+        {
+            "env": env,
+            "resources": {"requests": requests, "limits": limits},
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            # A read-only root filesystem, but a writable /tmp: most images expect one.
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -83,10 +102,16 @@ def build_pod(*, workflow: dict[str, Any], subtask: SubtaskSpec, attempt: int, p
             "namespace": meta["namespace"],
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [{
-                "apiVersion": API_VERSION, "kind": "HybridWorkflow", "name": meta["name"],
-                "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "HybridWorkflow",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": {
             "schedulingGates": [{"name": GATE}],
@@ -94,7 +119,9 @@ def build_pod(*, workflow: dict[str, Any], subtask: SubtaskSpec, attempt: int, p
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": {
-                "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [container],

@@ -34,8 +34,9 @@ def make_gateway(settings: OperatorSettings, urls: dict[str, str]) -> GatewayCli
     if settings.gateway_mode == "scripted":
         from qorch.gateway.fake import ScriptedGateway
 
-        return ScriptedGateway(queue_seconds=settings.scripted_queue_seconds,
-                               run_seconds=settings.scripted_run_seconds)
+        return ScriptedGateway(
+            queue_seconds=settings.scripted_queue_seconds, run_seconds=settings.scripted_run_seconds
+        )
     from qorch.gateway.client import HttpGatewayClient
 
     return HttpGatewayClient(urls)
@@ -74,8 +75,9 @@ class Runtime:
         if event is not None:
             event.set()
 
-    async def load_sources(self, namespace: str, spec: HybridWorkflowSpec
-                           ) -> tuple[dict[str, str], dict[str, CircuitInfo]]:
+    async def load_sources(
+        self, namespace: str, spec: HybridWorkflowSpec
+    ) -> tuple[dict[str, str], dict[str, CircuitInfo]]:
         """QASM source and parse result of every circuit subtask (ConfigMaps read here)."""
         sources: dict[str, str] = {}
         infos: dict[str, CircuitInfo] = {}
@@ -88,16 +90,19 @@ class Runtime:
                 ref = sub.circuit.configMapRef
                 assert ref is not None
                 try:
-                    cm = await asyncio.to_thread(self.core.read_namespaced_config_map,
-                                                 ref.name, namespace)
+                    cm = await asyncio.to_thread(
+                        self.core.read_namespaced_config_map, ref.name, namespace
+                    )
                 except client.ApiException as exc:
                     infos[sub.name] = CircuitInfo(
-                        error=f"ConfigMap {ref.name!r} cannot be read ({exc.status} {exc.reason})")
+                        error=f"ConfigMap {ref.name!r} cannot be read ({exc.status} {exc.reason})"
+                    )
                     continue
                 data = cm.data or {}
                 if ref.key not in data:
                     infos[sub.name] = CircuitInfo(
-                        error=f"ConfigMap {ref.name!r} has no key {ref.key!r}")
+                        error=f"ConfigMap {ref.name!r} has no key {ref.key!r}"
+                    )
                     continue
                 source = data[ref.key]
             sources[sub.name] = source
@@ -107,8 +112,9 @@ class Runtime:
             infos[sub.name] = self._circuit_cache[digest]
         return sources, infos
 
-    async def read_missing_pods(self, namespace: str, status: HybridWorkflowStatus,
-                                cached: Iterable[PodState]) -> list[PodState]:
+    async def read_missing_pods(
+        self, namespace: str, status: HybridWorkflowStatus, cached: Iterable[PodState]
+    ) -> list[PodState]:
         """Pods the status expects but the watch cache lacks, read live from the apiserver.
 
         The cache can lag (just after a start or a peering pause); concluding from it that
@@ -119,8 +125,9 @@ class Runtime:
         for st in status.subtasks:
             if st.phase in ACTIVE and st.podName and st.podName not in known:
                 try:
-                    pod = await asyncio.to_thread(self.core.read_namespaced_pod, st.podName,
-                                                  namespace)
+                    pod = await asyncio.to_thread(
+                        self.core.read_namespaced_pod, st.podName, namespace
+                    )
                 except client.ApiException as exc:
                     if exc.status == 404:
                         continue
@@ -131,8 +138,12 @@ class Runtime:
     async def job_states(self, status: HybridWorkflowStatus) -> dict[str, JobState]:
         by_backend: dict[str, list[str]] = {}
         for st in status.subtasks:
-            if st.phase in ACTIVE and st.jobId and st.placement and (
-                    st.placement.kind is ResourceKind.BACKEND):
+            if (
+                st.phase in ACTIVE
+                and st.jobId
+                and st.placement
+                and (st.placement.kind is ResourceKind.BACKEND)
+            ):
                 by_backend.setdefault(st.placement.name, []).append(st.jobId)
         states: dict[str, JobState] = {}
         for backend, ids in by_backend.items():
@@ -158,19 +169,34 @@ def parse_spec(raw: dict[str, Any]) -> tuple[HybridWorkflowSpec | None, str]:
     except ValidationError as exc:
         parts = []
         for err in exc.errors():
-            loc = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                                   for p in err["loc"])
+            loc = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
             parts.append(f"{loc}: {err['msg']}")
         return None, "; ".join(parts)
 
 
-def build_snapshot(*, namespace: str, name: str, generation: int, spec: HybridWorkflowSpec,
-                   status: HybridWorkflowStatus, pods: Iterable[PodState],
-                   jobs: dict[str, JobState], backends: Iterable[BackendInfo],
-                   circuits_info: dict[str, CircuitInfo], runtime: Runtime) -> WorkflowSnapshot:
+def build_snapshot(
+    *,
+    namespace: str,
+    name: str,
+    generation: int,
+    spec: HybridWorkflowSpec,
+    status: HybridWorkflowStatus,
+    pods: Iterable[PodState],
+    jobs: dict[str, JobState],
+    backends: Iterable[BackendInfo],
+    circuits_info: dict[str, CircuitInfo],
+    runtime: Runtime,
+) -> WorkflowSnapshot:
     return WorkflowSnapshot(
-        namespace=namespace, name=name, generation=generation, spec=spec, status=status,
-        now=dt.datetime.now(dt.UTC), pods={p.name: p for p in pods if not p.deleting},
-        jobs=jobs, backends={b.name: b for b in backends}, circuits=circuits_info,
+        namespace=namespace,
+        name=name,
+        generation=generation,
+        spec=spec,
+        status=status,
+        now=dt.datetime.now(dt.UTC),
+        pods={p.name: p for p in pods if not p.deleting},
+        jobs=jobs,
+        backends={b.name: b for b in backends},
+        circuits=circuits_info,
         config=runtime.settings.planner,
     )

@@ -23,10 +23,10 @@ def _float(name: str, default: float) -> float:
 @dataclass(frozen=True)
 class OperatorSettings:
     worker_image: str = "ghcr.io/qorch/qorch:0.1.0"
-    gateway_mode: str = "http"          # "http" (real gateways) or "scripted" (test double)
+    gateway_mode: str = "http"  # "http" (real gateways) or "scripted" (test double)
     scripted_queue_seconds: float = 0.5
     scripted_run_seconds: float = 0.5
-    resync_seconds: float = 10.0        # re-plan at least this often even without events
+    resync_seconds: float = 10.0  # re-plan at least this often even without events
     priority: int = field(default_factory=lambda: random.randint(1, 1_000_000))
     metrics_port: int = 8080
     # A replica killed without notice holds the lead this long; lower means faster failover
@@ -52,8 +52,9 @@ class OperatorSettings:
             peering_lifetime_seconds=int(_float("QORCH_PEERING_LIFETIME_SECONDS", 60)),
             planner=PlannerConfig(
                 retry_backoff_base=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_SECONDS", 10)),
-                retry_backoff_max=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_MAX_SECONDS",
-                                                              300)),
+                retry_backoff_max=dt.timedelta(
+                    seconds=_float("QORCH_RETRY_BACKOFF_MAX_SECONDS", 300)
+                ),
                 lost_pod_grace=dt.timedelta(seconds=_float("QORCH_LOST_POD_GRACE_SECONDS", 30)),
             ),
         )

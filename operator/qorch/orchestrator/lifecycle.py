@@ -19,10 +19,12 @@ ACTIVE = frozenset({P.LAUNCHING, P.SCHEDULED, P.RUNNING})
 TERMINAL = frozenset({P.SUCCEEDED, P.FAILED, P.SKIPPED})
 
 
-class InvalidTransition(ValueError):
+class InvalidTransitionError(ValueError):
     pass
 
 
 def check_transition(subtask: str, old: P, new: P) -> None:
     if old != new and new not in VALID_TRANSITIONS[old]:
-        raise InvalidTransition(f"subtask {subtask!r}: {old} -> {new} is not a valid transition")
+        raise InvalidTransitionError(
+            f"subtask {subtask!r}: {old} -> {new} is not a valid transition"
+        )

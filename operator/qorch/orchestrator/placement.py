@@ -18,8 +18,7 @@ class Infeasible:
 
 
 class PlacementPolicy(Protocol):
-    def place(self, subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> Placement | Infeasible:
-        ...
+    def place(self, subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> Placement | Infeasible: ...
 
 
 def _pool_fits(pool: ClassicalPool, subtask: SubtaskSpec, qubits: int | None) -> bool:
@@ -42,23 +41,28 @@ class RulePolicy:
         if subtask.classical is not None:
             wants_gpu = subtask.classical.resources.gpu > 0
             # GPU steps need a GPU pool; CPU steps prefer CPU pools but may use GPU nodes.
-            ordered = ([p for p in pools if p.gpu] if wants_gpu
-                       else sorted(pools, key=lambda p: p.gpu))
+            ordered = (
+                [p for p in pools if p.gpu] if wants_gpu else sorted(pools, key=lambda p: p.gpu)
+            )
             if ordered:
                 return Placement(kind=ResourceKind.POOL, name=ordered[0].name)
             return Infeasible("no classical pool can run this step", permanent=True)
 
         info = snapshot.circuits.get(subtask.name)
         qubits = info.num_qubits if info else None
-        backends = [snapshot.backends[b] for b in snapshot.spec.resources.quantumBackends
-                    if b in snapshot.backends]
+        backends = [
+            snapshot.backends[b]
+            for b in snapshot.spec.resources.quantumBackends
+            if b in snapshot.backends
+        ]
         fitting_backends = [b for b in backends if qubits is None or qubits <= b.num_qubits]
         healthy = [b for b in fitting_backends if b.healthy]
         if healthy:
             best = min(healthy, key=lambda b: (b.queue_length, b.name))
             return Placement(kind=ResourceKind.BACKEND, name=best.name)
-        fitting_pools = sorted((p for p in pools if _pool_fits(p, subtask, qubits)),
-                               key=lambda p: (p.maxQubits, p.gpu))
+        fitting_pools = sorted(
+            (p for p in pools if _pool_fits(p, subtask, qubits)), key=lambda p: (p.maxQubits, p.gpu)
+        )
         if fitting_pools:
             return Placement(kind=ResourceKind.POOL, name=fitting_pools[0].name)
         if fitting_backends:

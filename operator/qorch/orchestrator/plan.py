@@ -32,6 +32,7 @@ MAX_HISTORY = 32
 
 # ---- actions ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CreatePod:
     """Create the subtask's pod, gated: nothing schedules it until ``ReleasePod``."""
@@ -91,6 +92,7 @@ class Plan:
 
 # ---- naming ----------------------------------------------------------------------------
 
+
 def pod_name(workflow: str, subtask: str, attempt: int) -> str:
     return f"{workflow}-{subtask}-{attempt}"
 
@@ -108,6 +110,7 @@ def _parse(t: str) -> dt.datetime:
 
 
 # ---- the planner -----------------------------------------------------------------------
+
 
 @dataclass
 class _Cycle:
@@ -137,9 +140,16 @@ class _Cycle:
         if old and (old.status, old.reason, old.message) == (status, reason, message):
             return
         when = old.lastTransitionTime if old and old.status == status else self.now
-        conds.append(Condition(type=type_, status=status, reason=reason, message=message,
-                               lastTransitionTime=when,
-                               observedGeneration=self.snap.generation))
+        conds.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                lastTransitionTime=when,
+                observedGeneration=self.snap.generation,
+            )
+        )
         self.status.conditions = sorted(conds, key=lambda c: c.type)
 
     def move(self, st: SubtaskStatus, new: SubtaskPhase, event: str, message: str = "") -> None:
@@ -148,8 +158,10 @@ class _Cycle:
             return
         st.phase = new
         st.message = message
-        st.history = [*st.history, HistoryEntry(time=self.now, event=event,
-                                                message=message[:1024])][-MAX_HISTORY:]
+        st.history = [
+            *st.history,
+            HistoryEntry(time=self.now, event=event, message=message[:1024]),
+        ][-MAX_HISTORY:]
 
 
 def _initial_status(snap: WorkflowSnapshot) -> HybridWorkflowStatus:
@@ -193,8 +205,9 @@ def plan(snapshot: WorkflowSnapshot, policy: PlacementPolicy) -> Plan:
     return _finish(cyc)
 
 
-def _advance(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus,
-             by_name: dict[str, SubtaskStatus]) -> None:
+def _advance(
+    cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, by_name: dict[str, SubtaskStatus]
+) -> None:
     if st.phase in TERMINAL:
         return
     if st.phase is SubtaskPhase.PENDING:
@@ -268,8 +281,12 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         cyc.actions.append(ReleasePod(pod.name, st.placement.name))
     elif pod.phase is PodPhase.PENDING:
         if st.phase is SubtaskPhase.LAUNCHING:
-            cyc.move(st, SubtaskPhase.SCHEDULED, "Released",
-                     f"pod {pod.name} released to pool {st.placement.name}")
+            cyc.move(
+                st,
+                SubtaskPhase.SCHEDULED,
+                "Released",
+                f"pod {pod.name} released to pool {st.placement.name}",
+            )
     elif pod.phase is PodPhase.RUNNING:
         if st.phase is not SubtaskPhase.RUNNING:
             st.startedAt = cyc.now
@@ -295,13 +312,21 @@ def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         return
     if job.phase is JobPhase.QUEUED:
         if st.phase is SubtaskPhase.LAUNCHING:
-            cyc.move(st, SubtaskPhase.SCHEDULED, "Queued",
-                     f"job {job.job_id} queued on {st.placement.name}")
+            cyc.move(
+                st,
+                SubtaskPhase.SCHEDULED,
+                "Queued",
+                f"job {job.job_id} queued on {st.placement.name}",
+            )
     elif job.phase is JobPhase.RUNNING:
         if st.phase is not SubtaskPhase.RUNNING:
             st.startedAt = cyc.now
-            cyc.move(st, SubtaskPhase.RUNNING, "Started",
-                     f"job {job.job_id} running on {st.placement.name}")
+            cyc.move(
+                st,
+                SubtaskPhase.RUNNING,
+                "Started",
+                f"job {job.job_id} running on {st.placement.name}",
+            )
             cyc.event("Started", f"{sub.name}: job {job.job_id} running on {st.placement.name}")
     elif job.phase is JobPhase.DONE:
         st.startedAt = st.startedAt or cyc.now
@@ -310,28 +335,37 @@ def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         backend = cyc.snap.backends.get(st.placement.name)
         if backend is not None:
             cyc.status.costUSD = round(
-                cyc.status.costUSD + job.qpu_seconds * backend.price_per_qpu_second, 6)
+                cyc.status.costUSD + job.qpu_seconds * backend.price_per_qpu_second, 6
+            )
         cyc.move(st, SubtaskPhase.SUCCEEDED, "Succeeded", f"job {job.job_id} done")
         cyc.event("SubtaskSucceeded", f"{sub.name}: job {job.job_id} done")
     else:
         _fail_attempt(cyc, sub, st, f"job {job.job_id} {job.phase.lower()}: {job.message}")
 
 
-def _fail_attempt(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, message: str,
-                  final: bool = False) -> None:
+def _fail_attempt(
+    cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, message: str, final: bool = False
+) -> None:
     if not final and st.attempts <= sub.maxRetries:
         cfg = cyc.snap.config
-        delay = min(cfg.retry_backoff_base * (2 ** max(st.attempts - 1, 0)),
-                    cfg.retry_backoff_max)
+        delay = min(cfg.retry_backoff_base * (2 ** max(st.attempts - 1, 0)), cfg.retry_backoff_max)
         st.retryAfter = _iso(cyc.snap.now + delay)
         cyc.requeue_in(delay)
-        cyc.move(st, SubtaskPhase.RETRYING, "AttemptFailed",
-                 f"{message}; retry {st.attempts}/{sub.maxRetries} in {int(delay.total_seconds())}s")
+        cyc.move(
+            st,
+            SubtaskPhase.RETRYING,
+            "AttemptFailed",
+            f"{message}; retry {st.attempts}/{sub.maxRetries} in {int(delay.total_seconds())}s",
+        )
         cyc.event("AttemptFailed", f"{sub.name}: {st.message}", warning=True)
         return
     st.finishedAt = cyc.now
-    cyc.move(st, SubtaskPhase.FAILED, "Failed",
-             message if final else f"{message}; gave up after {st.attempts} attempts")
+    cyc.move(
+        st,
+        SubtaskPhase.FAILED,
+        "Failed",
+        message if final else f"{message}; gave up after {st.attempts} attempts",
+    )
     cyc.event("SubtaskFailed", f"{sub.name}: {st.message}", warning=True)
 
 
@@ -362,14 +396,18 @@ def _roll_up(cyc: _Cycle, by_name: dict[str, SubtaskStatus]) -> None:
     elif all(p is SubtaskPhase.SUCCEEDED for p in phases):
         status.phase = WorkflowPhase.SUCCEEDED
         status.finishedAt = cyc.now
-        cyc.set_condition("Succeeded", "True", "AllSubtasksSucceeded",
-                          f"{len(phases)} subtasks succeeded")
+        cyc.set_condition(
+            "Succeeded", "True", "AllSubtasksSucceeded", f"{len(phases)} subtasks succeeded"
+        )
         cyc.event("WorkflowSucceeded", f"all {len(phases)} subtasks succeeded")
     elif any(p is not SubtaskPhase.PENDING for p in phases):
         status.phase = WorkflowPhase.RUNNING
-        cyc.set_condition("Succeeded", "Unknown", "Running",
-                          f"{sum(p is SubtaskPhase.SUCCEEDED for p in phases)}/{len(phases)} "
-                          "subtasks succeeded")
+        cyc.set_condition(
+            "Succeeded",
+            "Unknown",
+            "Running",
+            f"{sum(p is SubtaskPhase.SUCCEEDED for p in phases)}/{len(phases)} subtasks succeeded",
+        )
 
 
 def _finish(cyc: _Cycle) -> Plan:
@@ -377,5 +415,9 @@ def _finish(cyc: _Cycle) -> Plan:
     done = sum(s.phase is SubtaskPhase.SUCCEEDED for s in status.subtasks)
     status.progress = f"{done}/{len(status.subtasks)}"
     status.moves = sum(s.moves for s in status.subtasks)
-    return Plan(status=status, actions=tuple(cyc.actions), events=tuple(cyc.events),
-                requeue_after=cyc.requeue)
+    return Plan(
+        status=status,
+        actions=tuple(cyc.actions),
+        events=tuple(cyc.events),
+        requeue_after=cyc.requeue,
+    )

@@ -12,8 +12,8 @@ from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus
 
 
 class PodPhase(StrEnum):
-    GATED = "Gated"          # still carries Qorch's scheduling gate
-    PENDING = "Pending"      # gate removed, not running yet (unbound or starting)
+    GATED = "Gated"  # still carries Qorch's scheduling gate
+    PENDING = "Pending"  # gate removed, not running yet (unbound or starting)
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"

@@ -32,7 +32,7 @@ def find_cycle(spec: HybridWorkflowSpec) -> list[str] | None:
             if nxt not in deps:
                 continue
             if colour[nxt] == grey:
-                return [*stack[stack.index(nxt):], nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if colour[nxt] == white and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -45,8 +45,11 @@ def find_cycle(spec: HybridWorkflowSpec) -> list[str] | None:
     return None
 
 
-def validate(spec: HybridWorkflowSpec, circuits: Mapping[str, CircuitInfo],
-             backends: Mapping[str, BackendInfo]) -> list[SpecError]:
+def validate(
+    spec: HybridWorkflowSpec,
+    circuits: Mapping[str, CircuitInfo],
+    backends: Mapping[str, BackendInfo],
+) -> list[SpecError]:
     errors: list[SpecError] = []
     names = [s.name for s in spec.subtasks]
     seen: set[str] = set()
@@ -57,47 +60,68 @@ def validate(spec: HybridWorkflowSpec, circuits: Mapping[str, CircuitInfo],
     for i, sub in enumerate(spec.subtasks):
         for j, dep in enumerate(sub.dependsOn):
             if dep not in seen:
-                errors.append(SpecError(f"spec.subtasks[{i}].dependsOn[{j}]",
-                                        f"unknown subtask {dep!r}"))
+                errors.append(
+                    SpecError(f"spec.subtasks[{i}].dependsOn[{j}]", f"unknown subtask {dep!r}")
+                )
             elif dep == sub.name:
-                errors.append(SpecError(f"spec.subtasks[{i}].dependsOn[{j}]",
-                                        f"subtask {sub.name!r} depends on itself"))
+                errors.append(
+                    SpecError(
+                        f"spec.subtasks[{i}].dependsOn[{j}]",
+                        f"subtask {sub.name!r} depends on itself",
+                    )
+                )
     cycle = find_cycle(spec)
     if cycle and len(cycle) > 2:
         errors.append(SpecError("spec.subtasks", "dependency cycle: " + " -> ".join(cycle)))
 
     for j, backend in enumerate(spec.resources.quantumBackends):
         if backend not in backends:
-            errors.append(SpecError(f"spec.resources.quantumBackends[{j}]",
-                                    f"unknown QuantumBackend {backend!r}"))
+            errors.append(
+                SpecError(
+                    f"spec.resources.quantumBackends[{j}]", f"unknown QuantumBackend {backend!r}"
+                )
+            )
     if any(s.classical and s.classical.resources.gpu for s in spec.subtasks) and not any(
-            p.gpu for p in spec.resources.classicalPools):
-        errors.append(SpecError("spec.resources.classicalPools",
-                                "a subtask requests GPUs but no pool has gpu: true"))
+        p.gpu for p in spec.resources.classicalPools
+    ):
+        errors.append(
+            SpecError(
+                "spec.resources.classicalPools", "a subtask requests GPUs but no pool has gpu: true"
+            )
+        )
 
     largest_classical = max((p.maxQubits for p in spec.resources.classicalPools), default=0)
-    largest_quantum = max((backends[b].num_qubits for b in spec.resources.quantumBackends
-                           if b in backends), default=0)
+    largest_quantum = max(
+        (backends[b].num_qubits for b in spec.resources.quantumBackends if b in backends), default=0
+    )
     for i, sub in enumerate(spec.subtasks):
         if sub.circuit is None:
             continue
         info = circuits.get(sub.name)
-        where = ("qasm" if sub.circuit.qasm is not None else "configMapRef")
+        where = "qasm" if sub.circuit.qasm is not None else "configMapRef"
         if info is None or info.error:
-            reason = info.error if info else "circuit was not parsed"
+            reason = (info.error if info else None) or "circuit was not parsed"
             errors.append(SpecError(f"spec.subtasks[{i}].circuit.{where}", reason))
             continue
-        if info.num_qubits is not None and info.num_qubits > max(largest_classical,
-                                                                 largest_quantum):
-            errors.append(SpecError(
-                f"spec.subtasks[{i}].circuit.{where}",
-                f"circuit needs {info.num_qubits} qubits but the largest allowed resource has "
-                f"{max(largest_classical, largest_quantum)} (classical pools up to "
-                f"{largest_classical}, quantum backends up to {largest_quantum})"))
+        if info.num_qubits is not None and info.num_qubits > max(
+            largest_classical, largest_quantum
+        ):
+            errors.append(
+                SpecError(
+                    f"spec.subtasks[{i}].circuit.{where}",
+                    f"circuit needs {info.num_qubits} qubits but the largest allowed resource has "
+                    f"{max(largest_classical, largest_quantum)} (classical pools up to "
+                    f"{largest_classical}, quantum backends up to {largest_quantum})",
+                )
+            )
         if sub.circuit.observables and info.num_qubits is not None:
             for k, obs in enumerate(sub.circuit.observables):
                 if len(obs) != info.num_qubits or set(obs) - set("IXYZ"):
-                    errors.append(SpecError(
-                        f"spec.subtasks[{i}].circuit.observables[{k}]",
-                        f"{obs!r} must be a Pauli string of {info.num_qubits} letters from IXYZ"))
+                    errors.append(
+                        SpecError(
+                            f"spec.subtasks[{i}].circuit.observables[{k}]",
+                            f"{obs!r} must be a Pauli string of {info.num_qubits} letters "
+                            "from IXYZ",
+                        )
+                    )
     return errors
