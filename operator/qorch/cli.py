@@ -62,6 +62,34 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from qorch.api.backend import Provider
+    from qorch.gateway.backends import build_backend
+    from qorch.gateway.http import make_app
+    from qorch.gateway.service import GatewayService
+    from qorch.metrics.exporters import GatewayMetrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    token = None
+    if args.token_file:
+        # The token comes from a mounted Secret; it is never logged or echoed.
+        token = Path(args.token_file).read_text().strip()
+    adapter = build_backend(Provider(args.provider), args.backend, token=token,
+                            instance=args.instance, execution_mode=args.execution_mode,
+                            max_qubits=args.max_qubits)
+    service = GatewayService(adapter, GatewayMetrics.create(), batch_size=args.batch_size,
+                             price_per_qpu_second=args.price_per_qpu_second)
+    logging.getLogger("qorch.gateway").info(
+        "gateway for %s (%s, %d qubits) on %s:%d", adapter.name, args.provider,
+        adapter.num_qubits, args.host, args.port)
+    web.run_app(make_app(service), host=args.host, port=args.port, print=None)
+    return 0
+
+
 def _not_yet(name: str) -> int:
     print(f"qorch {name}: not yet available in this version", file=sys.stderr)
     return 2
@@ -93,7 +121,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     p.set_defaults(func=_operator)
 
-    for name in ("gateway", "worker", "demo", "simulate", "train"):
+    p = sub.add_parser("gateway", help="serve one quantum backend over HTTP")
+    p.add_argument("--provider", choices=["ibm", "fake", "aer"], required=True)
+    p.add_argument("--backend", help="ibm_torino, fake_perth, ... (aer: optional name)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token-file", help="file holding the IBM Quantum token (a mounted Secret)")
+    p.add_argument("--instance", help="IBM Quantum instance (CRN)")
+    p.add_argument("--execution-mode", choices=["job", "batch", "session"], default="job")
+    p.add_argument("--max-qubits", type=int, help="aer: largest circuit accepted (default 30)")
+    p.add_argument("--batch-size", type=int, default=8, help="queued jobs run together")
+    p.add_argument("--price-per-qpu-second", type=float, default=0.0)
+    p.set_defaults(func=_gateway)
+
+    for name in ("worker", "demo", "simulate", "train"):
         p = sub.add_parser(name, help=f"{name} (see the project's issues)")
         p.set_defaults(func=lambda _a, n=name: _not_yet(n))
 
