@@ -90,6 +90,15 @@ def _gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from qorch.worker.main import main as worker_main
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return worker_main(command)
+
+
 def _not_yet(name: str) -> int:
     print(f"qorch {name}: not yet available in this version", file=sys.stderr)
     return 2
@@ -134,7 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--price-per-qpu-second", type=float, default=0.0)
     p.set_defaults(func=_gateway)
 
-    for name in ("worker", "demo", "simulate", "train"):
+    p = sub.add_parser("worker", help="run a subtask: simulate QORCH_QASM, or -- COMMAND")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (command mode)")
+    p.set_defaults(func=_worker)
+
+    for name in ("demo", "simulate", "train"):
         p = sub.add_parser(name, help=f"{name} (see the project's issues)")
         p.set_defaults(func=lambda _a, n=name: _not_yet(n))
 

@@ -109,9 +109,10 @@ def build_backend(provider: Provider, name: str | None, *, token: str | None = N
     if provider is Provider.FAKE:
         from qiskit_ibm_runtime.fake_provider import FakeProviderForBackendV2
 
-        fakes = FakeProviderForBackendV2()
         try:
-            fake = fakes.backend(name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # some fakes warn when the provider loads
+                fake = FakeProviderForBackendV2().backend(name)
         except Exception:  # QiskitBackendNotFoundError
             raise BackendConfigError(
                 f"unknown fake backend {name!r}; known: fake_manila, fake_perth, fake_torino, "

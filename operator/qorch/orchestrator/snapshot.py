@@ -68,6 +68,33 @@ class CircuitInfo:
 
 
 @dataclass(frozen=True)
+class BackendMetrics:
+    """What Prometheus says about one quantum backend (None: no data yet)."""
+
+    queue_length: float | None = None
+    pending_jobs: float | None = None
+    queue_wait_p50_seconds: float | None = None
+    execution_p50_seconds: float | None = None
+    two_qubit_error: float | None = None
+    readout_error: float | None = None
+    t1_seconds: float | None = None
+    t2_seconds: float | None = None
+    up: bool | None = None
+
+
+@dataclass(frozen=True)
+class MetricsView:
+    """One reading of the live metrics. ``available`` False is the degraded mode: the
+    planner falls back to pod/job states (and, later, predictions) and says so."""
+
+    available: bool
+    reason: str = ""
+    backends: dict[str, BackendMetrics] = field(default_factory=dict)
+    worker_execution_p50_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    gpu_utilisation: float | None = None
+
+
+@dataclass(frozen=True)
 class PlannerConfig:
     retry_backoff_base: dt.timedelta = dt.timedelta(seconds=10)
     retry_backoff_max: dt.timedelta = dt.timedelta(minutes=5)
@@ -87,4 +114,5 @@ class WorkflowSnapshot:
     jobs: dict[str, JobState] = field(default_factory=dict)
     backends: dict[str, BackendInfo] = field(default_factory=dict)
     circuits: dict[str, CircuitInfo] = field(default_factory=dict)
+    metrics: MetricsView | None = None  # None: no metrics source configured
     config: PlannerConfig = field(default_factory=PlannerConfig)

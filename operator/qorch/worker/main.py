@@ -1,0 +1,223 @@
+"""``qorch worker``: the entrypoint of classical subtask pods.
+
+Circuit mode (no command given): simulate ``QORCH_QASM`` with qiskit-aer, choosing the
+method from the circuit (statevector up to ``STATEVECTOR_MAX_QUBITS``, else
+matrix_product_state) and the device from the node (GPU when Aer sees one). Command
+mode (``qorch worker -- CMD ...``): run the user's command and report on it.
+
+The result goes to the termination message (``QORCH_RESULT_PATH``, default
+``/dev/termination-log``), which Kubernetes caps at 4096 bytes: the operator copies it
+into the workflow's status. Larger sampler results keep their most frequent outcomes and
+say so (``truncated``, ``distinctOutcomes``).
+
+Exit codes: 0 success; 2 bad input (the message names the variable); 3 simulation
+failed; a command's own code in command mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from qorch.metrics.exporters import WorkerMetrics
+
+RESULT_LIMIT_BYTES = 4096
+STATEVECTOR_MAX_QUBITS = 28
+EXIT_BAD_INPUT = 2
+EXIT_SIMULATION_FAILED = 3
+
+
+class BadInput(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class CircuitTask:
+    qasm: str
+    primitive: str
+    shots: int
+    observables: tuple[str, ...]
+    method: str
+    device: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> CircuitTask:
+        qasm = env.get("QORCH_QASM", "")
+        if not qasm.strip():
+            raise BadInput("QORCH_QASM is empty: no circuit to run")
+        primitive = env.get("QORCH_PRIMITIVE", "sampler")
+        if primitive not in ("sampler", "estimator"):
+            raise BadInput(f"QORCH_PRIMITIVE={primitive!r}: expected sampler or estimator")
+        try:
+            shots = int(env.get("QORCH_SHOTS", "1024"))
+        except ValueError:
+            raise BadInput(f"QORCH_SHOTS={env.get('QORCH_SHOTS')!r} is not an integer") from None
+        try:
+            observables = tuple(json.loads(env.get("QORCH_OBSERVABLES", "[]") or "[]"))
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"QORCH_OBSERVABLES is not a JSON list: {exc}") from None
+        method = env.get("QORCH_METHOD", "auto")
+        if method not in ("auto", "statevector", "matrix_product_state"):
+            raise BadInput(f"QORCH_METHOD={method!r}: expected auto, statevector or "
+                           "matrix_product_state")
+        device = env.get("QORCH_DEVICE", "auto")
+        if device not in ("auto", "CPU", "GPU"):
+            raise BadInput(f"QORCH_DEVICE={device!r}: expected auto, CPU or GPU")
+        return cls(qasm, primitive, shots, observables, method, device)
+
+
+def choose_method(num_qubits: int, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "statevector" if num_qubits <= STATEVECTOR_MAX_QUBITS else "matrix_product_state"
+
+
+def choose_device(requested: str, available: tuple[str, ...]) -> str:
+    if requested == "GPU" and "GPU" not in available:
+        raise BadInput("QORCH_DEVICE=GPU but this node's Aer sees no GPU")
+    if requested == "auto":
+        return "GPU" if "GPU" in available else "CPU"
+    return requested
+
+
+def simulate(task: CircuitTask, metrics: WorkerMetrics) -> dict[str, Any]:
+    from qiskit import transpile
+    from qiskit.quantum_info import SparsePauliOp
+    from qiskit_aer import AerSimulator
+    from qiskit_aer.primitives import EstimatorV2, SamplerV2
+
+    from qorch.circuits import CircuitError, load_qasm
+    from qorch.gateway.backends import estimator_result, sampler_result
+
+    try:
+        circuit = load_qasm(task.qasm)
+    except CircuitError as exc:
+        raise BadInput(f"QORCH_QASM: {exc}") from None
+    method = choose_method(circuit.num_qubits, task.method)
+    device = choose_device(task.device, tuple(AerSimulator().available_devices()))
+    options = {"method": method, "device": device}
+    backend = AerSimulator(**options)
+    started = time.perf_counter()
+    if task.primitive == "sampler":
+        if circuit.num_clbits == 0:
+            raise BadInput("QORCH_QASM: a sampler circuit needs measurements")
+        isa = transpile(circuit, backend, optimization_level=1)
+        sampler = SamplerV2(default_shots=task.shots, options={"backend_options": options})
+        result = sampler_result(sampler.run([isa]).result()[0])
+    else:
+        for obs in task.observables:
+            if len(obs) != circuit.num_qubits or set(obs) - set("IXYZ"):
+                raise BadInput(f"QORCH_OBSERVABLES: {obs!r} must be {circuit.num_qubits} "
+                               "letters of IXYZ")
+        bare = circuit.remove_final_measurements(inplace=False)
+        isa = transpile(bare, backend, optimization_level=1)
+        ops = [SparsePauliOp(o).apply_layout(isa.layout) for o in task.observables]
+        # Precision 0: exact expectation values of the ideal state (shots do not apply).
+        estimator = EstimatorV2(options={"backend_options": options, "default_precision": 0.0})
+        result = estimator_result(estimator.run([(isa, ops)]).result()[0], task.observables)
+    elapsed = time.perf_counter() - started
+    metrics.execution.labels(method=method, device=device).observe(elapsed)
+    result.update(method=method, device=device, seconds=round(elapsed, 6),
+                  qubits=circuit.num_qubits)
+    return result
+
+
+def fit_result(result: dict[str, Any], limit: int = RESULT_LIMIT_BYTES) -> str:
+    """JSON of ``result`` within ``limit`` bytes, dropping the rarest outcomes if needed."""
+    text = json.dumps(result, separators=(",", ":"))
+    counts = result.get("counts")
+    if len(text.encode()) <= limit or not isinstance(counts, dict):
+        return text[:limit]
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    keep = len(ordered)
+    while keep > 0:
+        keep = keep * 3 // 4
+        trimmed = {**result, "counts": dict(ordered[:keep]), "truncated": True,
+                   "distinctOutcomes": result.get("distinctOutcomes", len(ordered))}
+        text = json.dumps(trimmed, separators=(",", ":"))
+        if len(text.encode()) <= limit:
+            return text
+    return json.dumps({"truncated": True, "distinctOutcomes": len(ordered)})
+
+
+def run_command(command: list[str], metrics: WorkerMetrics) -> tuple[int, dict[str, Any]]:
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    metrics.execution.labels(method="command", device="CPU").observe(elapsed)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    return proc.returncode, {"exitCode": proc.returncode, "seconds": round(elapsed, 6),
+                             "stdoutTail": proc.stdout[-1024:], "stderrTail": proc.stderr[-1024:]}
+
+
+def _gateway_latency(url: str, metrics: WorkerMetrics) -> None:
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=5):
+            pass
+    except OSError:
+        return
+    metrics.gateway_latency.observe(time.perf_counter() - started)
+
+
+def _record_usage(metrics: WorkerMetrics) -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    metrics.peak_memory.set(max(usage.ru_maxrss, children.ru_maxrss) * 1024)
+    metrics.cpu_seconds.inc(usage.ru_utime + usage.ru_stime + children.ru_utime
+                            + children.ru_stime)
+    try:
+        import pynvml  # optional: only on GPU nodes
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        metrics.gpu_utilisation.set(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
+    except Exception:  # no NVML, no GPU: the gauge stays absent
+        pass
+
+
+def main(command: list[str], env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    metrics = WorkerMetrics.create()
+    port = int(env.get("QORCH_METRICS_PORT", "0") or 0)
+    if port:
+        start_http_server(port, addr=env.get("QORCH_METRICS_ADDR", "0.0.0.0"),
+                          registry=metrics.registry)
+    if env.get("QORCH_NODE_PRICE_USD_PER_SECOND"):
+        metrics.cost_per_second.set(float(env["QORCH_NODE_PRICE_USD_PER_SECOND"]))
+    if env.get("QORCH_GATEWAY_URL"):
+        _gateway_latency(env["QORCH_GATEWAY_URL"], metrics)
+    result_path = env.get("QORCH_RESULT_PATH", "/dev/termination-log")
+    code = 0
+    try:
+        if command:
+            code, result = run_command(command, metrics)
+            message = fit_result(result)
+        else:
+            message = fit_result(simulate(CircuitTask.from_env(env), metrics))
+    except BadInput as exc:
+        code, message = EXIT_BAD_INPUT, f"bad input: {exc}"
+    except Exception as exc:  # the simulator's own failures (memory, unsupported gates)
+        code, message = EXIT_SIMULATION_FAILED, f"simulation failed: {type(exc).__name__}: {exc}"
+    metrics.runs.labels(outcome="success" if code == 0 else "failure").inc()
+    _record_usage(metrics)
+    try:
+        with open(result_path, "w") as fh:
+            fh.write(message[:RESULT_LIMIT_BYTES])
+    except OSError as exc:
+        print(f"cannot write the result to {result_path}: {exc}", file=sys.stderr)
+    print(message, file=sys.stdout if code == 0 else sys.stderr)
+    linger = float(env.get("QORCH_METRICS_LINGER_SECONDS", "0") or 0)
+    if port and linger > 0:
+        time.sleep(linger)  # let Prometheus scrape the final values of a short run
+    return code

@@ -1,0 +1,64 @@
+"""Run ``qorch gateway`` as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.harness.controlplane import free_port
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start(log_path: Path, *args: str) -> GatewayProcess:
+    port = free_port()
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qorch.cli", "gateway", "--host", "127.0.0.1", "--port",
+         str(port), *args],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    gw = GatewayProcess(proc, port, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log_path.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{gw.url}/healthz", timeout=1):
+                return gw
+        time.sleep(0.2)
+    gw.stop()
+    raise TimeoutError(f"gateway not healthy after 60 s: {log_path.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def running(log_path: Path, *args: str) -> Iterator[GatewayProcess]:
+    gw = start(log_path, *args)
+    try:
+        yield gw
+    finally:
+        gw.stop()
