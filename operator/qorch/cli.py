@@ -78,14 +78,28 @@ def _gateway(args: argparse.Namespace) -> int:
     if args.token_file:
         # The token comes from a mounted Secret; it is never logged or echoed.
         token = Path(args.token_file).read_text().strip()
-    adapter = build_backend(Provider(args.provider), args.backend, token=token,
-                            instance=args.instance, execution_mode=args.execution_mode,
-                            max_qubits=args.max_qubits)
-    service = GatewayService(adapter, GatewayMetrics.create(), batch_size=args.batch_size,
-                             price_per_qpu_second=args.price_per_qpu_second)
+    adapter = build_backend(
+        Provider(args.provider),
+        args.backend,
+        token=token,
+        instance=args.instance,
+        execution_mode=args.execution_mode,
+        max_qubits=args.max_qubits,
+    )
+    service = GatewayService(
+        adapter,
+        GatewayMetrics.create(),
+        batch_size=args.batch_size,
+        price_per_qpu_second=args.price_per_qpu_second,
+    )
     logging.getLogger("qorch.gateway").info(
-        "gateway for %s (%s, %d qubits) on %s:%d", adapter.name, args.provider,
-        adapter.num_qubits, args.host, args.port)
+        "gateway for %s (%s, %d qubits) on %s:%d",
+        adapter.name,
+        args.provider,
+        adapter.num_qubits,
+        args.host,
+        args.port,
+    )
     web.run_app(make_app(service), host=args.host, port=args.port, print=None)
     return 0
 

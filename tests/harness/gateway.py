@@ -38,18 +38,28 @@ def start(log_path: Path, *args: str) -> GatewayProcess:
     port = free_port()
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qorch.cli", "gateway", "--host", "127.0.0.1", "--port",
-         str(port), *args],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "qorch.cli",
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     gw = GatewayProcess(proc, port, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited: {log_path.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{gw.url}/healthz", timeout=1):
-                return gw
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{gw.url}/healthz", timeout=1):
+            return gw
         time.sleep(0.2)
     gw.stop()
     raise TimeoutError(f"gateway not healthy after 60 s: {log_path.read_text()[-2000:]}")

@@ -38,11 +38,11 @@ async def aer() -> AsyncIterator[TestClient]:
     await client.close()
 
 
-async def run_job(client: TestClient, timeout: float = 60, **payload: Any) -> dict[str, Any]:
+async def run_job(client: TestClient, wait_seconds: float = 60, **payload: Any) -> dict[str, Any]:
     payload.setdefault("backend", "aer")
     resp = await client.post("/v1/jobs", json=payload)
     assert resp.status == 202, await resp.text()
-    for _ in range(int(timeout * 20)):
+    for _ in range(int(wait_seconds * 20)):
         job: dict[str, Any] = await (await client.get(f"/v1/jobs/{payload['job_id']}")).json()
         if job["phase"] in ("Done", "Error", "Cancelled"):
             return job
@@ -61,11 +61,16 @@ async def test_ghz_on_aer_gives_only_all_zeros_and_all_ones(aer: TestClient) -> 
 
 
 async def test_estimator_values_of_a_bell_state_within_tolerance(aer: TestClient) -> None:
-    job = await run_job(aer, job_id="bell", qasm=BELL, primitive="estimator", shots=8000,
-                        observables=["ZZ", "XX", "ZI", "YY"])
+    job = await run_job(
+        aer,
+        job_id="bell",
+        qasm=BELL,
+        primitive="estimator",
+        shots=8000,
+        observables=["ZZ", "XX", "ZI", "YY"],
+    )
     assert job["phase"] == "Done", job
-    evs = dict(zip(job["result"]["observables"], job["result"]["expectationValues"],
-                   strict=True))
+    evs = dict(zip(job["result"]["observables"], job["result"]["expectationValues"], strict=True))
     tolerance = 6 / math.sqrt(8000)  # six standard errors of a ±1 observable
     assert evs["ZZ"] == pytest.approx(1.0, abs=tolerance)
     assert evs["XX"] == pytest.approx(1.0, abs=tolerance)
@@ -79,8 +84,9 @@ async def test_fake_backend_shows_noise_consistent_with_its_calibration() -> Non
         backend = await (await client.get("/v1/backend")).json()
         cal = backend["calibration"]
         assert backend["numQubits"] == 5
-        job = await run_job(client, job_id="ghz-noisy", backend="fake_manila", qasm=GHZ3,
-                            shots=8000)
+        job = await run_job(
+            client, job_id="ghz-noisy", backend="fake_manila", qasm=GHZ3, shots=8000
+        )
     finally:
         await client.close()
     assert job["phase"] == "Done", job
@@ -93,23 +99,37 @@ async def test_fake_backend_shows_noise_consistent_with_its_calibration() -> Non
     assert abs(fidelity - expected) < 0.08, (fidelity, expected, cal)
 
 
-@pytest.mark.parametrize(("payload", "status", "detail"), [
-    ({"qasm": STD + "qubit[2] q; h q[0]; cx q[0] q[1];"}, 422,
-     "OpenQASM does not parse: line 1, column "),
-    ({"qasm": STD + "qubit[20] q; bit[20] c; h q[0]; c = measure q;"}, 422,
-     "circuit has 20 qubits but aer has 12"),
-    ({"backend": "ibm_torino"}, 404, "unknown backend 'ibm_torino': this gateway serves 'aer'"),
-    ({"qasm": "x" * (MAX_BODY_BYTES + 10)}, 413, f"request body over {MAX_BODY_BYTES} bytes"),
-    ({"shots": 0}, 422, "shots must be 1..1000000, not 0"),
-    ({"shots": "many"}, 400, "field 'shots' must be int"),
-    ({"qasm": BELL}, 422, "a sampler circuit needs measurements"),
-    ({"primitive": "estimator", "qasm": BELL, "observables": ["ZZZ"]}, 422,
-     "observable 'ZZZ' must be 2 letters of IXYZ"),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "detail"),
+    [
+        (
+            {"qasm": STD + "qubit[2] q; h q[0]; cx q[0] q[1];"},
+            422,
+            "OpenQASM does not parse: line 1, column ",
+        ),
+        (
+            {"qasm": STD + "qubit[20] q; bit[20] c; h q[0]; c = measure q;"},
+            422,
+            "circuit has 20 qubits but aer has 12",
+        ),
+        ({"backend": "ibm_torino"}, 404, "unknown backend 'ibm_torino': this gateway serves 'aer'"),
+        ({"qasm": "x" * (MAX_BODY_BYTES + 10)}, 413, f"request body over {MAX_BODY_BYTES} bytes"),
+        ({"shots": 0}, 422, "shots must be 1..1000000, not 0"),
+        ({"shots": "many"}, 400, "field 'shots' must be int"),
+        ({"qasm": BELL}, 422, "a sampler circuit needs measurements"),
+        (
+            {"primitive": "estimator", "qasm": BELL, "observables": ["ZZZ"]},
+            422,
+            "observable 'ZZZ' must be 2 letters of IXYZ",
+        ),
+    ],
+)
 async def test_bad_input_gets_a_specific_4xx_and_does_not_disturb_other_jobs(
-        aer: TestClient, payload: dict[str, Any], status: int, detail: str) -> None:
-    first = await aer.post("/v1/jobs", json={"job_id": "good-1", "backend": "aer",
-                                             "qasm": GHZ3, "shots": 100})
+    aer: TestClient, payload: dict[str, Any], status: int, detail: str
+) -> None:
+    first = await aer.post(
+        "/v1/jobs", json={"job_id": "good-1", "backend": "aer", "qasm": GHZ3, "shots": 100}
+    )
     assert first.status == 202
     bad = {"job_id": "bad", "backend": "aer", "qasm": GHZ3, **payload}
     resp = await aer.post("/v1/jobs", json=bad)
@@ -123,8 +143,9 @@ async def test_bad_input_gets_a_specific_4xx_and_does_not_disturb_other_jobs(
 
 async def test_resubmission_is_idempotent_and_queued_jobs_can_be_cancelled() -> None:
     # The service alone, without its dispatcher: jobs stay queued until execute() is called.
-    service = GatewayService(build_backend(Provider.AER, "aer", max_qubits=12),
-                             GatewayMetrics.create(), batch_size=2)
+    service = GatewayService(
+        build_backend(Provider.AER, "aer", max_qubits=12), GatewayMetrics.create(), batch_size=2
+    )
     sub = Submission("j1", "aer", GHZ3, "sampler", 10, ())
     first = service.submit(sub)
     assert service.submit(sub) is first

@@ -25,42 +25,76 @@ GHZ = STD + "qubit[3] q; bit[3] c; h q[0]; cx q[0], q[1]; cx q[1], q[2]; c = mea
 
 
 def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         result: dict[str, Any] = json.loads(resp.read())
         return result
 
 
 def test_prometheus_scrapes_gateway_and_worker_and_reader_reads_them(
-        prometheus: Prometheus, session_dir: Path) -> None:
-    with gateway_mod.running(session_dir / "gateway-fake.log", "--provider", "fake",
-                             "--backend", "fake_manila", "--price-per-qpu-second", "1.6") as gw:
+    prometheus: Prometheus, session_dir: Path
+) -> None:
+    with gateway_mod.running(
+        session_dir / "gateway-fake.log",
+        "--provider",
+        "fake",
+        "--backend",
+        "fake_manila",
+        "--price-per-qpu-second",
+        "1.6",
+    ) as gw:
         worker_port = free_port()
-        env = {**os.environ, "QORCH_QASM": GHZ, "QORCH_METRICS_PORT": str(worker_port),
-               "QORCH_METRICS_ADDR": "127.0.0.1", "QORCH_METRICS_LINGER_SECONDS": "30",
-               "QORCH_RESULT_PATH": str(session_dir / "worker-result.json"),
-               "QORCH_GATEWAY_URL": gw.url}
-        worker = subprocess.Popen([sys.executable, "-m", "qorch.cli", "worker"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "QORCH_QASM": GHZ,
+            "QORCH_METRICS_PORT": str(worker_port),
+            "QORCH_METRICS_ADDR": "127.0.0.1",
+            "QORCH_METRICS_LINGER_SECONDS": "30",
+            "QORCH_RESULT_PATH": str(session_dir / "worker-result.json"),
+            "QORCH_GATEWAY_URL": gw.url,
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "qorch.cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             prometheus.set_targets("gateway", [f"127.0.0.1:{gw.port}"])
             prometheus.set_targets("worker", [f"127.0.0.1:{worker_port}"])
             for i in range(3):
-                post(f"{gw.url}/v1/jobs", {"job_id": f"m{i}", "backend": "fake_manila",
-                                           "qasm": GHZ, "shots": 200})
-            done = wait_for("gateway jobs done", lambda: all(
-                j["phase"] == "Done" for j in post(f"{gw.url}/v1/jobs/status", {
-                    "job_ids": ["m0", "m1", "m2"]})["jobs"]), 120)
+                post(
+                    f"{gw.url}/v1/jobs",
+                    {"job_id": f"m{i}", "backend": "fake_manila", "qasm": GHZ, "shots": 200},
+                )
+            done = wait_for(
+                "gateway jobs done",
+                lambda: all(
+                    j["phase"] == "Done"
+                    for j in post(f"{gw.url}/v1/jobs/status", {"job_ids": ["m0", "m1", "m2"]})[
+                        "jobs"
+                    ]
+                ),
+                120,
+            )
             assert done
             reader = PrometheusReader(prometheus.url)
 
             def complete() -> Any:
                 view = reader.read()
                 backend = view.backends.get("fake_manila")
-                ready = (backend is not None and backend.execution_p50_seconds is not None
-                         and ("statevector", "CPU") in view.worker_execution_p50_seconds)
+                ready = (
+                    backend is not None
+                    and backend.execution_p50_seconds is not None
+                    and ("statevector", "CPU") in view.worker_execution_p50_seconds
+                )
                 return view if ready else None
+
             view = wait_for("metrics through PromQL", complete, 60, interval=1)
             with urllib.request.urlopen(f"{gw.url}/v1/backend", timeout=5) as resp:
                 info = json.loads(resp.read())

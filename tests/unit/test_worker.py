@@ -18,8 +18,10 @@ from qorch.worker.main import (
 )
 
 STD = 'OPENQASM 3.0; include "stdgates.inc"; '
-GHZ = STD + "qubit[4] q; bit[4] c; h q[0]; cx q[0], q[1]; cx q[1], q[2]; cx q[2], q[3]; " \
-            "c = measure q;"
+GHZ = (
+    STD + "qubit[4] q; bit[4] c; h q[0]; cx q[0], q[1]; cx q[1], q[2]; cx q[2], q[3]; "
+    "c = measure q;"
+)
 
 
 def run(tmp_path: Path, command: list[str] | None = None, **env: str) -> tuple[int, str]:
@@ -38,8 +40,12 @@ def test_sampler_ghz(tmp_path: Path) -> None:
 
 
 def test_estimator_exact_values(tmp_path: Path) -> None:
-    code, text = run(tmp_path, QORCH_QASM=STD + "qubit[2] q; h q[0]; cx q[0], q[1];",
-                     QORCH_PRIMITIVE="estimator", QORCH_OBSERVABLES='["ZZ", "ZI", "YY"]')
+    code, text = run(
+        tmp_path,
+        QORCH_QASM=STD + "qubit[2] q; h q[0]; cx q[0], q[1];",
+        QORCH_PRIMITIVE="estimator",
+        QORCH_OBSERVABLES='["ZZ", "ZI", "YY"]',
+    )
     assert code == 0, text
     evs = json.loads(text)["expectationValues"]
     assert evs == pytest.approx([1.0, 0.0, -1.0], abs=1e-9)
@@ -56,18 +62,28 @@ def test_wide_circuit_uses_matrix_product_state(tmp_path: Path) -> None:
     assert set(result["counts"]) == {"0" * n, "1" * n}
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"QORCH_QASM": ""}, "QORCH_QASM is empty"),
-    ({"QORCH_QASM": STD + "qubit[2] q; h q[0]"}, "QORCH_QASM: OpenQASM does not parse"),
-    ({"QORCH_QASM": GHZ, "QORCH_SHOTS": "lots"}, "QORCH_SHOTS='lots' is not an integer"),
-    ({"QORCH_QASM": GHZ, "QORCH_METHOD": "magic"}, "QORCH_METHOD='magic'"),
-    ({"QORCH_QASM": STD + "qubit[2] q; h q[0];"}, "a sampler circuit needs measurements"),
-    ({"QORCH_QASM": STD + "qubit[2] q; h q[0];", "QORCH_PRIMITIVE": "estimator",
-      "QORCH_OBSERVABLES": '["Z"]'}, "QORCH_OBSERVABLES: 'Z' must be 2 letters"),
-    ({"QORCH_QASM": GHZ, "QORCH_DEVICE": "GPU"}, "QORCH_DEVICE=GPU but this node's Aer sees"),
-])
-def test_bad_input_exits_2_naming_the_variable(tmp_path: Path, env: dict[str, str],
-                                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"QORCH_QASM": ""}, "QORCH_QASM is empty"),
+        ({"QORCH_QASM": STD + "qubit[2] q; h q[0]"}, "QORCH_QASM: OpenQASM does not parse"),
+        ({"QORCH_QASM": GHZ, "QORCH_SHOTS": "lots"}, "QORCH_SHOTS='lots' is not an integer"),
+        ({"QORCH_QASM": GHZ, "QORCH_METHOD": "magic"}, "QORCH_METHOD='magic'"),
+        ({"QORCH_QASM": STD + "qubit[2] q; h q[0];"}, "a sampler circuit needs measurements"),
+        (
+            {
+                "QORCH_QASM": STD + "qubit[2] q; h q[0];",
+                "QORCH_PRIMITIVE": "estimator",
+                "QORCH_OBSERVABLES": '["Z"]',
+            },
+            "QORCH_OBSERVABLES: 'Z' must be 2 letters",
+        ),
+        ({"QORCH_QASM": GHZ, "QORCH_DEVICE": "GPU"}, "QORCH_DEVICE=GPU but this node's Aer sees"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
     code, text = run(tmp_path, **env)
     assert code == EXIT_BAD_INPUT
     assert message in text, text

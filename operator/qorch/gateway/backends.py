@@ -19,8 +19,6 @@ from qiskit.transpiler import generate_preset_pass_manager
 
 from qorch.api.backend import CalibrationSummary, Provider
 
-TOP_OUTCOMES = 256  # results keep the most frequent outcomes (status objects stay small)
-
 
 class BackendConfigError(ValueError):
     """The gateway was started with a backend it cannot build."""
@@ -35,9 +33,16 @@ class PreparedCircuit:
 
 
 class QuantumBackendAdapter:
-    def __init__(self, provider: Provider, name: str, backend: Any, *,
-                 execution_mode: str = "job", service: Any = None,
-                 max_qubits: int | None = None) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        name: str,
+        backend: Any,
+        *,
+        execution_mode: str = "job",
+        service: Any = None,
+        max_qubits: int | None = None,
+    ) -> None:
         self.provider = provider
         self._max_qubits = max_qubits
         self.name = name
@@ -62,8 +67,7 @@ class QuantumBackendAdapter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # local-mode notices, once per call otherwise
             if primitive == "sampler":
-                return SamplerV2(mode=self.backend).run([(c.isa,) for c in circuits],
-                                                        shots=shots)
+                return SamplerV2(mode=self.backend).run([(c.isa,) for c in circuits], shots=shots)
             estimator = EstimatorV2(mode=self.backend)
             estimator.options.default_shots = shots
             return estimator.run([(c.isa, list(c.observables)) for c in circuits])
@@ -81,9 +85,11 @@ class QuantumBackendAdapter:
             for qargs, props in (target[op_name] or {}).items():
                 if qargs and len(qargs) == 2 and props is not None and props.error is not None:
                     two_q.append(float(props.error))
-        readout = [float(p.error) for q, p in (target["measure"].items()
-                                               if "measure" in target else [])
-                   if p is not None and p.error is not None]
+        readout = [
+            float(p.error)
+            for q, p in (target["measure"].items() if "measure" in target else [])
+            if p is not None and p.error is not None
+        ]
         qprops = [p for p in (target.qubit_properties or []) if p is not None]
         t1 = [float(p.t1) for p in qprops if getattr(p, "t1", None)]
         t2 = [float(p.t2) for p in qprops if getattr(p, "t2", None)]
@@ -91,19 +97,29 @@ class QuantumBackendAdapter:
         def med(values: list[float]) -> float | None:
             return statistics.median(values) if values else None
 
-        return CalibrationSummary(medianTwoQubitError=med(two_q),
-                                  medianReadoutError=med(readout),
-                                  medianT1Seconds=med(t1), medianT2Seconds=med(t2))
+        return CalibrationSummary(
+            medianTwoQubitError=med(two_q),
+            medianReadoutError=med(readout),
+            medianT1Seconds=med(t1),
+            medianT2Seconds=med(t2),
+        )
 
 
-def build_backend(provider: Provider, name: str | None, *, token: str | None = None,
-                  instance: str | None = None, execution_mode: str = "job",
-                  max_qubits: int | None = None) -> QuantumBackendAdapter:
+def build_backend(
+    provider: Provider,
+    name: str | None,
+    *,
+    token: str | None = None,
+    instance: str | None = None,
+    execution_mode: str = "job",
+    max_qubits: int | None = None,
+) -> QuantumBackendAdapter:
     if provider is Provider.AER:
         from qiskit_aer import AerSimulator
 
-        return QuantumBackendAdapter(provider, name or "aer_simulator", AerSimulator(),
-                                     max_qubits=max_qubits or 30)
+        return QuantumBackendAdapter(
+            provider, name or "aer_simulator", AerSimulator(), max_qubits=max_qubits or 30
+        )
     if not name:
         raise BackendConfigError(f"provider {provider.value!r} needs a backend name")
     if provider is Provider.FAKE:
@@ -116,30 +132,16 @@ def build_backend(provider: Provider, name: str | None, *, token: str | None = N
         except Exception:  # QiskitBackendNotFoundError
             raise BackendConfigError(
                 f"unknown fake backend {name!r}; known: fake_manila, fake_perth, fake_torino, "
-                "fake_sherbrooke, ... (qiskit_ibm_runtime.fake_provider)") from None
+                "fake_sherbrooke, ... (qiskit_ibm_runtime.fake_provider)"
+            ) from None
         return QuantumBackendAdapter(provider, name, fake)
     if not token:
-        raise BackendConfigError("provider 'ibm' needs a token (mount the Secret and pass "
-                                 "--token-file)")
+        raise BackendConfigError(
+            "provider 'ibm' needs a token (mount the Secret and pass --token-file)"
+        )
     from qiskit_ibm_runtime import QiskitRuntimeService
 
-    service = QiskitRuntimeService(channel="ibm_quantum_platform", token=token,
-                                   instance=instance)
-    return QuantumBackendAdapter(provider, name, service.backend(name),
-                                 execution_mode=execution_mode, service=service)
-
-
-def sampler_result(pub_result: Any) -> dict[str, Any]:
-    counts: dict[str, int] = pub_result.join_data().get_counts()
-    shots = sum(counts.values())
-    top = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_OUTCOMES])
-    result: dict[str, Any] = {"counts": top, "shots": shots}
-    if len(top) < len(counts):
-        result.update(truncated=True, distinctOutcomes=len(counts))
-    return result
-
-
-def estimator_result(pub_result: Any, observables: tuple[str, ...]) -> dict[str, Any]:
-    evs = [float(v) for v in pub_result.data.evs]
-    stds = [float(v) for v in pub_result.data.stds]
-    return {"observables": list(observables), "expectationValues": evs, "stds": stds}
+    service = QiskitRuntimeService(channel="ibm_quantum_platform", token=token, instance=instance)
+    return QuantumBackendAdapter(
+        provider, name, service.backend(name), execution_mode=execution_mode, service=service
+    )

@@ -66,6 +66,11 @@ class HttpGatewayClient:
     async def cancel(self, backend: str, job_id: str) -> None:
         await self._request("DELETE", f"{self._url(backend)}/v1/jobs/{job_id}")
 
+    async def backend_info(self, backend: str) -> dict[str, Any]:
+        """Backend, queue and calibration summary (``GET /v1/backend``)."""
+        info: dict[str, Any] = await self._request("GET", f"{self._url(backend)}/v1/backend")
+        return info
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -33,47 +33,109 @@ JOB_SCHEMA: dict[str, Any] = {
         "execution_seconds": {"type": ["number", "null"]},
     },
 }
-ERROR = {"description": "Refused; `detail` says which field and why.",
-         "content": {"application/json": {"schema": {
-             "type": "object", "properties": {"detail": {"type": "string"}}}}}}
+ERROR = {
+    "description": "Refused; `detail` says which field and why.",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"detail": {"type": "string"}}}
+        }
+    },
+}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Qorch quantum gateway", "version": "v1"},
     "paths": {
-        "/v1/jobs": {"post": {
-            "summary": "Submit a circuit evaluation (idempotent by job_id).",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["job_id", "backend", "qasm"],
-                "properties": {
-                    "job_id": {"type": "string", "maxLength": 253},
-                    "backend": {"type": "string"},
-                    "qasm": {"type": "string", "description": "OpenQASM 3 (or 2) source"},
-                    "primitive": {"type": "string", "enum": ["sampler", "estimator"]},
-                    "shots": {"type": "integer", "minimum": 1, "maximum": 1000000},
-                    "observables": {"type": "array", "items": {"type": "string"}},
-                }}}}},
-            "responses": {"202": {"description": "Accepted", "content": {"application/json": {
-                "schema": JOB_SCHEMA}}}, "400": ERROR, "404": ERROR, "409": ERROR,
-                "413": ERROR, "422": ERROR}}},
-        "/v1/jobs/status": {"post": {
-            "summary": "States of several jobs; unknown ids are left out.",
-            "requestBody": {"content": {"application/json": {"schema": {
-                "type": "object", "properties": {"job_ids": {"type": "array",
-                                                             "items": {"type": "string"}}}}}}},
-            "responses": {"200": {"description": "OK", "content": {"application/json": {
-                "schema": {"type": "object", "properties": {
-                    "jobs": {"type": "array", "items": JOB_SCHEMA}}}}}}}}},
+        "/v1/jobs": {
+            "post": {
+                "summary": "Submit a circuit evaluation (idempotent by job_id).",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["job_id", "backend", "qasm"],
+                                "properties": {
+                                    "job_id": {"type": "string", "maxLength": 253},
+                                    "backend": {"type": "string"},
+                                    "qasm": {
+                                        "type": "string",
+                                        "description": "OpenQASM 3 (or 2) source",
+                                    },
+                                    "primitive": {
+                                        "type": "string",
+                                        "enum": ["sampler", "estimator"],
+                                    },
+                                    "shots": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                                    "observables": {"type": "array", "items": {"type": "string"}},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "Accepted",
+                        "content": {"application/json": {"schema": JOB_SCHEMA}},
+                    },
+                    "400": ERROR,
+                    "404": ERROR,
+                    "409": ERROR,
+                    "413": ERROR,
+                    "422": ERROR,
+                },
+            }
+        },
+        "/v1/jobs/status": {
+            "post": {
+                "summary": "States of several jobs; unknown ids are left out.",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "job_ids": {"type": "array", "items": {"type": "string"}}
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"jobs": {"type": "array", "items": JOB_SCHEMA}},
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
         "/v1/jobs/{job_id}": {
-            "get": {"summary": "One job.", "responses": {"200": {"description": "OK"},
-                                                          "404": ERROR}},
-            "delete": {"summary": "Cancel a queued job.",
-                       "responses": {"200": {"description": "Cancelled"}, "404": ERROR,
-                                     "409": ERROR}}},
-        "/v1/backend": {"get": {"summary": "Backend, queue and calibration summary.",
-                                "responses": {"200": {"description": "OK"}}}},
+            "get": {
+                "summary": "One job.",
+                "responses": {"200": {"description": "OK"}, "404": ERROR},
+            },
+            "delete": {
+                "summary": "Cancel a queued job.",
+                "responses": {"200": {"description": "Cancelled"}, "404": ERROR, "409": ERROR},
+            },
+        },
+        "/v1/backend": {
+            "get": {
+                "summary": "Backend, queue and calibration summary.",
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
         "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "OK"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics.",
-                             "responses": {"200": {"description": "OK"}}}},
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "OK"}}}
+        },
     },
 }
 
@@ -120,9 +182,14 @@ def _submission(body: dict[str, Any]) -> Submission:
     job_id = field("job_id", str)
     if not 0 < len(job_id) <= 253:
         raise GatewayRequestError(400, "field 'job_id' must have 1..253 characters")
-    return Submission(job_id=job_id, backend=field("backend", str), qasm=field("qasm", str),
-                      primitive=field("primitive", str, "sampler"),
-                      shots=field("shots", int, 1024), observables=tuple(observables))
+    return Submission(
+        job_id=job_id,
+        backend=field("backend", str),
+        qasm=field("qasm", str),
+        primitive=field("primitive", str, "sampler"),
+        shots=field("shots", int, 1024),
+        observables=tuple(observables),
+    )
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -153,12 +220,16 @@ async def cancel(request: web.Request) -> web.Response:
 async def backend(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     adapter = service.adapter
-    return web.json_response({
-        "name": adapter.name, "provider": adapter.provider.value,
-        "numQubits": adapter.num_qubits, "queueLength": len(service.queued()),
-        "pendingJobs": adapter.pending_jobs(),
-        "calibration": adapter.calibration().model_dump(mode="json"),
-    })
+    return web.json_response(
+        {
+            "name": adapter.name,
+            "provider": adapter.provider.value,
+            "numQubits": adapter.num_qubits,
+            "queueLength": len(service.queued()),
+            "pendingJobs": adapter.pending_jobs(),
+            "calibration": adapter.calibration().model_dump(mode="json"),
+        }
+    )
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -187,8 +258,7 @@ def make_app(service: GatewayService) -> web.Application:
     app.router.add_get("/metrics", metrics)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(service.run_forever()),
-                 asyncio.create_task(_refresh(service))]
+        tasks = [asyncio.create_task(service.run_forever()), asyncio.create_task(_refresh(service))]
         yield
         for task in tasks:
             task.cancel()

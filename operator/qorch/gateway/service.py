@@ -17,15 +17,11 @@ from typing import Any
 
 from qiskit import QuantumCircuit
 
-from qorch.circuits import CircuitError, load_qasm
-from qorch.gateway.backends import (
-    PreparedCircuit,
-    QuantumBackendAdapter,
-    estimator_result,
-    sampler_result,
-)
+from qorch.gateway.backends import PreparedCircuit, QuantumBackendAdapter
 from qorch.metrics.exporters import GatewayMetrics
 from qorch.orchestrator.snapshot import JobPhase
+from qorch.quantum.circuits import CircuitError, load_qasm
+from qorch.quantum.results import estimator_result, sampler_result
 
 log = logging.getLogger(__name__)
 MAX_FINISHED_JOBS = 10_000
@@ -74,14 +70,23 @@ class JobRecord:
             "result": self.result,
             "qpu_seconds": self.qpu_seconds,
             "queue_seconds": round((started or now) - self.submitted_at, 6),
-            "execution_seconds": (round(self.finished_at - self.started_at, 6)
-                                  if self.finished_at and self.started_at else None),
+            "execution_seconds": (
+                round(self.finished_at - self.started_at, 6)
+                if self.finished_at and self.started_at
+                else None
+            ),
         }
 
 
 class GatewayService:
-    def __init__(self, adapter: QuantumBackendAdapter, metrics: GatewayMetrics, *,
-                 batch_size: int = 8, price_per_qpu_second: float = 0.0) -> None:
+    def __init__(
+        self,
+        adapter: QuantumBackendAdapter,
+        metrics: GatewayMetrics,
+        *,
+        batch_size: int = 8,
+        price_per_qpu_second: float = 0.0,
+    ) -> None:
         self.adapter = adapter
         self.metrics = metrics
         self.batch_size = batch_size
@@ -103,14 +108,16 @@ class GatewayService:
                 raise GatewayRequestError(409, f"job {sub.job_id!r} exists with another payload")
             return existing  # a resubmission after a crash: the same job, not a second one
         if sub.backend != self.adapter.name:
-            raise GatewayRequestError(404, f"unknown backend {sub.backend!r}: this gateway "
-                                           f"serves {self.adapter.name!r}")
+            raise GatewayRequestError(
+                404, f"unknown backend {sub.backend!r}: this gateway serves {self.adapter.name!r}"
+            )
         circuit = self._parse(sub)
         try:
             prepared = self.adapter.prepare(circuit, sub.observables)
         except Exception as exc:  # transpiler errors for circuits the target cannot run
-            raise GatewayRequestError(422, f"circuit cannot run on {self.adapter.name}: "
-                                           f"{exc}") from exc
+            raise GatewayRequestError(
+                422, f"circuit cannot run on {self.adapter.name}: {exc}"
+            ) from exc
         record = JobRecord(sub, prepared)
         self.jobs[sub.job_id] = record
         self._update_queue_gauge()
@@ -119,8 +126,9 @@ class GatewayService:
 
     def _parse(self, sub: Submission) -> QuantumCircuit:
         if sub.primitive not in ("sampler", "estimator"):
-            raise GatewayRequestError(422, f"primitive must be sampler or estimator, not "
-                                           f"{sub.primitive!r}")
+            raise GatewayRequestError(
+                422, f"primitive must be sampler or estimator, not {sub.primitive!r}"
+            )
         if not 1 <= sub.shots <= 1_000_000:
             raise GatewayRequestError(422, f"shots must be 1..1000000, not {sub.shots}")
         try:
@@ -129,12 +137,15 @@ class GatewayService:
             raise GatewayRequestError(422, str(exc)) from exc
         if circuit.num_qubits > self.adapter.num_qubits:
             raise GatewayRequestError(
-                422, f"circuit has {circuit.num_qubits} qubits but {self.adapter.name} has "
-                     f"{self.adapter.num_qubits}")
+                422,
+                f"circuit has {circuit.num_qubits} qubits but {self.adapter.name} has "
+                f"{self.adapter.num_qubits}",
+            )
         if sub.primitive == "sampler":
             if circuit.num_clbits == 0:
-                raise GatewayRequestError(422, "a sampler circuit needs measurements "
-                                               "(e.g. `c = measure q;`)")
+                raise GatewayRequestError(
+                    422, "a sampler circuit needs measurements (e.g. `c = measure q;`)"
+                )
             if sub.observables:
                 raise GatewayRequestError(422, "observables apply to the estimator only")
         else:
@@ -143,7 +154,8 @@ class GatewayService:
             for obs in sub.observables:
                 if len(obs) != circuit.num_qubits or set(obs) - set("IXYZ"):
                     raise GatewayRequestError(
-                        422, f"observable {obs!r} must be {circuit.num_qubits} letters of IXYZ")
+                        422, f"observable {obs!r} must be {circuit.num_qubits} letters of IXYZ"
+                    )
             circuit = circuit.remove_final_measurements(inplace=False)
         return circuit
 
@@ -158,8 +170,9 @@ class GatewayService:
             self._finish(record, JobPhase.CANCELLED, "cancelled while queued")
         elif record.phase is JobPhase.RUNNING:
             if record.remote is None or not hasattr(record.remote, "cancel"):
-                raise GatewayRequestError(409, f"job {job_id!r} is already executing and "
-                                               "cannot be cancelled")
+                raise GatewayRequestError(
+                    409, f"job {job_id!r} is already executing and cannot be cancelled"
+                )
             record.remote.cancel()
             self._finish(record, JobPhase.CANCELLED, "cancelled while running")
         return record
@@ -211,8 +224,11 @@ class GatewayService:
         for i, record in enumerate(batch):
             if record.phase is not JobPhase.RUNNING:
                 continue  # cancelled meanwhile
-            record.result = (sampler_result(result[i]) if primitive == "sampler"
-                             else estimator_result(result[i], record.submission.observables))
+            record.result = (
+                sampler_result(result[i])
+                if primitive == "sampler"
+                else estimator_result(result[i], record.submission.observables)
+            )
             record.qpu_seconds = usage / len(batch)
             self._finish(record, JobPhase.DONE, "")
 
@@ -220,12 +236,14 @@ class GatewayService:
         record.phase = phase
         record.message = message
         record.finished_at = time.monotonic()
-        outcome = {JobPhase.DONE: "done", JobPhase.ERROR: "error",
-                   JobPhase.CANCELLED: "cancelled"}[phase]
+        outcome = {JobPhase.DONE: "done", JobPhase.ERROR: "error", JobPhase.CANCELLED: "cancelled"}[
+            phase
+        ]
         self.metrics.jobs.labels(**self._label, outcome=outcome).inc()
         if record.started_at is not None and phase is JobPhase.DONE:
-            self.metrics.execution.labels(**self._label, primitive=record.submission.primitive
-                                          ).observe(record.finished_at - record.started_at)
+            self.metrics.execution.labels(
+                **self._label, primitive=record.submission.primitive
+            ).observe(record.finished_at - record.started_at)
         if record.qpu_seconds:
             self.metrics.qpu_seconds.labels(**self._label).inc(record.qpu_seconds)
             self.metrics.cost.labels(**self._label).inc(record.qpu_seconds * self.price)
@@ -242,15 +260,18 @@ class GatewayService:
 
     def refresh_calibration(self) -> None:
         cal = self.adapter.calibration()
-        for gauge, value in ((self.metrics.two_qubit_error, cal.medianTwoQubitError),
-                             (self.metrics.readout_error, cal.medianReadoutError),
-                             (self.metrics.t1, cal.medianT1Seconds),
-                             (self.metrics.t2, cal.medianT2Seconds)):
+        for gauge, value in (
+            (self.metrics.two_qubit_error, cal.medianTwoQubitError),
+            (self.metrics.readout_error, cal.medianReadoutError),
+            (self.metrics.t1, cal.medianT1Seconds),
+            (self.metrics.t2, cal.medianT2Seconds),
+        ):
             if value is not None:
                 gauge.labels(**self._label).set(value)
         pending = self.adapter.pending_jobs()
         self.metrics.backend_pending_jobs.labels(**self._label).set(
-            pending if pending is not None else len(self.queued()))
+            pending if pending is not None else len(self.queued())
+        )
 
 
 def _usage_seconds(remote: Any) -> float:

@@ -39,39 +39,70 @@ class GatewayMetrics:
         b = ["backend"]
         return cls(
             registry=r,
-            queue_length=Gauge("qorch_gateway_queue_length", "Jobs waiting in this gateway.",
-                               b, registry=r),
+            queue_length=Gauge(
+                "qorch_gateway_queue_length", "Jobs waiting in this gateway.", b, registry=r
+            ),
             backend_pending_jobs=Gauge(
                 "qorch_backend_pending_jobs",
                 "Jobs pending on the backend itself (IBM: backend.status().pending_jobs).",
-                b, registry=r),
-            queue_wait=Histogram("qorch_gateway_queue_wait_seconds",
-                                 "Time from submission to start of execution.", b,
-                                 buckets=LATENCY_BUCKETS, registry=r),
-            execution=Histogram("qorch_gateway_execution_seconds",
-                                "Wall time of one execution (a batch counts once per job).",
-                                [*b, "primitive"], buckets=LATENCY_BUCKETS, registry=r),
-            jobs=Counter("qorch_gateway_jobs_total", "Jobs finished, by outcome.",
-                         [*b, "outcome"], registry=r),
-            qpu_seconds=Counter("qorch_gateway_qpu_seconds_total",
-                                "QPU time billed (IBM job.usage()); 0 for simulators.", b,
-                                registry=r),
-            price=Gauge("qorch_gateway_price_usd_per_qpu_second",
-                        "Price of one QPU second on this backend.", b, registry=r),
-            cost=Counter("qorch_gateway_cost_usd_total", "Money spent on this backend.", b,
-                         registry=r),
-            two_qubit_error=Gauge("qorch_backend_median_two_qubit_error",
-                                  "Median two-qubit gate error from the calibration.", b,
-                                  registry=r),
-            readout_error=Gauge("qorch_backend_median_readout_error",
-                                "Median readout error from the calibration.", b, registry=r),
-            t1=Gauge("qorch_backend_median_t1_seconds", "Median T1 from the calibration.", b,
-                     registry=r),
-            t2=Gauge("qorch_backend_median_t2_seconds", "Median T2 from the calibration.", b,
-                     registry=r),
+                b,
+                registry=r,
+            ),
+            queue_wait=Histogram(
+                "qorch_gateway_queue_wait_seconds",
+                "Time from submission to start of execution.",
+                b,
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            execution=Histogram(
+                "qorch_gateway_execution_seconds",
+                "Wall time of one execution (a batch counts once per job).",
+                [*b, "primitive"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            jobs=Counter(
+                "qorch_gateway_jobs_total",
+                "Jobs finished, by outcome.",
+                [*b, "outcome"],
+                registry=r,
+            ),
+            qpu_seconds=Counter(
+                "qorch_gateway_qpu_seconds_total",
+                "QPU time billed (IBM job.usage()); 0 for simulators.",
+                b,
+                registry=r,
+            ),
+            price=Gauge(
+                "qorch_gateway_price_usd_per_qpu_second",
+                "Price of one QPU second on this backend.",
+                b,
+                registry=r,
+            ),
+            cost=Counter(
+                "qorch_gateway_cost_usd_total", "Money spent on this backend.", b, registry=r
+            ),
+            two_qubit_error=Gauge(
+                "qorch_backend_median_two_qubit_error",
+                "Median two-qubit gate error from the calibration.",
+                b,
+                registry=r,
+            ),
+            readout_error=Gauge(
+                "qorch_backend_median_readout_error",
+                "Median readout error from the calibration.",
+                b,
+                registry=r,
+            ),
+            t1=Gauge(
+                "qorch_backend_median_t1_seconds", "Median T1 from the calibration.", b, registry=r
+            ),
+            t2=Gauge(
+                "qorch_backend_median_t2_seconds", "Median T2 from the calibration.", b, registry=r
+            ),
             num_qubits=Gauge("qorch_backend_qubits", "Qubits of the backend.", b, registry=r),
-            healthy=Gauge("qorch_backend_up", "1 when the backend accepts jobs.", b,
-                          registry=r),
+            healthy=Gauge("qorch_backend_up", "1 when the backend accepts jobs.", b, registry=r),
         )
 
 
@@ -91,22 +122,38 @@ class WorkerMetrics:
         r = registry or CollectorRegistry()
         return cls(
             registry=r,
-            execution=Histogram("qorch_worker_execution_seconds",
-                                "Wall time of one circuit simulation or user command.",
-                                ["method", "device"], buckets=LATENCY_BUCKETS, registry=r),
-            runs=Counter("qorch_worker_runs_total", "Runs finished, by outcome.",
-                         ["outcome"], registry=r),
-            peak_memory=Gauge("qorch_worker_peak_memory_bytes",
-                              "Peak resident memory of the worker process.", registry=r),
-            cpu_seconds=Counter("qorch_worker_cpu_seconds_total",
-                                "CPU time used by the worker process.", registry=r),
-            gpu_utilisation=Gauge("qorch_worker_gpu_utilisation_ratio",
-                                  "GPU utilisation 0..1 (NVML), absent without a GPU.",
-                                  registry=r),
-            gateway_latency=Histogram("qorch_worker_gateway_latency_seconds",
-                                      "Round-trip time to the quantum gateway's /healthz.",
-                                      buckets=LATENCY_BUCKETS, registry=r),
-            cost_per_second=Gauge("qorch_worker_cost_usd_per_second",
-                                  "Price of the node this worker runs on, per second.",
-                                  registry=r),
+            execution=Histogram(
+                "qorch_worker_execution_seconds",
+                "Wall time of one circuit simulation or user command.",
+                ["method", "device"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            runs=Counter(
+                "qorch_worker_runs_total", "Runs finished, by outcome.", ["outcome"], registry=r
+            ),
+            peak_memory=Gauge(
+                "qorch_worker_peak_memory_bytes",
+                "Peak resident memory of the worker process.",
+                registry=r,
+            ),
+            cpu_seconds=Counter(
+                "qorch_worker_cpu_seconds_total", "CPU time used by the worker process.", registry=r
+            ),
+            gpu_utilisation=Gauge(
+                "qorch_worker_gpu_utilisation_ratio",
+                "GPU utilisation 0..1 (NVML), absent without a GPU.",
+                registry=r,
+            ),
+            gateway_latency=Histogram(
+                "qorch_worker_gateway_latency_seconds",
+                "Round-trip time to the quantum gateway's /healthz.",
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            cost_per_second=Gauge(
+                "qorch_worker_cost_usd_per_second",
+                "Price of the node this worker runs on, per second.",
+                registry=r,
+            ),
         )

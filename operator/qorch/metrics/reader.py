@@ -29,25 +29,30 @@ BACKEND_GAUGES: dict[str, str] = {
     "up": "max by (backend) (qorch_backend_up)",
     "queue_wait_p50_seconds": (
         "histogram_quantile(0.5, sum by (backend, le) "
-        f"(rate(qorch_gateway_queue_wait_seconds_bucket[{QUEUE_WINDOW}])))"),
+        f"(rate(qorch_gateway_queue_wait_seconds_bucket[{QUEUE_WINDOW}])))"
+    ),
     "execution_p50_seconds": (
         "histogram_quantile(0.5, sum by (backend, le) "
-        f"(rate(qorch_gateway_execution_seconds_bucket[{QUEUE_WINDOW}])))"),
+        f"(rate(qorch_gateway_execution_seconds_bucket[{QUEUE_WINDOW}])))"
+    ),
 }
 # With no increase inside the window (a quiet gateway, or jobs that finished before the
 # first scrape) the rate-based quantile is NaN: fall back to the whole histogram.
 BACKEND_FALLBACKS: dict[str, str] = {
     "queue_wait_p50_seconds": (
-        "histogram_quantile(0.5, sum by (backend, le) (qorch_gateway_queue_wait_seconds_bucket))"),
+        "histogram_quantile(0.5, sum by (backend, le) (qorch_gateway_queue_wait_seconds_bucket))"
+    ),
     "execution_p50_seconds": (
-        "histogram_quantile(0.5, sum by (backend, le) (qorch_gateway_execution_seconds_bucket))"),
+        "histogram_quantile(0.5, sum by (backend, le) (qorch_gateway_execution_seconds_bucket))"
+    ),
 }
 # Workers are short-lived, one run each: a rate would often see no increase at all. The
 # largest value each worker's buckets reached in the window, summed over workers, is the
 # distribution of the runs seen in that window.
 WORKER_EXECUTION_P50 = (
     "histogram_quantile(0.5, sum by (method, device, le) "
-    f"(max_over_time(qorch_worker_execution_seconds_bucket[{WORKER_WINDOW}])))")
+    f"(max_over_time(qorch_worker_execution_seconds_bucket[{WORKER_WINDOW}])))"
+)
 GPU_UTILISATION = "avg(qorch_worker_gpu_utilisation_ratio)"
 
 
@@ -75,15 +80,18 @@ class PrometheusReader:
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._prom.custom_query(
-            promql, params={"timeout": f"{int(self._timeout * 1000)}ms"})
+            promql, params={"timeout": f"{int(self._timeout * 1000)}ms"}
+        )
         return result
 
     def read(self) -> MetricsView:
         try:
             backends: dict[str, BackendMetrics] = {}
             for attr, promql in BACKEND_GAUGES.items():
-                queries = [promql, *([BACKEND_FALLBACKS[attr]] if attr in BACKEND_FALLBACKS
-                                     else [])]
+                queries = [
+                    promql,
+                    *([BACKEND_FALLBACKS[attr]] if attr in BACKEND_FALLBACKS else []),
+                ]
                 for query in queries:
                     for sample in self._query(query):
                         name = sample["metric"].get("backend")
@@ -95,15 +103,22 @@ class PrometheusReader:
                         backends[name] = replace(current, **{attr: converted})
             workers = {
                 (s["metric"].get("method", ""), s["metric"].get("device", "")): v
-                for s in self._query(WORKER_EXECUTION_P50) if (v := _value(s)) is not None}
-            gpu = next((v for s in self._query(GPU_UTILISATION) if (v := _value(s)) is not None),
-                       None)
+                for s in self._query(WORKER_EXECUTION_P50)
+                if (v := _value(s)) is not None
+            }
+            gpu = next(
+                (v for s in self._query(GPU_UTILISATION) if (v := _value(s)) is not None), None
+            )
         except Exception as exc:  # connection refused, timeouts, HTTP errors, bad JSON
             reason = f"Prometheus at {self.url} unavailable: {type(exc).__name__}: {exc}"
             log.warning("%s", reason)
             return MetricsView(available=False, reason=reason[:1024])
-        return MetricsView(available=True, backends=backends,
-                           worker_execution_p50_seconds=workers, gpu_utilisation=gpu)
+        return MetricsView(
+            available=True,
+            backends=backends,
+            worker_execution_p50_seconds=workers,
+            gpu_utilisation=gpu,
+        )
 
 
 def _value(sample: dict[str, Any]) -> float | None:

@@ -13,7 +13,15 @@ from qorch.api.meta import GROUP, VERSION
 from qorch.api.workflow import HybridWorkflowSpec
 from qorch.gateway.base import GatewayClient, GatewayError, JobRequest
 from qorch.metrics import operator_metrics as metrics
-from qorch.operator.podspec import GATE, build_pod, release_patch
+from qorch.operator.podspec import (
+    GATE,
+    LABEL_MANAGED_BY,
+    LABEL_SUBTASK,
+    LABEL_WORKFLOW,
+    build_pod,
+    owner_reference,
+    release_patch,
+)
 from qorch.orchestrator.plan import (
     CancelJob,
     CreatePod,
@@ -21,8 +29,11 @@ from qorch.orchestrator.plan import (
     Event,
     Plan,
     ReleasePod,
+    StoreResult,
     SubmitJob,
 )
+
+CONFIG_MAP_LIMIT_BYTES = 1_000_000  # etcd's object limit is ~1.5 MiB; keep well below
 
 
 class Applier:
@@ -82,6 +93,8 @@ class Applier:
                     metrics.placements(action.backend, "backend")
                 elif isinstance(action, CancelJob):
                     await self.gateway.cancel(action.backend, action.job_id)
+                elif isinstance(action, StoreResult):
+                    await self._store_result(body, action)
             except (ApiException, GatewayError) as exc:
                 reason = getattr(exc, "reason", None) or str(exc)
                 message = f"{type(action).__name__} failed: {_api_message(exc) or reason}"
@@ -120,6 +133,41 @@ class Applier:
         await asyncio.to_thread(
             self.core.patch_namespaced_pod, pod_name, namespace, release_patch(raw, pool)
         )
+
+    async def _store_result(self, body: dict[str, Any], action: StoreResult) -> None:
+        meta = body["metadata"]
+        text = json.dumps(action.result, separators=(",", ":"))
+        if len(text) > CONFIG_MAP_LIMIT_BYTES:
+            text = json.dumps(
+                {
+                    "truncated": True,
+                    "bytes": len(text),
+                    "reason": f"result over {CONFIG_MAP_LIMIT_BYTES} bytes",
+                }
+            )
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": action.config_map,
+                "namespace": meta["namespace"],
+                "labels": {
+                    LABEL_WORKFLOW: meta["name"],
+                    LABEL_SUBTASK: action.subtask,
+                    LABEL_MANAGED_BY: "qorch",
+                },
+                "ownerReferences": [owner_reference(body)],
+            },
+            "data": {"result.json": text},
+        }
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_config_map, meta["namespace"], cm)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            await asyncio.to_thread(
+                self.core.replace_namespaced_config_map, action.config_map, meta["namespace"], cm
+            )
 
     async def _delete_pod(self, namespace: str, pod_name: str) -> None:
         try:

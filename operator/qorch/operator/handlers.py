@@ -22,6 +22,8 @@ from prometheus_client import start_http_server
 from qorch.api.backend import GatewayRef, Provider
 from qorch.api.meta import GROUP, VERSION
 from qorch.api.workflow import HybridWorkflowStatus, ResourceKind, WorkflowPhase
+from qorch.gateway.base import GatewayError
+from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.podspec import LABEL_MANAGED_BY, LABEL_WORKFLOW, pod_state
 from qorch.operator.runtime import Runtime, build_snapshot, parse_spec
@@ -92,6 +94,47 @@ def track_gateway_url(
         runtime.gateway_urls[name] = GatewayRef.model_validate(dict(gateway)).base_url()
 
 
+@kopf.timer(GROUP, VERSION, "quantumbackends", interval=30.0, initial_delay=1.0)
+async def refresh_backend_status(
+    name: str, memo: kopf.Memo, patch: kopf.Patch, logger: Logger, **_: Any
+) -> None:
+    """Mirror the gateway's health, queue and calibration into the QuantumBackend status,
+    where users (kubectl get qb) and the planner's index see them."""
+    runtime: Runtime = memo.runtime
+    if not isinstance(runtime.gateway, HttpGatewayClient):
+        return
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        info = await runtime.gateway.backend_info(name)
+    except GatewayError as exc:
+        logger.warning("gateway of %s: %s", name, exc)
+        patch.status["healthy"] = False
+        patch.status["conditions"] = [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "GatewayUnreachable",
+                "message": str(exc)[:1024],
+                "lastTransitionTime": now,
+            }
+        ]
+        return
+    calibration = dict(info.get("calibration") or {})
+    calibration["updatedAt"] = now
+    patch.status["healthy"] = True
+    patch.status["queueLength"] = int(info.get("pendingJobs") or info.get("queueLength") or 0)
+    patch.status["calibration"] = calibration
+    patch.status["conditions"] = [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "GatewayReachable",
+            "message": f"{info.get('numQubits')} qubits",
+            "lastTransitionTime": now,
+        }
+    ]
+
+
 @kopf.on.event("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
 def wake_on_pod_event(
     namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
@@ -147,6 +190,7 @@ async def drive_workflow(
                 backends=[b for store in quantum_backends.values() for b in store],
                 circuits_info=infos,
                 runtime=runtime,
+                metrics=await runtime.metrics_view(),
             )
             decided = plan(snapshot, runtime.policy)
             events = await runtime.applier.act(raw, spec, decided, sources, logger)

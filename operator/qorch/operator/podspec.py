@@ -102,16 +102,7 @@ def build_pod(
             "namespace": meta["namespace"],
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "HybridWorkflow",
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(workflow)],
         },
         "spec": {
             "schedulingGates": [{"name": GATE}],
@@ -127,6 +118,19 @@ def build_pod(
             "containers": [container],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
         },
+    }
+
+
+def owner_reference(workflow: dict[str, Any]) -> dict[str, Any]:
+    """Children go with their workflow (garbage collection); no finalizer needed."""
+    meta = workflow["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "HybridWorkflow",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
 
 

@@ -6,16 +6,17 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes import client, config
 from pydantic import ValidationError
 
-from qorch import circuits
 from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, ResourceKind
 from qorch.gateway.base import GatewayClient, GatewayError
+from qorch.metrics.reader import MetricsReader, PrometheusReader
 from qorch.operator.apply import Applier
 from qorch.operator.podspec import pod_state
 from qorch.operator.settings import OperatorSettings
@@ -25,9 +26,11 @@ from qorch.orchestrator.snapshot import (
     BackendInfo,
     CircuitInfo,
     JobState,
+    MetricsView,
     PodState,
     WorkflowSnapshot,
 )
+from qorch.quantum import circuits
 
 
 def make_gateway(settings: OperatorSettings, urls: dict[str, str]) -> GatewayClient:
@@ -51,6 +54,8 @@ class Runtime:
     applier: Applier
     policy: PlacementPolicy
     gateway_urls: dict[str, str]
+    metrics_reader: MetricsReader | None = None
+    _metrics: tuple[float, MetricsView] | None = None
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     _circuit_cache: dict[str, CircuitInfo] = field(default_factory=dict)
 
@@ -65,7 +70,19 @@ class Runtime:
         urls: dict[str, str] = {}
         gateway = make_gateway(settings, urls)
         applier = Applier(core, custom, gateway, settings.worker_image)
-        return cls(settings, core, custom, gateway, applier, RulePolicy(), urls)
+        reader = PrometheusReader(settings.prometheus_url) if settings.prometheus_url else None
+        return cls(settings, core, custom, gateway, applier, RulePolicy(), urls, reader)
+
+    async def metrics_view(self) -> MetricsView | None:
+        """The latest reading, refreshed at most every ``metrics_refresh_seconds``: one
+        query round for all workflows, not one per workflow and cycle."""
+        if self.metrics_reader is None:
+            return None
+        now = time.monotonic()
+        if self._metrics is None or now - self._metrics[0] > self.settings.metrics_refresh_seconds:
+            view = await asyncio.to_thread(self.metrics_reader.read)
+            self._metrics = (now, view)
+        return self._metrics[1]
 
     def wakeup(self, namespace: str, name: str) -> asyncio.Event:
         return self.wakeups.setdefault((namespace, name), asyncio.Event())
@@ -186,7 +203,10 @@ def build_snapshot(
     backends: Iterable[BackendInfo],
     circuits_info: dict[str, CircuitInfo],
     runtime: Runtime,
+    metrics: MetricsView | None = None,
 ) -> WorkflowSnapshot:
+    if metrics is not None and metrics.available:
+        backends = [_with_live_metrics(b, metrics) for b in backends]
     return WorkflowSnapshot(
         namespace=namespace,
         name=name,
@@ -198,5 +218,18 @@ def build_snapshot(
         jobs=jobs,
         backends={b.name: b for b in backends},
         circuits=circuits_info,
+        metrics=metrics,
         config=runtime.settings.planner,
     )
+
+
+def _with_live_metrics(backend: BackendInfo, metrics: MetricsView) -> BackendInfo:
+    """Prometheus is fresher than the QuantumBackend status: prefer it where it has data."""
+    live = metrics.backends.get(backend.name)
+    if live is None:
+        return backend
+    queue = backend.queue_length
+    if live.queue_length is not None or live.pending_jobs is not None:
+        queue = int(max(live.queue_length or 0, live.pending_jobs or 0))
+    healthy = backend.healthy if live.up is None else live.up
+    return replace(backend, queue_length=queue, healthy=healthy)

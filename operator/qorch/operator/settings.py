@@ -29,6 +29,8 @@ class OperatorSettings:
     resync_seconds: float = 10.0  # re-plan at least this often even without events
     priority: int = field(default_factory=lambda: random.randint(1, 1_000_000))
     metrics_port: int = 8080
+    prometheus_url: str | None = None  # None: no live metrics (the planner says so)
+    metrics_refresh_seconds: float = 15.0
     # A replica killed without notice holds the lead this long; lower means faster failover
     # and more keep-alive writes.
     peering_lifetime_seconds: int = 60
@@ -49,6 +51,8 @@ class OperatorSettings:
             resync_seconds=_float("QORCH_RESYNC_SECONDS", 10.0),
             priority=int(priority_raw) if priority_raw else defaults.priority,
             metrics_port=int(_float("QORCH_METRICS_PORT", 8080)),
+            prometheus_url=os.environ.get("QORCH_PROMETHEUS_URL") or None,
+            metrics_refresh_seconds=_float("QORCH_METRICS_REFRESH_SECONDS", 15.0),
             peering_lifetime_seconds=int(_float("QORCH_PEERING_LIFETIME_SECONDS", 60)),
             planner=PlannerConfig(
                 retry_backoff_base=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_SECONDS", 10)),

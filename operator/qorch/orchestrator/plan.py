@@ -10,7 +10,9 @@ twice.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from qorch.api.meta import Condition
 from qorch.api.workflow import (
@@ -28,6 +30,9 @@ from qorch.orchestrator.snapshot import JobPhase, PodPhase, WorkflowSnapshot
 from qorch.orchestrator.validation import validate
 
 MAX_HISTORY = 32
+# Results up to this size (compact JSON) live in the status; larger ones in a ConfigMap
+# (which holds up to ~1 MiB), with a summary and a reference left in the status.
+STATUS_RESULT_LIMIT_BYTES = 4096
 
 
 # ---- actions ---------------------------------------------------------------------------
@@ -72,7 +77,16 @@ class CancelJob:
     reason: str
 
 
-Action = CreatePod | ReleasePod | DeletePod | SubmitJob | CancelJob
+@dataclass(frozen=True)
+class StoreResult:
+    """A result too large for the status goes to a ConfigMap owned by the workflow."""
+
+    subtask: str
+    config_map: str
+    result: dict[str, Any]
+
+
+Action = CreatePod | ReleasePod | DeletePod | SubmitJob | CancelJob | StoreResult
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,10 @@ def pod_name(workflow: str, subtask: str, attempt: int) -> str:
 
 def job_id(namespace: str, workflow: str, subtask: str, attempt: int) -> str:
     return f"{namespace}.{workflow}.{subtask}.{attempt}"
+
+
+def result_config_map(workflow: str, subtask: str) -> str:
+    return f"{workflow}-{subtask}-result"
 
 
 def _iso(t: dt.datetime) -> str:
@@ -196,6 +214,21 @@ def plan(snapshot: WorkflowSnapshot, policy: PlacementPolicy) -> Plan:
         status.startedAt = status.startedAt or cyc.now
         cyc.event("Validated", f"{len(snapshot.spec.subtasks)} subtasks planned")
     status.observedGeneration = snapshot.generation
+    if snapshot.metrics is not None:
+        if snapshot.metrics.available:
+            cyc.set_condition(
+                "MetricsAvailable",
+                "True",
+                "PrometheusReachable",
+                "live metrics are read from Prometheus",
+            )
+        else:
+            cyc.set_condition(
+                "MetricsAvailable",
+                "False",
+                "PrometheusUnavailable",
+                f"{snapshot.metrics.reason}; deciding from pod and job states",
+            )
 
     by_name = {s.name: s for s in status.subtasks}
     for sub in snapshot.spec.subtasks:
@@ -295,7 +328,7 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
     elif pod.phase is PodPhase.SUCCEEDED:
         st.startedAt = st.startedAt or cyc.now
         st.finishedAt = cyc.now
-        st.result = pod.result
+        _record_result(cyc, st, pod.result)
         cyc.move(st, SubtaskPhase.SUCCEEDED, "Succeeded", f"pod {pod.name} completed")
         cyc.event("SubtaskSucceeded", f"{sub.name}: pod {pod.name} completed")
     elif pod.phase is PodPhase.FAILED:
@@ -331,7 +364,7 @@ def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
     elif job.phase is JobPhase.DONE:
         st.startedAt = st.startedAt or cyc.now
         st.finishedAt = cyc.now
-        st.result = job.result
+        _record_result(cyc, st, job.result)
         backend = cyc.snap.backends.get(st.placement.name)
         if backend is not None:
             cyc.status.costUSD = round(
@@ -341,6 +374,22 @@ def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         cyc.event("SubtaskSucceeded", f"{sub.name}: job {job.job_id} done")
     else:
         _fail_attempt(cyc, sub, st, f"job {job.job_id} {job.phase.lower()}: {job.message}")
+
+
+def _record_result(cyc: _Cycle, st: SubtaskStatus, result: dict[str, Any] | None) -> None:
+    if result is None or len(json.dumps(result, separators=(",", ":"))) <= (
+        STATUS_RESULT_LIMIT_BYTES
+    ):
+        st.result = result
+        return
+    name = result_config_map(cyc.snap.name, st.name)
+    cyc.actions.append(StoreResult(st.name, name, result))
+    summary = {
+        k: v
+        for k, v in result.items()
+        if k not in ("counts", "expectationValues", "stds", "observables")
+    }
+    st.result = {**summary, "configMapRef": {"name": name, "key": "result.json"}}
 
 
 def _fail_attempt(

@@ -36,7 +36,7 @@ EXIT_BAD_INPUT = 2
 EXIT_SIMULATION_FAILED = 3
 
 
-class BadInput(ValueError):
+class BadInputError(ValueError):
     pass
 
 
@@ -53,25 +53,28 @@ class CircuitTask:
     def from_env(cls, env: dict[str, str]) -> CircuitTask:
         qasm = env.get("QORCH_QASM", "")
         if not qasm.strip():
-            raise BadInput("QORCH_QASM is empty: no circuit to run")
+            raise BadInputError("QORCH_QASM is empty: no circuit to run")
         primitive = env.get("QORCH_PRIMITIVE", "sampler")
         if primitive not in ("sampler", "estimator"):
-            raise BadInput(f"QORCH_PRIMITIVE={primitive!r}: expected sampler or estimator")
+            raise BadInputError(f"QORCH_PRIMITIVE={primitive!r}: expected sampler or estimator")
         try:
             shots = int(env.get("QORCH_SHOTS", "1024"))
         except ValueError:
-            raise BadInput(f"QORCH_SHOTS={env.get('QORCH_SHOTS')!r} is not an integer") from None
+            raise BadInputError(
+                f"QORCH_SHOTS={env.get('QORCH_SHOTS')!r} is not an integer"
+            ) from None
         try:
             observables = tuple(json.loads(env.get("QORCH_OBSERVABLES", "[]") or "[]"))
         except json.JSONDecodeError as exc:
-            raise BadInput(f"QORCH_OBSERVABLES is not a JSON list: {exc}") from None
+            raise BadInputError(f"QORCH_OBSERVABLES is not a JSON list: {exc}") from None
         method = env.get("QORCH_METHOD", "auto")
         if method not in ("auto", "statevector", "matrix_product_state"):
-            raise BadInput(f"QORCH_METHOD={method!r}: expected auto, statevector or "
-                           "matrix_product_state")
+            raise BadInputError(
+                f"QORCH_METHOD={method!r}: expected auto, statevector or matrix_product_state"
+            )
         device = env.get("QORCH_DEVICE", "auto")
         if device not in ("auto", "CPU", "GPU"):
-            raise BadInput(f"QORCH_DEVICE={device!r}: expected auto, CPU or GPU")
+            raise BadInputError(f"QORCH_DEVICE={device!r}: expected auto, CPU or GPU")
         return cls(qasm, primitive, shots, observables, method, device)
 
 
@@ -83,7 +86,7 @@ def choose_method(num_qubits: int, requested: str) -> str:
 
 def choose_device(requested: str, available: tuple[str, ...]) -> str:
     if requested == "GPU" and "GPU" not in available:
-        raise BadInput("QORCH_DEVICE=GPU but this node's Aer sees no GPU")
+        raise BadInputError("QORCH_DEVICE=GPU but this node's Aer sees no GPU")
     if requested == "auto":
         return "GPU" if "GPU" in available else "CPU"
     return requested
@@ -95,13 +98,13 @@ def simulate(task: CircuitTask, metrics: WorkerMetrics) -> dict[str, Any]:
     from qiskit_aer import AerSimulator
     from qiskit_aer.primitives import EstimatorV2, SamplerV2
 
-    from qorch.circuits import CircuitError, load_qasm
-    from qorch.gateway.backends import estimator_result, sampler_result
+    from qorch.quantum.circuits import CircuitError, load_qasm
+    from qorch.quantum.results import estimator_result, sampler_result
 
     try:
         circuit = load_qasm(task.qasm)
     except CircuitError as exc:
-        raise BadInput(f"QORCH_QASM: {exc}") from None
+        raise BadInputError(f"QORCH_QASM: {exc}") from None
     method = choose_method(circuit.num_qubits, task.method)
     device = choose_device(task.device, tuple(AerSimulator().available_devices()))
     options = {"method": method, "device": device}
@@ -109,15 +112,16 @@ def simulate(task: CircuitTask, metrics: WorkerMetrics) -> dict[str, Any]:
     started = time.perf_counter()
     if task.primitive == "sampler":
         if circuit.num_clbits == 0:
-            raise BadInput("QORCH_QASM: a sampler circuit needs measurements")
+            raise BadInputError("QORCH_QASM: a sampler circuit needs measurements")
         isa = transpile(circuit, backend, optimization_level=1)
         sampler = SamplerV2(default_shots=task.shots, options={"backend_options": options})
         result = sampler_result(sampler.run([isa]).result()[0])
     else:
         for obs in task.observables:
             if len(obs) != circuit.num_qubits or set(obs) - set("IXYZ"):
-                raise BadInput(f"QORCH_OBSERVABLES: {obs!r} must be {circuit.num_qubits} "
-                               "letters of IXYZ")
+                raise BadInputError(
+                    f"QORCH_OBSERVABLES: {obs!r} must be {circuit.num_qubits} letters of IXYZ"
+                )
         bare = circuit.remove_final_measurements(inplace=False)
         isa = transpile(bare, backend, optimization_level=1)
         ops = [SparsePauliOp(o).apply_layout(isa.layout) for o in task.observables]
@@ -126,8 +130,9 @@ def simulate(task: CircuitTask, metrics: WorkerMetrics) -> dict[str, Any]:
         result = estimator_result(estimator.run([(isa, ops)]).result()[0], task.observables)
     elapsed = time.perf_counter() - started
     metrics.execution.labels(method=method, device=device).observe(elapsed)
-    result.update(method=method, device=device, seconds=round(elapsed, 6),
-                  qubits=circuit.num_qubits)
+    result.update(
+        method=method, device=device, seconds=round(elapsed, 6), qubits=circuit.num_qubits
+    )
     return result
 
 
@@ -141,8 +146,12 @@ def fit_result(result: dict[str, Any], limit: int = RESULT_LIMIT_BYTES) -> str:
     keep = len(ordered)
     while keep > 0:
         keep = keep * 3 // 4
-        trimmed = {**result, "counts": dict(ordered[:keep]), "truncated": True,
-                   "distinctOutcomes": result.get("distinctOutcomes", len(ordered))}
+        trimmed = {
+            **result,
+            "counts": dict(ordered[:keep]),
+            "truncated": True,
+            "distinctOutcomes": result.get("distinctOutcomes", len(ordered)),
+        }
         text = json.dumps(trimmed, separators=(",", ":"))
         if len(text.encode()) <= limit:
             return text
@@ -156,8 +165,12 @@ def run_command(command: list[str], metrics: WorkerMetrics) -> tuple[int, dict[s
     metrics.execution.labels(method="command", device="CPU").observe(elapsed)
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
-    return proc.returncode, {"exitCode": proc.returncode, "seconds": round(elapsed, 6),
-                             "stdoutTail": proc.stdout[-1024:], "stderrTail": proc.stderr[-1024:]}
+    return proc.returncode, {
+        "exitCode": proc.returncode,
+        "seconds": round(elapsed, 6),
+        "stdoutTail": proc.stdout[-1024:],
+        "stderrTail": proc.stderr[-1024:],
+    }
 
 
 def _gateway_latency(url: str, metrics: WorkerMetrics) -> None:
@@ -174,10 +187,9 @@ def _record_usage(metrics: WorkerMetrics) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     metrics.peak_memory.set(max(usage.ru_maxrss, children.ru_maxrss) * 1024)
-    metrics.cpu_seconds.inc(usage.ru_utime + usage.ru_stime + children.ru_utime
-                            + children.ru_stime)
+    metrics.cpu_seconds.inc(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime)
     try:
-        import pynvml  # optional: only on GPU nodes
+        import pynvml  # type: ignore[import-not-found]  # optional: GPU nodes only
 
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(0)
@@ -191,8 +203,9 @@ def main(command: list[str], env: dict[str, str] | None = None) -> int:
     metrics = WorkerMetrics.create()
     port = int(env.get("QORCH_METRICS_PORT", "0") or 0)
     if port:
-        start_http_server(port, addr=env.get("QORCH_METRICS_ADDR", "0.0.0.0"),
-                          registry=metrics.registry)
+        start_http_server(
+            port, addr=env.get("QORCH_METRICS_ADDR", "0.0.0.0"), registry=metrics.registry
+        )
     if env.get("QORCH_NODE_PRICE_USD_PER_SECOND"):
         metrics.cost_per_second.set(float(env["QORCH_NODE_PRICE_USD_PER_SECOND"]))
     if env.get("QORCH_GATEWAY_URL"):
@@ -205,7 +218,7 @@ def main(command: list[str], env: dict[str, str] | None = None) -> int:
             message = fit_result(result)
         else:
             message = fit_result(simulate(CircuitTask.from_env(env), metrics))
-    except BadInput as exc:
+    except BadInputError as exc:
         code, message = EXIT_BAD_INPUT, f"bad input: {exc}"
     except Exception as exc:  # the simulator's own failures (memory, unsupported gates)
         code, message = EXIT_SIMULATION_FAILED, f"simulation failed: {type(exc).__name__}: {exc}"
