@@ -105,7 +105,7 @@ class NodeAgent:
             },
         }
         try:
-            self.coord.replace_namespaced_lease(self.node, "kube-node-lease", lease)
+            self.coord.patch_namespaced_lease(self.node, "kube-node-lease", {"spec": lease["spec"]})
         except client.ApiException as exc:
             if exc.status != 404:
                 raise

@@ -22,6 +22,15 @@ class JobRequest:
     observables: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class GatewayTarget:
+    """Where the gateway of a QuantumBackend object answers, and the backend name it serves
+    (``spec.backendName``, e.g. ``ibm_torino``; the object's own name is the cluster's)."""
+
+    url: str
+    backend_name: str
+
+
 class GatewayError(RuntimeError):
     """The gateway refused or could not be reached; ``retryable`` says whether to try again."""
 

@@ -7,25 +7,31 @@ from typing import Any
 
 import aiohttp
 
-from qorch.gateway.base import GatewayError, JobRequest
+from qorch.gateway.base import GatewayError, GatewayTarget, JobRequest
 from qorch.orchestrator.snapshot import JobPhase, JobState
 
 
 class HttpGatewayClient:
-    """Backend name -> gateway base URL comes from the QuantumBackend objects (``urls``)."""
+    """``backend`` arguments are QuantumBackend names; ``targets`` (kept current from the
+    QuantumBackend objects by the operator) says where each one's gateway answers."""
 
-    def __init__(self, urls: dict[str, str] | None = None, timeout_seconds: float = 10.0) -> None:
-        self.urls: dict[str, str] = urls if urls is not None else {}
+    def __init__(
+        self, targets: dict[str, GatewayTarget] | None = None, timeout_seconds: float = 10.0
+    ) -> None:
+        self.targets: dict[str, GatewayTarget] = targets if targets is not None else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
 
-    def _url(self, backend: str) -> str:
+    def _target(self, backend: str) -> GatewayTarget:
         try:
-            return self.urls[backend].rstrip("/")
+            return self.targets[backend]
         except KeyError:
             raise GatewayError(
                 f"no gateway known for backend {backend!r}", retryable=True
             ) from None
+
+    def _url(self, backend: str) -> str:
+        return self._target(backend).url.rstrip("/")
 
     async def _request(self, method: str, url: str, json: Any = None) -> Any:
         if self._session is None or self._session.closed:
@@ -49,7 +55,7 @@ class HttpGatewayClient:
             f"{self._url(request.backend)}/v1/jobs",
             json={
                 "job_id": request.job_id,
-                "backend": request.backend,
+                "backend": self._target(request.backend).backend_name,
                 "qasm": request.qasm,
                 "primitive": request.primitive,
                 "shots": request.shots,

@@ -33,6 +33,7 @@ from qorch.orchestrator.plan import (
     SubmitJob,
 )
 
+MAX_REJECTED = 10_000
 CONFIG_MAP_LIMIT_BYTES = 1_000_000  # etcd's object limit is ~1.5 MiB; keep well below
 
 
@@ -44,6 +45,8 @@ class Applier:
         self.custom = custom
         self.gateway = gateway
         self.worker_image = worker_image
+        # Submissions a gateway refused for good (4xx): job id -> its reason.
+        self.rejected: dict[str, str] = {}
 
     async def act(
         self,
@@ -95,7 +98,16 @@ class Applier:
                     await self.gateway.cancel(action.backend, action.job_id)
                 elif isinstance(action, StoreResult):
                     await self._store_result(body, action)
-            except (ApiException, GatewayError) as exc:
+            except GatewayError as exc:
+                if isinstance(action, SubmitJob) and not exc.retryable:
+                    self.rejected[action.job_id] = str(exc)[:1024]
+                    while len(self.rejected) > MAX_REJECTED:  # oldest first (insertion order)
+                        del self.rejected[next(iter(self.rejected))]
+                message = f"{type(action).__name__} failed: {exc}"
+                logger.warning("%s/%s: %s", namespace, name, message)
+                events.append(Event("ActionFailed", message, warning=True))
+                metrics.action_failures(type(action).__name__)
+            except ApiException as exc:
                 reason = getattr(exc, "reason", None) or str(exc)
                 message = f"{type(action).__name__} failed: {_api_message(exc) or reason}"
                 logger.warning("%s/%s: %s", namespace, name, message)

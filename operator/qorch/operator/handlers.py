@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 from qorch.api.backend import GatewayRef, Provider
 from qorch.api.meta import GROUP, VERSION
 from qorch.api.workflow import HybridWorkflowStatus, ResourceKind, WorkflowPhase
-from qorch.gateway.base import GatewayError
+from qorch.gateway.base import GatewayError, GatewayTarget
 from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.podspec import LABEL_MANAGED_BY, LABEL_WORKFLOW, pod_state
@@ -89,9 +89,12 @@ def track_gateway_url(
     runtime: Runtime = memo.runtime
     gateway = spec.get("gateway")
     if type == "DELETED" or not gateway:
-        runtime.gateway_urls.pop(name, None)
+        runtime.gateway_targets.pop(name, None)
     else:
-        runtime.gateway_urls[name] = GatewayRef.model_validate(dict(gateway)).base_url()
+        runtime.gateway_targets[name] = GatewayTarget(
+            url=GatewayRef.model_validate(dict(gateway)).base_url(),
+            backend_name=spec.get("backendName") or "aer_simulator",
+        )
 
 
 @kopf.timer(GROUP, VERSION, "quantumbackends", interval=30.0, initial_delay=1.0)

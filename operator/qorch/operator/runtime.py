@@ -15,7 +15,7 @@ from kubernetes import client, config
 from pydantic import ValidationError
 
 from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, ResourceKind
-from qorch.gateway.base import GatewayClient, GatewayError
+from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget
 from qorch.metrics.reader import MetricsReader, PrometheusReader
 from qorch.operator.apply import Applier
 from qorch.operator.podspec import pod_state
@@ -25,6 +25,7 @@ from qorch.orchestrator.placement import PlacementPolicy, RulePolicy
 from qorch.orchestrator.snapshot import (
     BackendInfo,
     CircuitInfo,
+    JobPhase,
     JobState,
     MetricsView,
     PodState,
@@ -33,7 +34,7 @@ from qorch.orchestrator.snapshot import (
 from qorch.quantum import circuits
 
 
-def make_gateway(settings: OperatorSettings, urls: dict[str, str]) -> GatewayClient:
+def make_gateway(settings: OperatorSettings, targets: dict[str, GatewayTarget]) -> GatewayClient:
     if settings.gateway_mode == "scripted":
         from qorch.gateway.fake import ScriptedGateway
 
@@ -42,7 +43,7 @@ def make_gateway(settings: OperatorSettings, urls: dict[str, str]) -> GatewayCli
         )
     from qorch.gateway.client import HttpGatewayClient
 
-    return HttpGatewayClient(urls)
+    return HttpGatewayClient(targets)
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Runtime:
     gateway: GatewayClient
     applier: Applier
     policy: PlacementPolicy
-    gateway_urls: dict[str, str]
+    gateway_targets: dict[str, GatewayTarget]
     metrics_reader: MetricsReader | None = None
     _metrics: tuple[float, MetricsView] | None = None
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
@@ -67,11 +68,11 @@ class Runtime:
             config.load_kube_config()
         api = client.ApiClient()
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        urls: dict[str, str] = {}
-        gateway = make_gateway(settings, urls)
+        targets: dict[str, GatewayTarget] = {}
+        gateway = make_gateway(settings, targets)
         applier = Applier(core, custom, gateway, settings.worker_image)
         reader = PrometheusReader(settings.prometheus_url) if settings.prometheus_url else None
-        return cls(settings, core, custom, gateway, applier, RulePolicy(), urls, reader)
+        return cls(settings, core, custom, gateway, applier, RulePolicy(), targets, reader)
 
     async def metrics_view(self) -> MetricsView | None:
         """The latest reading, refreshed at most every ``metrics_refresh_seconds``: one
@@ -171,12 +172,15 @@ class Runtime:
                 # reporting them as still queued rather than missing (which would resubmit).
                 logging.getLogger(__name__).warning("gateway %s: %s", backend, exc)
                 states.update(_assume_unchanged(ids))
+            for job in ids:
+                # A gateway that refused a submission outright (bad circuit for the target,
+                # unknown backend) will never know the job: report it failed, not missing.
+                if job not in states and job in self.applier.rejected:
+                    states[job] = JobState(job, JobPhase.ERROR, self.applier.rejected[job])
         return states
 
 
 def _assume_unchanged(ids: Iterable[str]) -> dict[str, JobState]:
-    from qorch.orchestrator.snapshot import JobPhase
-
     return {i: JobState(i, JobPhase.QUEUED, "gateway unreachable") for i in ids}
 
 
