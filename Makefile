@@ -10,7 +10,7 @@ setup:
 	@bash hack/setup.sh
 
 demo: setup
-	@$(BIN)/qorch demo
+	@$(PY) hack/demo.py
 
 lint: setup
 	$(BIN)/ruff check operator tests bench
@@ -24,9 +24,11 @@ layers: setup
 
 crds: setup
 	$(BIN)/qorch crds --output-dir crds
+	$(BIN)/qorch crds --output-dir charts/qorch/crds
 
 verify-crds: setup
 	$(BIN)/qorch crds --check --output-dir crds
+	$(BIN)/qorch crds --check --output-dir charts/qorch/crds
 
 test: setup lint typecheck layers verify-crds
 	$(BIN)/pytest $(PYTEST_ARGS)
