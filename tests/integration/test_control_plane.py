@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.controlplane import ControlPlane
+from tests.harness.controlplane import start as start_control_plane
+from tests.harness.nodes import DEFAULT_NODES
 
 pytestmark = pytest.mark.controlplane
 
@@ -232,3 +235,20 @@ def test_changing_the_selector_after_binding_is_rejected(cluster: Cluster, names
     )
     assert out.returncode != 0
     assert "Forbidden: pod updates may not change fields" in out.stderr
+
+
+def test_teardown_leaves_no_process_behind(tmp_path: Path) -> None:
+    plane = start_control_plane(tmp_path / "cp", nodes=DEFAULT_NODES[:1])
+    pids = {c.name: c.pid for c in plane.components.values()}
+    assert all(os.path.exists(f"/proc/{pid}") for pid in pids.values())
+    plane.stop()
+    alive = {name: pid for name, pid in pids.items() if _running(pid)}
+    assert not alive, f"still running after stop: {alive}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -20,6 +20,7 @@ MODELS = {"HybridWorkflow": HybridWorkflow, "QuantumBackend": QuantumBackend}
 def test_example_is_valid(path: Path, control_plane: ControlPlane) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         MODELS[doc["kind"]].model_validate(doc)
-    out = control_plane.kubectl("apply", "--dry-run=server", "-n", "default", "-f", str(path),
-                                check=False)
+    out = control_plane.kubectl(
+        "apply", "--dry-run=server", "-n", "default", "-f", str(path), check=False
+    )
     assert out.returncode == 0, out.stderr

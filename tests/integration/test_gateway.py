@@ -175,3 +175,18 @@ async def test_status_of_several_jobs_and_openapi(aer: TestClient) -> None:
     assert {"/v1/jobs", "/v1/jobs/status", "/v1/jobs/{job_id}"} <= set(openapi["paths"])
     metrics = await (await aer.get("/metrics")).text()
     assert 'qorch_gateway_jobs_total{backend="aer",outcome="done"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("mode", ["batch", "session"])
+async def test_batch_and_session_execution_modes_share_one_context(mode: str) -> None:
+    service = GatewayService(
+        build_backend(Provider.FAKE, "fake_manila", execution_mode=mode),
+        GatewayMetrics.create(),
+        batch_size=1,
+    )
+    for i in range(2):
+        service.submit(Submission(f"{mode}-{i}", "fake_manila", GHZ3, "sampler", 100, ()))
+        await service.execute(service.next_batch())
+    assert all(j.phase is JobPhase.DONE for j in service.jobs.values())
+    context = service.adapter._context
+    assert type(context).__name__ == mode.capitalize()

@@ -30,10 +30,12 @@ from qorch.orchestrator import (
     PodState,
     ReleasePod,
     RulePolicy,
+    StoreResult,
     SubmitJob,
     WorkflowSnapshot,
     plan,
 )
+from qorch.orchestrator.snapshot import MetricsView
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 GHZ = "OPENQASM 3.0; qubit[3] q; h q[0]; cx q[0], q[1]; cx q[1], q[2];"
@@ -77,6 +79,7 @@ class World:
             else {st.name: CircuitInfo(num_qubits=3, depth=3) for st in s.subtasks if st.circuit}
         )
         self.config = PlannerConfig(retry_backoff_base=dt.timedelta(seconds=10))
+        self.metrics: MetricsView | None = None
 
     def snapshot(self) -> WorkflowSnapshot:
         return WorkflowSnapshot(
@@ -90,6 +93,7 @@ class World:
             jobs=dict(self.jobs),
             backends=self.backends,
             circuits=self.circuits,
+            metrics=self.metrics,
             config=self.config,
         )
 
@@ -318,3 +322,40 @@ def test_history_and_events_record_every_decision() -> None:
     assert [h.event for h in w.sub("a").history] == ["Placed"]
     assert w.sub("a").placement is not None
     assert w.sub("a").placement.kind is ResourceKind.POOL
+
+
+def test_prometheus_outage_is_a_condition_not_a_crash() -> None:
+    w = World(spec(classical("a")))
+    w.metrics = MetricsView(available=False, reason="Prometheus at http://p:9090 unavailable")
+    p = w.step()
+    cond = {c.type: c for c in w.status.conditions}["MetricsAvailable"]
+    assert cond.status == "False" and cond.reason == "PrometheusUnavailable"
+    assert "deciding from pod and job states" in cond.message
+    assert any(isinstance(a, CreatePod) for a in p.actions)  # work goes on
+    w.metrics = MetricsView(available=True)
+    w.step()
+    cond = {c.type: c for c in w.status.conditions}["MetricsAvailable"]
+    assert cond.status == "True"
+
+
+def test_large_results_go_to_a_config_map() -> None:
+    w = World(spec(classical("a")))
+    w.step()
+    big = {"counts": {format(i, "012b"): i for i in range(500)}, "shots": 124750}
+    w.pod_phase("wf-a-1", PodPhase.SUCCEEDED, result=big)
+    p = w.step()
+    store = [a for a in p.actions if isinstance(a, StoreResult)]
+    assert store == [StoreResult("a", "wf-a-result", big)]
+    assert w.sub("a").result == {
+        "shots": 124750,
+        "configMapRef": {"name": "wf-a-result", "key": "result.json"},
+    }
+
+
+def test_invalid_transition_is_refused() -> None:
+    from qorch.api.workflow import SubtaskPhase as P
+    from qorch.orchestrator.lifecycle import InvalidTransitionError, check_transition
+
+    with pytest.raises(InvalidTransitionError, match="Succeeded -> Running"):
+        check_transition("a", P.SUCCEEDED, P.RUNNING)
+    check_transition("a", P.RUNNING, P.SUCCEEDED)

@@ -45,6 +45,7 @@ class QuantumBackendAdapter:
     ) -> None:
         self.provider = provider
         self._max_qubits = max_qubits
+        self._context: Any = None  # the open Batch or Session, in those execution modes
         self.name = name
         self.backend = backend
         self.execution_mode = execution_mode
@@ -66,11 +67,27 @@ class QuantumBackendAdapter:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # local-mode notices, once per call otherwise
+            mode = self._mode()
             if primitive == "sampler":
-                return SamplerV2(mode=self.backend).run([(c.isa,) for c in circuits], shots=shots)
-            estimator = EstimatorV2(mode=self.backend)
+                return SamplerV2(mode=mode).run([(c.isa,) for c in circuits], shots=shots)
+            estimator = EstimatorV2(mode=mode)
             estimator.options.default_shots = shots
             return estimator.run([(c.isa, list(c.observables)) for c in circuits])
+
+    def _mode(self) -> Any:
+        """``job``: each batch is its own job. ``batch`` / ``session``: jobs share one
+        long-lived Batch or Session (IBM schedules them together); a new one is opened
+        when the previous one has closed or expired."""
+        if self.execution_mode == "job":
+            return self.backend
+        from qiskit_ibm_runtime import Batch, Session
+
+        current = self._context
+        if current is None or not getattr(current, "_active", True):
+            kind = Batch if self.execution_mode == "batch" else Session
+            current = kind(backend=self.backend)
+            self._context = current
+        return current
 
     def pending_jobs(self) -> int | None:
         status = getattr(self.backend, "status", None)
@@ -118,7 +135,11 @@ def build_backend(
         from qiskit_aer import AerSimulator
 
         return QuantumBackendAdapter(
-            provider, name or "aer_simulator", AerSimulator(), max_qubits=max_qubits or 30
+            provider,
+            name or "aer_simulator",
+            AerSimulator(),
+            max_qubits=max_qubits or 30,
+            execution_mode=execution_mode,
         )
     if not name:
         raise BackendConfigError(f"provider {provider.value!r} needs a backend name")
@@ -134,7 +155,7 @@ def build_backend(
                 f"unknown fake backend {name!r}; known: fake_manila, fake_perth, fake_torino, "
                 "fake_sherbrooke, ... (qiskit_ibm_runtime.fake_provider)"
             ) from None
-        return QuantumBackendAdapter(provider, name, fake)
+        return QuantumBackendAdapter(provider, name, fake, execution_mode=execution_mode)
     if not token:
         raise BackendConfigError(
             "provider 'ibm' needs a token (mount the Secret and pass --token-file)"
