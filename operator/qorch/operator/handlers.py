@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 import logging
 import time
@@ -170,6 +171,14 @@ async def drive_workflow(
     # This daemon is the only writer of the status: after its first write it trusts what it
     # wrote over the (possibly lagging) watched body.
     status = HybridWorkflowStatus.model_validate(_plain(body).get("status") or {})
+    written: HybridWorkflowStatus | None = None
+    # The subtasks are immutable (CEL), so circuits are read and parsed once per daemon: what
+    # was validated is what runs, even if a referenced ConfigMap changes later.
+    spec, problem = parse_spec(_plain(body).get("spec") or {})
+    if spec is None:
+        await _fail_unparseable(runtime, body, _plain(body), problem)
+        return
+    sources, infos = await runtime.load_sources(ns, spec)
     try:
         while not stopped:
             wake.clear()
@@ -179,7 +188,6 @@ async def drive_workflow(
             if spec is None:
                 await _fail_unparseable(runtime, body, raw, problem)
                 return
-            sources, infos = await runtime.load_sources(ns, spec)
             pods = list(workflow_pods.get((ns, name), []))
             pods += await runtime.read_missing_pods(ns, status, pods)
             snapshot = build_snapshot(
@@ -206,7 +214,9 @@ async def drive_workflow(
                 )
             # Last: a terminal phase stops this daemon (the `when` filter) as soon as Kopf
             # sees it, so nothing may be left to do after this write.
-            await runtime.applier.write_status(raw, decided)
+            if decided.status != written:  # resyncs that change nothing write nothing
+                await runtime.applier.write_status(raw, decided)
+                written = decided.status.model_copy(deep=True)
             status = decided.status
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
@@ -281,6 +291,4 @@ def _namespaced(namespace: str | None) -> str:
 
 def _plain(body: Any) -> dict[str, Any]:
     """Kopf bodies are read-only views; the pure code gets plain dicts."""
-    import copy
-
     return copy.deepcopy(dict(body))
