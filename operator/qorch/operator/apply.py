@@ -98,18 +98,16 @@ class Applier:
                     await self.gateway.cancel(action.backend, action.job_id)
                 elif isinstance(action, StoreResult):
                     await self._store_result(body, action)
-            except GatewayError as exc:
-                if isinstance(action, SubmitJob) and not exc.retryable:
+            except (ApiException, GatewayError) as exc:
+                if (
+                    isinstance(exc, GatewayError)
+                    and isinstance(action, SubmitJob)
+                    and (not exc.retryable)
+                ):
                     self.rejected[action.job_id] = str(exc)[:1024]
                     while len(self.rejected) > MAX_REJECTED:  # oldest first (insertion order)
                         del self.rejected[next(iter(self.rejected))]
-                message = f"{type(action).__name__} failed: {exc}"
-                logger.warning("%s/%s: %s", namespace, name, message)
-                events.append(Event("ActionFailed", message, warning=True))
-                metrics.action_failures(type(action).__name__)
-            except ApiException as exc:
-                reason = getattr(exc, "reason", None) or str(exc)
-                message = f"{type(action).__name__} failed: {_api_message(exc) or reason}"
+                message = f"{type(action).__name__} failed: {_failure_message(exc)}"
                 logger.warning("%s/%s: %s", namespace, name, message)
                 events.append(Event("ActionFailed", message, warning=True))
                 metrics.action_failures(type(action).__name__)
@@ -189,11 +187,12 @@ class Applier:
                 raise
 
 
-def _api_message(exc: Exception) -> str:
+def _failure_message(exc: Exception) -> str:
+    """The apiserver's own message where there is one (it names the field), else the error."""
     body = getattr(exc, "body", None)
-    if isinstance(body, str | bytes):
+    if isinstance(exc, ApiException) and isinstance(body, str | bytes):
         try:
-            return str(json.loads(body).get("message", ""))
+            return str(json.loads(body).get("message", "")) or str(exc.reason)
         except (ValueError, AttributeError):
-            return ""
-    return ""
+            return str(exc.reason)
+    return str(exc)

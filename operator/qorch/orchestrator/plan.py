@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from qorch.api.meta import Condition
@@ -312,27 +313,14 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         return
     if pod.phase is PodPhase.GATED:
         cyc.actions.append(ReleasePod(pod.name, st.placement.name))
-    elif pod.phase is PodPhase.PENDING:
-        if st.phase is SubtaskPhase.LAUNCHING:
-            cyc.move(
-                st,
-                SubtaskPhase.SCHEDULED,
-                "Released",
-                f"pod {pod.name} released to pool {st.placement.name}",
-            )
-    elif pod.phase is PodPhase.RUNNING:
-        if st.phase is not SubtaskPhase.RUNNING:
-            st.startedAt = cyc.now
-            cyc.move(st, SubtaskPhase.RUNNING, "Started", f"pod {pod.name} running on {pod.node}")
-            cyc.event("Started", f"{sub.name}: pod {pod.name} running on node {pod.node}")
-    elif pod.phase is PodPhase.SUCCEEDED:
-        st.startedAt = st.startedAt or cyc.now
-        st.finishedAt = cyc.now
-        _record_result(cyc, st, pod.result)
-        cyc.move(st, SubtaskPhase.SUCCEEDED, "Succeeded", f"pod {pod.name} completed")
-        cyc.event("SubtaskSucceeded", f"{sub.name}: pod {pod.name} completed")
-    elif pod.phase is PodPhase.FAILED:
-        _fail_attempt(cyc, sub, st, f"pod {pod.name} failed: {pod.message}".strip())
+        return
+    observed = {
+        PodPhase.PENDING: (_Seen.WAITING, f"pod {pod.name} released to pool {st.placement.name}"),
+        PodPhase.RUNNING: (_Seen.RUNNING, f"pod {pod.name} running on node {pod.node}"),
+        PodPhase.SUCCEEDED: (_Seen.DONE, f"pod {pod.name} completed"),
+        PodPhase.FAILED: (_Seen.FAILED, f"pod {pod.name} failed: {pod.message}".strip()),
+    }[pod.phase]
+    _observe(cyc, sub, st, *observed, result=pod.result, waiting_event="Released")
 
 
 def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
@@ -343,37 +331,57 @@ def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         cyc.actions.append(SubmitJob(sub.name, st.attempts, st.jobId, st.placement.name))
         cyc.requeue_in(dt.timedelta(seconds=2))
         return
-    if job.phase is JobPhase.QUEUED:
-        if st.phase is SubtaskPhase.LAUNCHING:
-            cyc.move(
-                st,
-                SubtaskPhase.SCHEDULED,
-                "Queued",
-                f"job {job.job_id} queued on {st.placement.name}",
-            )
-    elif job.phase is JobPhase.RUNNING:
-        if st.phase is not SubtaskPhase.RUNNING:
-            st.startedAt = cyc.now
-            cyc.move(
-                st,
-                SubtaskPhase.RUNNING,
-                "Started",
-                f"job {job.job_id} running on {st.placement.name}",
-            )
-            cyc.event("Started", f"{sub.name}: job {job.job_id} running on {st.placement.name}")
-    elif job.phase is JobPhase.DONE:
-        st.startedAt = st.startedAt or cyc.now
-        st.finishedAt = cyc.now
-        _record_result(cyc, st, job.result)
-        backend = cyc.snap.backends.get(st.placement.name)
+    where = st.placement.name
+    observed = {
+        JobPhase.QUEUED: (_Seen.WAITING, f"job {job.job_id} queued on {where}"),
+        JobPhase.RUNNING: (_Seen.RUNNING, f"job {job.job_id} running on {where}"),
+        JobPhase.DONE: (_Seen.DONE, f"job {job.job_id} done"),
+    }.get(job.phase, (_Seen.FAILED, f"job {job.job_id} {job.phase.lower()}: {job.message}"))
+    if observed[0] is _Seen.DONE:
+        backend = cyc.snap.backends.get(where)
         if backend is not None:
             cyc.status.costUSD = round(
                 cyc.status.costUSD + job.qpu_seconds * backend.price_per_qpu_second, 6
             )
-        cyc.move(st, SubtaskPhase.SUCCEEDED, "Succeeded", f"job {job.job_id} done")
-        cyc.event("SubtaskSucceeded", f"{sub.name}: job {job.job_id} done")
+    _observe(cyc, sub, st, *observed, result=job.result, waiting_event="Queued")
+
+
+class _Seen(Enum):
+    """What a pod or a gateway job shows, in the terms of the subtask lifecycle."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def _observe(
+    cyc: _Cycle,
+    sub: SubtaskSpec,
+    st: SubtaskStatus,
+    seen: _Seen,
+    what: str,
+    *,
+    result: dict[str, Any] | None,
+    waiting_event: str,
+) -> None:
+    """Move the subtask to what its pod or job shows (pods and jobs share the lifecycle)."""
+    if seen is _Seen.WAITING:
+        if st.phase is SubtaskPhase.LAUNCHING:
+            cyc.move(st, SubtaskPhase.SCHEDULED, waiting_event, what)
+    elif seen is _Seen.RUNNING:
+        if st.phase is not SubtaskPhase.RUNNING:
+            st.startedAt = cyc.now
+            cyc.move(st, SubtaskPhase.RUNNING, "Started", what)
+            cyc.event("Started", f"{sub.name}: {what}")
+    elif seen is _Seen.DONE:
+        st.startedAt = st.startedAt or cyc.now
+        st.finishedAt = cyc.now
+        _record_result(cyc, st, result)
+        cyc.move(st, SubtaskPhase.SUCCEEDED, "Succeeded", what)
+        cyc.event("SubtaskSucceeded", f"{sub.name}: {what}")
     else:
-        _fail_attempt(cyc, sub, st, f"job {job.job_id} {job.phase.lower()}: {job.message}")
+        _fail_attempt(cyc, sub, st, what)
 
 
 def _record_result(cyc: _Cycle, st: SubtaskStatus, result: dict[str, Any] | None) -> None:
