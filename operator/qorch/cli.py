@@ -1,4 +1,4 @@
-"""The ``qorch`` command: operator, crds, gateway, worker, demo."""
+"""The ``qorch`` command: operator, gateway, worker, crds."""
 
 from __future__ import annotations
 
@@ -113,11 +113,6 @@ def _worker(args: argparse.Namespace) -> int:
     return worker_main(command)
 
 
-def _not_yet(name: str) -> int:
-    print(f"qorch {name}: not yet available in this version", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qorch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,10 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run a subtask: simulate QORCH_QASM, or -- COMMAND")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (command mode)")
     p.set_defaults(func=_worker)
-
-    for name in ("demo", "simulate", "train"):
-        p = sub.add_parser(name, help=f"{name} (see the project's issues)")
-        p.set_defaults(func=lambda _a, n=name: _not_yet(n))
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -226,3 +226,40 @@ def test_quantum_backend_status_mirrors_the_gateway(
     assert isinstance(qb["status"]["queueLength"], int) and qb["status"]["queueLength"] >= 0
     assert "updatedAt" in qb["status"]["calibration"]
     assert {c["type"]: c["status"] for c in qb["status"]["conditions"]} == {"Ready": "True"}
+
+
+def test_submission_the_gateway_refuses_fails_the_subtask_with_its_reason(
+    cluster: Cluster, namespace: str, stack: dict[str, Any]
+) -> None:
+    # A QuantumBackend whose backendName the gateway does not serve: a permanent 404.
+    cluster.apply(
+        json.dumps(
+            {
+                "apiVersion": "qorch.io/v1alpha1",
+                "kind": "QuantumBackend",
+                "metadata": {"name": "misnamed"},
+                "spec": {
+                    "provider": "aer",
+                    "backendName": "not_served",
+                    "numQubits": 4,
+                    "gateway": {"url": stack["gateway"].url},
+                },
+            }
+        )
+    )
+    try:
+        manifest = json.loads(
+            workflow(
+                "refused",
+                [{"name": "ghz", "maxRetries": 1, "circuit": {"qasm": GHZ3, "shots": 10}}],
+            )
+        )
+        manifest["spec"]["resources"]["quantumBackends"] = ["misnamed"]
+        cluster.apply(json.dumps(manifest), namespace)
+        wf = finished(cluster, "refused", namespace)
+    finally:
+        cluster.plane.kubectl("delete", "qb", "misnamed", "--wait=false", check=False)
+    assert wf["status"]["phase"] == "Failed"
+    ghz = wf["status"]["subtasks"][0]
+    assert ghz["attempts"] == 2
+    assert "unknown backend 'not_served': this gateway serves 'aer_local'" in ghz["message"]
