@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +35,9 @@ from qorch.orchestrator.snapshot import (
 from qorch.quantum import circuits
 
 
+CIRCUIT_CACHE_SIZE = 1024
+
+
 def make_gateway(settings: OperatorSettings, targets: dict[str, GatewayTarget]) -> GatewayClient:
     if settings.gateway_mode == "scripted":
         from qorch.gateway.fake import ScriptedGateway
@@ -58,7 +62,8 @@ class Runtime:
     metrics_reader: MetricsReader | None = None
     _metrics: tuple[float, MetricsView] | None = None
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    _circuit_cache: dict[str, CircuitInfo] = field(default_factory=dict)
+    # Parse results by source hash; bounded, oldest entries go first.
+    _circuit_cache: OrderedDict[str, CircuitInfo] = field(default_factory=OrderedDict)
 
     @classmethod
     def build(cls, settings: OperatorSettings) -> Runtime:
@@ -127,6 +132,8 @@ class Runtime:
             digest = hashlib.sha256(source.encode()).hexdigest()
             if digest not in self._circuit_cache:
                 self._circuit_cache[digest] = await asyncio.to_thread(circuits.inspect, source)
+                while len(self._circuit_cache) > CIRCUIT_CACHE_SIZE:
+                    self._circuit_cache.popitem(last=False)
             infos[sub.name] = self._circuit_cache[digest]
         return sources, infos
 
