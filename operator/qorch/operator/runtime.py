@@ -34,7 +34,6 @@ from qorch.orchestrator.snapshot import (
 )
 from qorch.quantum import circuits
 
-
 CIRCUIT_CACHE_SIZE = 1024
 
 
