@@ -26,8 +26,10 @@ from tests.harness import controlplane  # noqa: E402
 
 
 def pod(name: str, gated: bool) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [{"name": "c", "image": "busybox"}],
-                            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}
+    spec: dict[str, Any] = {
+        "containers": [{"name": "c", "image": "busybox"}],
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+    }
     if gated:
         spec["schedulingGates"] = [{"name": "qorch.io/placement"}]
     else:
@@ -35,8 +37,10 @@ def pod(name: str, gated: bool) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
-RELEASE = [{"op": "add", "path": "/spec/nodeSelector", "value": {"qorch.io/pool": "cpu"}},
-           {"op": "replace", "path": "/spec/schedulingGates", "value": []}]
+RELEASE = [
+    {"op": "add", "path": "/spec/nodeSelector", "value": {"qorch.io/pool": "cpu"}},
+    {"op": "replace", "path": "/spec/schedulingGates", "value": []},
+]
 
 
 def run(core: client.CoreV1Api, ns: str, n: int, threads: int, gated: bool) -> float:
@@ -60,7 +64,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args()
     nodes = tuple(controlplane.DEFAULT_NODES) + tuple(
-        controlplane.NodeSpec(f"kwok-cpu-{i}", "cpu") for i in range(2, 20))
+        controlplane.NodeSpec(f"kwok-cpu-{i}", "cpu") for i in range(2, 20)
+    )
     with controlplane.running(Path(tempfile.mkdtemp(prefix="qorch-bench-")), nodes=nodes) as cp:
         api = config.new_client_from_config(str(cp.kubeconfig))
         api.configuration.connection_pool_maxsize = args.threads
