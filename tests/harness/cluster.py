@@ -33,6 +33,22 @@ class Cluster:
             raise AssertionError(f"kubectl apply failed: {out.stderr}")
         return out
 
+    def json_patch(
+        self, kind: str, name: str, namespace: str, ops: list[dict[str, Any]], check: bool = True
+    ) -> Any:
+        return self.plane.kubectl(
+            "patch",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "--type",
+            "json",
+            "-p",
+            json.dumps(ops),
+            check=check,
+        )
+
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
         out = self.plane.kubectl(*args, check=False)

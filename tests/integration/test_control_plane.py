@@ -177,9 +177,7 @@ def test_gated_pod_waits_then_one_narrowing_update_binds_it_to_the_gpu_pool(
         {"op": "add", "path": "/spec/nodeSelector", "value": {"qorch.io/pool": "gpu"}},
         {"op": "replace", "path": "/spec/schedulingGates", "value": []},
     ]
-    cluster.plane.kubectl(
-        "patch", "pod", "gated", "-n", namespace, "--type", "json", "-p", json.dumps(patch)
-    )
+    cluster.json_patch("pod", "gated", namespace, patch)
     pod = wait_for(
         "pod Running",
         lambda: (
@@ -197,18 +195,7 @@ def test_widening_a_gated_pods_selector_is_rejected(cluster: Cluster, namespace:
     )
     cluster.apply(manifest, namespace)
     patch = [{"op": "replace", "path": "/spec/nodeSelector", "value": {"qorch.io/pool": "cpu"}}]
-    out = cluster.plane.kubectl(
-        "patch",
-        "pod",
-        "narrow",
-        "-n",
-        namespace,
-        "--type",
-        "json",
-        "-p",
-        json.dumps(patch),
-        check=False,
-    )
+    out = cluster.json_patch("pod", "narrow", namespace, patch, check=False)
     assert out.returncode != 0
     assert "only additions to spec.nodeSelector are allowed" in out.stderr
 
@@ -221,18 +208,7 @@ def test_changing_the_selector_after_binding_is_rejected(cluster: Cluster, names
     cluster.apply(manifest, namespace)
     wait_for("pod bound", lambda: _pod(cluster, "bound", namespace)["spec"].get("nodeName"))
     patch = [{"op": "add", "path": "/spec/nodeSelector/extra", "value": "x"}]
-    out = cluster.plane.kubectl(
-        "patch",
-        "pod",
-        "bound",
-        "-n",
-        namespace,
-        "--type",
-        "json",
-        "-p",
-        json.dumps(patch),
-        check=False,
-    )
+    out = cluster.json_patch("pod", "bound", namespace, patch, check=False)
     assert out.returncode != 0
     assert "Forbidden: pod updates may not change fields" in out.stderr
 
