@@ -9,12 +9,17 @@ import pytest
 
 from tests.harness import operator as operator_mod
 from tests.harness.controlplane import ControlPlane
+from tests.harness.rbac import least_privilege_kubeconfig
 
 
 @pytest.fixture(scope="module")
 def operator_process(
     control_plane: ControlPlane, session_dir: Path, request: pytest.FixtureRequest
 ) -> Iterator[operator_mod.OperatorProcess]:
-    log = session_dir / f"operator-{request.module.__name__.rsplit('.', 1)[-1]}.log"
-    with operator_mod.running(control_plane, log) as op:
+    """The operator runs as the chart's ServiceAccount: least-privilege RBAC must suffice."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    kubeconfig = least_privilege_kubeconfig(control_plane, session_dir / f"sa-{module}.yaml")
+    with operator_mod.running(
+        control_plane, session_dir / f"operator-{module}.log", kubeconfig=kubeconfig
+    ) as op:
         yield op

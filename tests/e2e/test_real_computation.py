@@ -18,6 +18,7 @@ from tests.harness import operator as operator_mod
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.controlplane import ControlPlane
 from tests.harness.prometheus import Prometheus
+from tests.harness.rbac import least_privilege_kubeconfig
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prometheus]
 STD = 'OPENQASM 3.0; include "stdgates.inc"; '
@@ -54,6 +55,7 @@ def stack(
         operator_mod.running(
             control_plane,
             work / "operator.log",
+            kubeconfig=least_privilege_kubeconfig(control_plane, work / "sa.yaml"),
             extra_env={
                 "QORCH_GATEWAY": "http",
                 "QORCH_PROMETHEUS_URL": prometheus.url,

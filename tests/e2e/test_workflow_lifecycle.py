@@ -231,3 +231,24 @@ def test_failing_step_is_retried_then_fails_the_workflow(
         30,
     )
     assert "AttemptFailed" in reasons
+
+
+def test_operator_identity_is_least_privilege(
+    control_plane: ControlPlane, session_dir: Path, operator_process: operator_mod.OperatorProcess
+) -> None:
+    """The operator of this module runs as the chart's ServiceAccount (see conftest); it
+    can do what the code calls and nothing like reading Secrets or touching nodes."""
+    kubeconfig = next(session_dir.glob("sa-test_workflow_lifecycle.yaml"))
+
+    def can(*args: str) -> bool:
+        out = control_plane.kubectl(
+            "--kubeconfig", str(kubeconfig), "auth", "can-i", *args, check=False
+        )
+        return out.stdout.strip() == "yes"
+
+    assert can("create", "pods", "-n", "default")
+    assert can("patch", "hybridworkflows.qorch.io", "--subresource", "status", "-n", "default")
+    assert not can("get", "secrets", "-n", "default")
+    assert not can("delete", "nodes")
+    assert not can("create", "deployments.apps", "-n", "default")
+    assert not can("update", "pods", "-n", "default")

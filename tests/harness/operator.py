@@ -49,7 +49,9 @@ def start(
     log_path: Path,
     priority: int | None = None,
     extra_env: dict[str, str] | None = None,
+    kubeconfig: Path | None = None,
 ) -> OperatorProcess:
+    """``kubeconfig``: the identity the operator runs as (default: the cluster admin)."""
     plane.kubectl("apply", "-f", "-", input=PEERING)
     metrics_port = free_port()
     env = environ_for(plane)
@@ -65,6 +67,8 @@ def start(
             **(extra_env or {}),
         }
     )
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "qorch.cli", "operator", "--liveness", ""],
