@@ -78,25 +78,35 @@ async def test_estimator_values_of_a_bell_state_within_tolerance(aer: TestClient
     assert evs["ZI"] == pytest.approx(0.0, abs=tolerance)
 
 
+def estimated_success_probability(isa: Any, target: Any) -> float:
+    """The calibration's own prediction for a transpiled circuit: the product of
+    (1 - error) over its gates and measurements on the qubits it was laid out on."""
+    probability = 1.0
+    for inst in isa.data:
+        name = inst.operation.name
+        qargs = tuple(isa.find_bit(q).index for q in inst.qubits)
+        props = target[name].get(qargs) if name in target else None
+        if props is not None and props.error is not None:
+            probability *= 1 - props.error
+    return probability
+
+
 async def test_fake_backend_shows_noise_consistent_with_its_calibration() -> None:
-    client = await _client(Provider.FAKE, "fake_manila")
-    try:
-        backend = await (await client.get("/v1/backend")).json()
-        cal = backend["calibration"]
-        assert backend["numQubits"] == 5
-        job = await run_job(
-            client, job_id="ghz-noisy", backend="fake_manila", qasm=GHZ3, shots=8000
-        )
-    finally:
-        await client.close()
-    assert job["phase"] == "Done", job
-    counts = job["result"]["counts"]
+    service = GatewayService(build_backend(Provider.FAKE, "fake_manila"), GatewayMetrics.create())
+    record = service.submit(Submission("ghz-noisy", "fake_manila", GHZ3, "sampler", 8000, ()))
+    await service.execute([record])
+    assert record.phase is JobPhase.DONE, record.message
+    counts = record.result["counts"] if record.result else {}
     fidelity = (counts.get("000", 0) + counts.get("111", 0)) / 8000
-    # A first-order error budget from the calibration: two CX gates and three readouts.
-    expected = (1 - cal["medianTwoQubitError"]) ** 2 * (1 - cal["medianReadoutError"]) ** 3
-    assert fidelity < 0.995, "a noisy backend gave an ideal GHZ state"
+    expected = estimated_success_probability(record.prepared.isa, service.adapter.backend.target)
+    calibration = service.adapter.calibration()
+    assert calibration.medianTwoQubitError is not None
+    assert 0 < calibration.medianTwoQubitError < 0.1
+    assert fidelity < 0.99, "a noisy backend gave an ideal GHZ state"
     assert len(counts) > 2
-    assert abs(fidelity - expected) < 0.08, (fidelity, expected, cal)
+    # Measured on this machine: fidelity 0.835-0.851 against a prediction of 0.833; the
+    # shot noise alone is ~0.004 (8000 shots).
+    assert abs(fidelity - expected) < 0.05, (fidelity, expected)
 
 
 @pytest.mark.parametrize(
