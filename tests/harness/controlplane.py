@@ -10,6 +10,7 @@ and prints the kubeconfig path for debugging.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -100,13 +101,17 @@ class ControlPlane:
             check=check,
         )
 
-    def get_json(self, path: str) -> Any:
-        """GET an apiserver path with the admin client certificate."""
-        import json
-
+    def admin_tls(self) -> ssl.SSLContext:
+        """Trusts the session CA and presents the admin client certificate."""
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
-        with urllib.request.urlopen(self.server + path, context=ctx, timeout=5) as resp:
+        return ctx
+
+    def get_json(self, path: str) -> Any:
+        """GET an apiserver path with the admin client certificate."""
+        with urllib.request.urlopen(
+            self.server + path, context=self.admin_tls(), timeout=5
+        ) as resp:
             return json.loads(resp.read())
 
     def stop(self) -> None:
@@ -341,15 +346,11 @@ def _http_ok(url: str) -> bool:
 
 
 def _api_ready(cp: ControlPlane) -> bool:
-    ctx = ssl.create_default_context(cafile=str(cp.pki.ca_cert))
-    ctx.load_cert_chain(str(cp.pki.admin_cert), str(cp.pki.admin_key))
-    with urllib.request.urlopen(cp.server + "/readyz", context=ctx, timeout=2) as resp:
+    with urllib.request.urlopen(cp.server + "/readyz", context=cp.admin_tls(), timeout=2) as resp:
         return bool(resp.status == 200)
 
 
 def _nodes_ready(cp: ControlPlane, expected: int) -> bool:
-    import json
-
     out = cp.kubectl("get", "nodes", "-o", "json", check=False)
     if out.returncode != 0:
         return False

@@ -31,7 +31,7 @@ from qorch.operator.runtime import Runtime, build_snapshot, parse_spec
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import plan
-from qorch.orchestrator.snapshot import BackendInfo, PodState
+from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, PodState
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 TERMINAL = (WorkflowPhase.SUCCEEDED.value, WorkflowPhase.FAILED.value)
@@ -172,13 +172,10 @@ async def drive_workflow(
     # wrote over the (possibly lagging) watched body.
     status = HybridWorkflowStatus.model_validate(_plain(body).get("status") or {})
     written: HybridWorkflowStatus | None = None
-    # The subtasks are immutable (CEL), so circuits are read and parsed once per daemon: what
-    # was validated is what runs, even if a referenced ConfigMap changes later.
-    spec, problem = parse_spec(_plain(body).get("spec") or {})
-    if spec is None:
-        await _fail_unparseable(runtime, body, _plain(body), problem)
-        return
-    sources, infos = await runtime.load_sources(ns, spec)
+    # The subtasks are immutable (CEL), so circuits are read and parsed once per daemon, on
+    # the first cycle: what was validated is what runs, even if a referenced ConfigMap
+    # changes later.
+    loaded: tuple[dict[str, str], dict[str, CircuitInfo]] | None = None
     try:
         while not stopped:
             wake.clear()
@@ -188,6 +185,9 @@ async def drive_workflow(
             if spec is None:
                 await _fail_unparseable(runtime, body, raw, problem)
                 return
+            if loaded is None:
+                loaded = await runtime.load_sources(ns, spec)
+            sources, infos = loaded
             pods = list(workflow_pods.get((ns, name), []))
             pods += await runtime.read_missing_pods(ns, status, pods)
             snapshot = build_snapshot(
