@@ -349,6 +349,11 @@ class SubtaskStatus(StrictModel):
     placement: Placement | None = None
     podName: str | None = None
     jobId: str | None = None
+    remoteJobId: str | None = Field(
+        default=None,
+        max_length=128,
+        description="The provider's job id (IBM): a resubmission re-attaches to it.",
+    )
     launchedAt: str | None = None
     startedAt: str | None = None
     finishedAt: str | None = None

@@ -20,6 +20,9 @@ class JobRequest:
     primitive: str = "sampler"
     shots: int = 1024
     observables: tuple[str, ...] = field(default_factory=tuple)
+    # Set on a resubmission when the provider already has the run (IBM job id): the
+    # gateway re-attaches to it instead of paying for a second run.
+    remote_job_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,11 @@ class JobState:
     message: str = ""
     result: dict[str, Any] | None = None
     qpu_seconds: float = 0.0
+    # An Error the gateway knows will recur (the circuit cannot run there): no retry.
+    permanent: bool = False
+    # The provider's own job id (IBM), kept in the status so a gateway that lost its
+    # memory re-attaches to the paid run instead of running it twice.
+    remote_job_id: str | None = None
 
 
 @dataclass(frozen=True)
