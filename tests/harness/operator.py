@@ -61,6 +61,9 @@ def start(
             "QORCH_RETRY_BACKOFF_SECONDS": "1",
             "QORCH_RESYNC_SECONDS": "2",
             "QORCH_PEERING_LIFETIME_SECONDS": "10",
+            # Short bounds so tests see what happens after them.
+            "QORCH_SOURCE_WAIT_SECONDS": "6",
+            "QORCH_GATEWAY_UNKNOWN_GRACE_SECONDS": "15",
             "QORCH_METRICS_PORT": str(metrics_port),
             "PYTHONUNBUFFERED": "1",
             **({"QORCH_PRIORITY": str(priority)} if priority is not None else {}),

@@ -80,12 +80,14 @@ class World:
         )
         self.config = PlannerConfig(retry_backoff_base=dt.timedelta(seconds=10))
         self.metrics: MetricsView | None = None
+        self.generation = 1
+        self.created: dt.datetime | None = None
 
     def snapshot(self) -> WorkflowSnapshot:
         return WorkflowSnapshot(
             namespace="ns",
             name="wf",
-            generation=1,
+            generation=self.generation,
             spec=self.spec,
             status=self.status,
             now=self.now,
@@ -95,6 +97,7 @@ class World:
             circuits=self.circuits,
             metrics=self.metrics,
             config=self.config,
+            created=self.created,
         )
 
     def step(self) -> Plan:
@@ -183,7 +186,7 @@ def test_failed_attempt_is_retried_with_backoff_then_gives_up() -> None:
     assert w.status.phase is WorkflowPhase.FAILED
     cond = {c.type: c for c in w.status.conditions}["Succeeded"]
     assert cond.status == "False" and cond.reason == "SubtaskFailed"
-    assert "gave up after 2 attempts" in cond.message
+    assert "gave up after 2 failed attempts" in cond.message
 
 
 def test_failure_skips_dependents_and_stops_running_siblings() -> None:
@@ -235,7 +238,7 @@ def test_circuit_without_backends_is_simulated_on_the_smallest_pool_that_fits() 
     w = World(spec(circuit("q")))
     p = w.step()
     assert [a for a in p.actions if isinstance(a, CreatePod)] == [
-        CreatePod("q", 1, "wf-q-1", "cpu")
+        CreatePod("q", 1, "wf-q-1", "cpu", num_qubits=3)
     ]
     w2 = World(spec(circuit("q")), circuits={"q": CircuitInfo(num_qubits=31, depth=5)})
     p2 = w2.step()

@@ -2,11 +2,59 @@
 
 from __future__ import annotations
 
-from qorch.api.workflow import ClassicalPool, SubtaskSpec, Toleration
-from qorch.operator.podspec import GATE, build_pod, pod_state, release_patch
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from qorch.api.workflow import ClassicalPool, SubtaskSpec, Toleration, default_pools
+from qorch.operator import handlers
+from qorch.operator.podspec import (
+    ANNOTATION_WORKFLOW_NAME,
+    GATE,
+    LABEL_VALUE,
+    LABEL_WORKFLOW,
+    build_pod,
+    pod_state,
+    release_patch,
+    workflow_label,
+)
+from qorch.orchestrator.simulation import (
+    GIB,
+    MPS_STATE_BYTES,
+    STATEVECTOR_MAX_QUBITS,
+    WORKER_OVERHEAD_BYTES,
+)
 from qorch.orchestrator.snapshot import PodPhase
+from qorch.worker.main import choose_method
 
 WORKFLOW = {"metadata": {"name": "wf", "namespace": "ns", "uid": "u-1"}}
+CPU, GPU = default_pools()
+CIRCUIT = SubtaskSpec.model_validate(
+    {"name": "q", "circuit": {"qasm": "OPENQASM 3.0; qubit[1] q;", "shots": 10}}
+)
+
+
+def circuit_pod(num_qubits: int | None, pool: ClassicalPool = CPU, **kw: Any) -> dict[str, Any]:
+    return build_pod(
+        workflow=kw.pop("workflow", WORKFLOW),
+        subtask=kw.pop("subtask", CIRCUIT),
+        attempt=1,
+        pod_name="wf-q-1",
+        worker_image="img",
+        pool=pool,
+        num_qubits=num_qubits,
+    )
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
+
+
+def memory_bytes(quantity: str) -> int:
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2]) << 20
 
 
 def test_circuit_pod_is_gated_non_root_and_owned() -> None:
@@ -17,7 +65,7 @@ def test_circuit_pod_is_gated_non_root_and_owned() -> None:
         }
     )
     pod = build_pod(
-        workflow=WORKFLOW, subtask=sub, attempt=2, pod_name="wf-q-2", worker_image="img:1"
+        workflow=WORKFLOW, subtask=sub, attempt=2, pod_name="wf-q-2", worker_image="img:1", pool=CPU
     )
     assert pod["spec"]["schedulingGates"] == [{"name": GATE}]
     assert "nodeSelector" not in pod["spec"]
@@ -37,12 +85,137 @@ def test_gpu_step_requests_gpus() -> None:
     sub = SubtaskSpec.model_validate(
         {"name": "t", "classical": {"image": "trainer", "resources": {"gpu": 2}}}
     )
+    for pool in (CPU, GPU):  # a classical step keeps its own count, whatever the pool
+        pod = build_pod(
+            workflow=WORKFLOW,
+            subtask=sub,
+            attempt=1,
+            pod_name="wf-t-1",
+            worker_image="img",
+            pool=pool,
+        )
+        resources = pod["spec"]["containers"][0]["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == "2"
+        assert resources["limits"]["nvidia.com/gpu"] == "2"
+        assert "QORCH_DEVICE" not in env_of(pod)
+    cpu_only = SubtaskSpec.model_validate({"name": "t", "classical": {"image": "trainer"}})
     pod = build_pod(
-        workflow=WORKFLOW, subtask=sub, attempt=1, pod_name="wf-t-1", worker_image="img"
+        workflow=WORKFLOW, subtask=cpu_only, attempt=1, pod_name="p", worker_image="i", pool=GPU
     )
+    assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["requests"]
+
+
+@pytest.mark.parametrize(
+    ("qubits", "method", "state_bytes"),
+    [
+        (4, "statevector", 16 << 4),
+        (27, "statevector", 2 * GIB),  # OOM-killed at the old fixed 2Gi
+        (28, "statevector", 4 * GIB),
+        (29, "matrix_product_state", MPS_STATE_BYTES),
+        (60, "matrix_product_state", MPS_STATE_BYTES),
+    ],
+)
+def test_circuit_pod_memory_fits_the_method_the_worker_will_use(
+    qubits: int, method: str, state_bytes: int
+) -> None:
+    pod = circuit_pod(qubits)
     resources = pod["spec"]["containers"][0]["resources"]
-    assert resources["requests"]["nvidia.com/gpu"] == "2"
-    assert resources["limits"]["nvidia.com/gpu"] == "2"
+    requested = memory_bytes(resources["requests"]["memory"])
+    assert resources["limits"]["memory"] == resources["requests"]["memory"]
+    assert (
+        state_bytes + WORKER_OVERHEAD_BYTES
+        <= requested
+        < state_bytes + WORKER_OVERHEAD_BYTES + (1 << 20)
+    )
+    env = env_of(pod)
+    assert env["QORCH_METHOD"] == method == choose_method(qubits, "auto")
+    assert env["QORCH_DEVICE"] == "CPU"
+
+
+def test_circuit_pod_of_unknown_width_gets_the_most_either_method_takes() -> None:
+    pod = circuit_pod(None)
+    requested = memory_bytes(pod["spec"]["containers"][0]["resources"]["requests"]["memory"])
+    widest = max(16 << STATEVECTOR_MAX_QUBITS, MPS_STATE_BYTES)
+    assert requested >= widest + WORKER_OVERHEAD_BYTES
+    assert env_of(pod)["QORCH_METHOD"] == "auto"
+
+
+def test_the_threshold_is_the_workers() -> None:
+    for n in range(1, 45):
+        assert env_of(circuit_pod(n))["QORCH_METHOD"] == choose_method(n, "auto")
+
+
+def test_circuit_on_a_gpu_pool_requests_one_gpu() -> None:
+    pod = circuit_pod(20, GPU)
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
+    assert env_of(pod)["QORCH_DEVICE"] == "auto"  # the GPU when the image's Aer sees one
+    # Unknown width: the GPU is there, the worker takes it if it picks statevector.
+    unknown = circuit_pod(None, GPU)
+    assert unknown["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert env_of(unknown)["QORCH_DEVICE"] == "auto"
+    # Aer has no GPU matrix_product_state: no GPU held idle, and the worker runs on the CPU.
+    wide = circuit_pod(40, GPU)
+    assert "nvidia.com/gpu" not in wide["spec"]["containers"][0]["resources"]["requests"]
+    assert env_of(wide)["QORCH_DEVICE"] == "CPU"
+    on_cpu = circuit_pod(20, CPU)
+    assert "nvidia.com/gpu" not in on_cpu["spec"]["containers"][0]["resources"]["limits"]
+    assert env_of(on_cpu)["QORCH_DEVICE"] == "CPU"
+
+
+def test_circuit_pod_serves_metrics_and_asks_to_be_scraped() -> None:
+    pod = circuit_pod(5)
+    container = pod["spec"]["containers"][0]
+    port = int(env_of(pod)["QORCH_METRICS_PORT"])
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+
+
+def test_workflow_label_keeps_short_names_and_hashes_long_ones() -> None:
+    assert workflow_label("wf") == "wf"
+    assert workflow_label("a" * 63) == "a" * 63
+    long_a, long_b = "x" * 199 + "a", "x" * 199 + "b"  # same 63-character prefix
+    for name in (long_a, long_b, "a" * 64, "a." * 100 + "z", "a-" * 100 + "z"):
+        label = workflow_label(name)
+        assert len(label) <= 63 and LABEL_VALUE.match(label), label
+        assert workflow_label(name) == label  # stable across calls and restarts
+    assert workflow_label(long_a) != workflow_label(long_b)
+    assert workflow_label(long_a).startswith("x" * 40)
+
+
+def test_a_200_character_workflow_name_gives_a_valid_pod() -> None:
+    name = "w" * 100 + "-" + "x" * 99
+    workflow = {"metadata": {"name": name, "namespace": "ns", "uid": "u-1"}}
+    classical = SubtaskSpec.model_validate({"name": "c", "classical": {"image": "busybox"}})
+    for sub in (CIRCUIT, classical):
+        pod = circuit_pod(3, workflow=workflow, subtask=sub)
+        labels = pod["metadata"]["labels"]
+        for value in labels.values():
+            assert len(value) <= 63 and LABEL_VALUE.match(value), value
+        assert labels[LABEL_WORKFLOW] == workflow_label(name)
+        assert pod["metadata"]["annotations"][ANNOTATION_WORKFLOW_NAME] == name
+        env = env_of(pod)
+        assert env["QORCH_WORKFLOW"] == name
+
+
+def test_the_pod_index_and_wake_up_find_a_long_named_workflow() -> None:
+    name = "n" * 200
+    pod = circuit_pod(3, workflow={"metadata": {"name": name, "namespace": "ns", "uid": "u"}})
+    meta = pod["metadata"]
+    # Kopf calls handlers with many more keywords than these two need.
+    index_pod: Any = handlers.workflow_pods
+    wake: Any = handlers.wake_on_pod_event
+    # drive_workflow looks its pods up under (namespace, workflow_label(name)).
+    index = index_pod(namespace="ns", labels=meta["labels"], body=pod)
+    assert list(index) == [("ns", workflow_label(name))]
+    woken: list[tuple[str, str]] = []
+    memo = SimpleNamespace(runtime=SimpleNamespace(wake=lambda ns, wf: woken.append((ns, wf))))
+    wake(namespace="ns", labels=meta["labels"], annotations=meta["annotations"], memo=memo)
+    # A pod from before the annotation: its label is the (short) name.
+    wake(namespace="ns", labels={LABEL_WORKFLOW: "old"}, annotations={}, memo=memo)
+    assert woken == [("ns", name), ("ns", "old")]
 
 
 def test_release_patch_narrows_adds_tolerations_and_removes_only_our_gate() -> None:
@@ -109,3 +282,43 @@ def test_pod_state_reads_result_and_failure() -> None:
     assert state.message == "exit code 2, Error: bad input: QORCH_QASM is empty"
     gated = {**done, "spec": {"schedulingGates": [{"name": GATE}]}, "status": {}}
     assert pod_state(gated).phase is PodPhase.GATED
+
+
+def test_pod_state_takes_the_usage_apart_from_the_result() -> None:
+    usage = {
+        "wallSeconds": 1.5,
+        "cpuSeconds": 3,
+        "peakMemoryBytes": 200_000_000,
+        "method": "statevector",
+        "device": "CPU",
+        "bogus": True,
+        "nested": {"x": 1},
+        "long": "z" * 100,
+    }
+    message = json.dumps({"counts": {"0": 1}, "usage": usage})
+    done: dict[str, Any] = {
+        "metadata": {"name": "p", "labels": {"qorch.io/subtask": "a", "qorch.io/attempt": "1"}},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}],
+        },
+    }
+    state = pod_state(done)
+    assert state.result == {"counts": {"0": 1}}
+    assert state.usage == {
+        "wallSeconds": 1.5,
+        "cpuSeconds": 3.0,
+        "peakMemoryBytes": 200_000_000.0,
+        "method": "statevector",
+        "device": "CPU",
+    }
+    plain = {
+        **done,
+        "status": {
+            **done["status"],
+            "containerStatuses": [
+                {"state": {"terminated": {"exitCode": 0, "message": '{"counts": {"0": 1}}'}}}
+            ],
+        },
+    }
+    assert pod_state(plain).usage is None

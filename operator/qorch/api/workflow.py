@@ -345,7 +345,10 @@ class HistoryEntry(StrictModel):
 class SubtaskStatus(StrictModel):
     name: str
     phase: SubtaskPhase = SubtaskPhase.PENDING
-    attempts: int = Field(default=0, ge=0)
+    attempts: int = Field(default=0, ge=0, description="Pods or jobs started so far.")
+    failures: int = Field(
+        default=0, ge=0, description="Failed attempts; these count against maxRetries."
+    )
     placement: Placement | None = None
     podName: str | None = None
     jobId: str | None = None
@@ -358,6 +361,9 @@ class SubtaskStatus(StrictModel):
     startedAt: str | None = None
     finishedAt: str | None = None
     retryAfter: str | None = None
+    unreachableSince: str | None = Field(
+        default=None, description="Since when the job's gateway has not answered."
+    )
     moves: int = Field(default=0, ge=0)
     message: str = Field(default="", max_length=4096)
     result: dict[str, Any] | None = Field(

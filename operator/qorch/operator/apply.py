@@ -9,8 +9,7 @@ from typing import Any
 
 from kubernetes.client import ApiException, CoreV1Api, CustomObjectsApi
 
-from qorch.api.meta import GROUP, VERSION
-from qorch.api.workflow import HybridWorkflowSpec
+from qorch.api.workflow import HybridWorkflowSpec, SubtaskPhase
 from qorch.gateway.base import GatewayClient, GatewayError, JobRequest
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.podspec import (
@@ -21,6 +20,7 @@ from qorch.operator.podspec import (
     build_pod,
     owner_reference,
     release_patch,
+    workflow_label,
 )
 from qorch.orchestrator.plan import (
     CancelJob,
@@ -32,9 +32,14 @@ from qorch.orchestrator.plan import (
     StoreResult,
     SubmitJob,
 )
+from qorch.orchestrator.snapshot import WorkflowSnapshot
 
 MAX_REJECTED = 10_000
 CONFIG_MAP_LIMIT_BYTES = 1_000_000  # etcd's object limit is ~1.5 MiB; keep well below
+
+
+class ResultConflictError(Exception):
+    """The result's ConfigMap name is taken by an object Qorch did not create."""
 
 
 class Applier:
@@ -58,7 +63,7 @@ class Applier:
     ) -> list[Event]:
         """Perform the plan's actions. Returns the Events to post, including Warnings for
         writes that failed (the next cycle retries them). The status is written apart, by
-        ``write_status``, as the cycle's last step."""
+        ``WorkflowObject.write_status``, as the cycle's last step."""
         events = list(plan.events)
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -73,6 +78,8 @@ class Applier:
                         attempt=action.attempt,
                         pod_name=action.pod_name,
                         worker_image=self.worker_image,
+                        pool=pools[action.pool],
+                        num_qubits=action.num_qubits,
                     )
                     await self._create_pod(namespace, manifest)
                 elif isinstance(action, ReleasePod):
@@ -91,6 +98,7 @@ class Applier:
                             primitive=circuit.primitive.value,
                             shots=circuit.shots,
                             observables=tuple(circuit.observables or ()),
+                            remote_job_id=action.remote_job_id,
                         )
                     )
                     metrics.placements(action.backend, "backend")
@@ -98,7 +106,7 @@ class Applier:
                     await self.gateway.cancel(action.backend, action.job_id)
                 elif isinstance(action, StoreResult):
                     await self._store_result(body, action)
-            except (ApiException, GatewayError) as exc:
+            except (ApiException, GatewayError, ResultConflictError) as exc:
                 if (
                     isinstance(exc, GatewayError)
                     and isinstance(action, SubmitJob)
@@ -114,18 +122,6 @@ class Applier:
         for ev in events:
             metrics.decisions(ev.reason)
         return events
-
-    async def write_status(self, body: dict[str, Any], plan: Plan) -> None:
-        meta = body["metadata"]
-        await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            meta["namespace"],
-            "hybridworkflows",
-            meta["name"],
-            {"status": plan.status.model_dump(mode="json")},
-        )
 
     async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
@@ -155,14 +151,14 @@ class Applier:
                     "reason": f"result over {CONFIG_MAP_LIMIT_BYTES} bytes",
                 }
             )
-        cm = {
+        cm: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
                 "name": action.config_map,
                 "namespace": meta["namespace"],
                 "labels": {
-                    LABEL_WORKFLOW: meta["name"],
+                    LABEL_WORKFLOW: workflow_label(meta["name"]),
                     LABEL_SUBTASK: action.subtask,
                     LABEL_MANAGED_BY: "qorch",
                 },
@@ -175,6 +171,19 @@ class Applier:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            # A ConfigMap of that name exists. Replace it only if it is this workflow's own
+            # (a replayed plan): never touch, adopt or garbage-collect what Qorch did not make.
+            existing = await asyncio.to_thread(
+                self.core.read_namespaced_config_map, action.config_map, meta["namespace"]
+            )
+            owners = existing.metadata.owner_references or []
+            if not any(o.uid == meta["uid"] for o in owners):
+                raise ResultConflictError(
+                    f"ConfigMap {action.config_map!r} exists and does not belong to this "
+                    f"workflow; the result of subtask {action.subtask!r} was not stored "
+                    "(delete or rename that ConfigMap)"
+                ) from None
+            cm["metadata"]["resourceVersion"] = existing.metadata.resource_version
             await asyncio.to_thread(
                 self.core.replace_namespaced_config_map, action.config_map, meta["namespace"], cm
             )
@@ -196,3 +205,20 @@ def _failure_message(exc: Exception) -> str:
         except (ValueError, AttributeError):
             return str(exc.reason)
     return str(exc)
+
+
+def record_worker_usage(snapshot: WorkflowSnapshot, decided: Plan) -> None:
+    """Worker pods usually end before any scrape: record what each one took from the usage
+    in its result, once, on the subtask's transition to Succeeded."""
+    before = {s.name: s.phase for s in snapshot.status.subtasks}
+    kinds = {s.name: "circuit" if s.circuit else "classical" for s in snapshot.spec.subtasks}
+    for st in decided.status.subtasks:
+        if (
+            st.phase is SubtaskPhase.SUCCEEDED
+            and before.get(st.name) is not SubtaskPhase.SUCCEEDED
+            and st.podName
+            and st.placement
+        ):
+            pod = snapshot.pods.get(st.podName)
+            if pod is not None and pod.usage:
+                metrics.record_worker_usage(st.placement.name, kinds[st.name], pod.usage)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -26,15 +27,27 @@ from qorch.api.workflow import HybridWorkflowStatus, ResourceKind, WorkflowPhase
 from qorch.gateway.base import GatewayError, GatewayTarget
 from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
-from qorch.operator.podspec import LABEL_MANAGED_BY, LABEL_WORKFLOW, pod_state
+from qorch.operator.apply import record_worker_usage
+from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER, WorkflowObject, has_gateway_jobs
+from qorch.operator.podspec import (
+    ANNOTATION_WORKFLOW_NAME,
+    LABEL_MANAGED_BY,
+    LABEL_WORKFLOW,
+    pod_state,
+    workflow_label,
+)
 from qorch.operator.runtime import Runtime, build_snapshot, parse_spec
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.lifecycle import ACTIVE
-from qorch.orchestrator.plan import plan
+from qorch.orchestrator.plan import SubmitJob, plan
 from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, PodState
+from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 TERMINAL = (WorkflowPhase.SUCCEEDED.value, WorkflowPhase.FAILED.value)
+# Cancelling gateway jobs on deletion is retried every 10 s for about two minutes, then
+# the workflow is let go with a Warning: a gateway that is gone must not pin it forever.
+DELETE_CANCEL_RETRIES = 12
 
 
 @kopf.on.startup()
@@ -64,6 +77,7 @@ async def configure(
 def workflow_pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], PodState]:
+    # Keyed by the label value, which is ``workflow_label(name)``, not always the name.
     return {(_namespaced(namespace), labels[LABEL_WORKFLOW]): pod_state(_plain(body))}
 
 
@@ -141,9 +155,15 @@ async def refresh_backend_status(
 
 @kopf.on.event("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
 def wake_on_pod_event(
-    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
+    namespace: str | None,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
-    memo.runtime.wake(_namespaced(namespace), labels[LABEL_WORKFLOW])
+    # A long name's label is shortened and hashed: the annotation has the name itself.
+    workflow = annotations.get(ANNOTATION_WORKFLOW_NAME) or labels[LABEL_WORKFLOW]
+    memo.runtime.wake(_namespaced(namespace), workflow)
 
 
 @kopf.daemon(
@@ -168,10 +188,10 @@ async def drive_workflow(
     runtime: Runtime = memo.runtime
     ns = _namespaced(namespace)
     wake = runtime.wakeup(ns, name)
-    # This daemon is the only writer of the status: after its first write it trusts what it
-    # wrote over the (possibly lagging) watched body.
-    status = HybridWorkflowStatus.model_validate(_plain(body).get("status") or {})
-    written: HybridWorkflowStatus | None = None
+    # The daemon plans on what it last wrote (the watched body lags), writes with the
+    # resourceVersion it planned on, and adopts the stored status when somebody else
+    # wrote it (a 409 on its own write, or a foreign write seen in the body).
+    obj = WorkflowObject(runtime.custom, _plain(body))
     # The subtasks are immutable (CEL), so circuits are read and parsed once per daemon, on
     # the first cycle: what was validated is what runs, even if a referenced ConfigMap
     # changes later.
@@ -181,6 +201,9 @@ async def drive_workflow(
             wake.clear()
             started = time.perf_counter()
             raw = _plain(body)
+            if obj.observe(raw):
+                logger.warning("status written by someone else; planning from the stored one")
+            status = obj.status
             spec, problem = parse_spec(raw.get("spec") or {})
             if spec is None:
                 await _fail_unparseable(runtime, body, raw, problem)
@@ -188,7 +211,9 @@ async def drive_workflow(
             if loaded is None:
                 loaded = await runtime.load_sources(ns, spec)
             sources, infos = loaded
-            pods = list(workflow_pods.get((ns, name), []))
+            if any(i.transient for i in infos.values()):
+                loaded = None  # unreadable for now: read again next cycle
+            pods = list(workflow_pods.get((ns, workflow_label(name)), []))
             pods += await runtime.read_missing_pods(ns, status, pods)
             snapshot = build_snapshot(
                 namespace=ns,
@@ -202,8 +227,13 @@ async def drive_workflow(
                 circuits_info=infos,
                 runtime=runtime,
                 metrics=await runtime.metrics_view(),
+                created=_created(raw),
             )
             decided = plan(snapshot, runtime.policy)
+            record_worker_usage(snapshot, decided)
+            if any(isinstance(a, SubmitJob) for a in decided.actions):
+                # Before the job exists, so that deleting the workflow cancels it.
+                await obj.hold_for_gateway_jobs(True)
             events = await runtime.applier.act(raw, spec, decided, sources, logger)
             for ev in events:
                 kopf.event(
@@ -212,12 +242,16 @@ async def drive_workflow(
                     reason=ev.reason,
                     message=ev.message[:1024],
                 )
+            if not has_gateway_jobs(decided.status):
+                await obj.hold_for_gateway_jobs(False)
             # Last: a terminal phase stops this daemon (the `when` filter) as soon as Kopf
-            # sees it, so nothing may be left to do after this write.
-            if decided.status != written:  # resyncs that change nothing write nothing
-                await runtime.applier.write_status(raw, decided)
-                written = decided.status.model_copy(deep=True)
-            status = decided.status
+            # sees it, so nothing may be left to do after this write. Resyncs that change
+            # nothing write nothing.
+            if not await obj.write_status(decided.status):
+                logger.warning("status changed since it was read; planning again from it")
+                metrics.STATUS_CONFLICTS.inc()
+                continue
+            status = obj.status
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
                 logger.info("workflow %s/%s %s", ns, name, status.phase)
@@ -229,6 +263,30 @@ async def drive_workflow(
                 await asyncio.wait_for(wake.wait(), timeout=delay)
     finally:
         runtime.wakeups.pop((ns, name), None)
+
+
+def _daemon_without_kopf_finalizer(fn: Any) -> None:
+    """Kopf puts its finalizer on every object a daemon runs for, so no running workflow
+    (nor its namespace) could be deleted while the operator is down. The daemon needs
+    none: pods go with the workflow by owner reference and deletion stops the daemon.
+    Only jobs at gateways need cleaning up, and Qorch sets its own finalizer for exactly
+    as long as there are some (``objectstate``). Kopf has no option for this, so the
+    registered handler's flag is flipped (pinned Kopf; the e2e tests check the effect)."""
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if getattr(h, "fn", None) is fn else h
+        for h in spawning._handlers
+    ]
+
+
+_daemon_without_kopf_finalizer(drive_workflow)
+
+
+def _created(raw: dict[str, Any]) -> dt.datetime | None:
+    stamp = raw["metadata"].get("creationTimestamp")
+    if not stamp:
+        return None
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 async def _fail_unparseable(
@@ -245,7 +303,7 @@ async def _fail_unparseable(
                 "type": "Valid",
                 "status": "False",
                 "reason": "InvalidSpec",
-                "message": problem[:4096],
+                "message": bounded(problem, MESSAGE_LIMIT),
                 "lastTransitionTime": now,
             }
         ],
@@ -260,27 +318,57 @@ async def _fail_unparseable(
         meta["name"],
         {"status": status},
     )
-    kopf.event(body, type="Warning", reason="InvalidSpec", message=problem[:1024])
+    kopf.event(body, type="Warning", reason="InvalidSpec", message=bounded(problem, SHORT_LIMIT))
 
 
-@kopf.on.delete(GROUP, VERSION, "hybridworkflows")
+@kopf.on.event(GROUP, VERSION, "hybridworkflows")
 async def cancel_gateway_jobs(
-    status: kopf.Status, memo: kopf.Memo, logger: Logger, **_: Any
+    body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, logger: Logger, **_: Any
 ) -> None:
-    """Pods go with the workflow by owner reference; queued QPU jobs need cancelling."""
+    """Pods go with the workflow by owner reference; jobs at gateways need cancelling.
+
+    Only Qorch's own finalizer (set only while such jobs exist) holds a deleted workflow;
+    Kopf calls deletion handlers only under its own finalizer, which Qorch does not use
+    (see ``_daemon_without_kopf_finalizer``), so deletion is seen here, as an event.
+    Cancelling is tried for about two minutes; a gateway that is gone must not pin the
+    workflow forever, so it is then let go with a Warning."""
+    if not meta.get("deletionTimestamp") or GATEWAY_JOBS_FINALIZER not in (
+        meta.get("finalizers") or []
+    ):
+        return
     runtime: Runtime = memo.runtime
     parsed = HybridWorkflowStatus.model_validate(dict(status) or {})
-    for st in parsed.subtasks:
-        if (
-            st.phase in ACTIVE
-            and st.jobId
-            and st.placement
-            and (st.placement.kind is ResourceKind.BACKEND)
-        ):
+    pending = [
+        (st.placement.name, st.jobId)
+        for st in parsed.subtasks
+        if st.phase in ACTIVE
+        and st.jobId
+        and st.placement
+        and st.placement.kind is ResourceKind.BACKEND
+    ]
+    failed: list[str] = []
+    for attempt in range(DELETE_CANCEL_RETRIES):
+        failed = []
+        for backend, job in pending:
             try:
-                await runtime.gateway.cancel(st.placement.name, st.jobId)
-            except Exception as exc:
-                logger.warning("could not cancel job %s: %s", st.jobId, exc)
+                await runtime.gateway.cancel(backend, job)
+            except GatewayError as exc:
+                if exc.retryable:  # not retryable: the gateway does not know it
+                    failed.append(f"{job}: {exc}")
+        if not failed:
+            break
+        if attempt + 1 < DELETE_CANCEL_RETRIES:
+            await asyncio.sleep(10)
+    if failed:
+        message = (
+            f"gave up cancelling {len(failed)} gateway job(s) after {DELETE_CANCEL_RETRIES} "
+            f"tries; they may still run: {'; '.join(failed)}"
+        )
+        logger.warning(message)
+        kopf.event(
+            body, type="Warning", reason="CancelFailed", message=bounded(message, SHORT_LIMIT)
+        )
+    await WorkflowObject(runtime.custom, _plain(body)).hold_for_gateway_jobs(False)
 
 
 def _namespaced(namespace: str | None) -> str:

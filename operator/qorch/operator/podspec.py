@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from typing import Any
 
 from qorch.api.meta import API_VERSION
 from qorch.api.workflow import ClassicalPool, SubtaskSpec
+from qorch.orchestrator.simulation import (
+    TERMINATION_MESSAGE_LIMIT_BYTES,
+    memory_quantity,
+    runs_on_gpu,
+    simulation_method,
+    worker_memory_bytes,
+)
 from qorch.orchestrator.snapshot import PodPhase, PodState
 
 GATE = "qorch.io/placement"
@@ -14,7 +23,26 @@ LABEL_WORKFLOW = "qorch.io/workflow"
 LABEL_SUBTASK = "qorch.io/subtask"
 LABEL_ATTEMPT = "qorch.io/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-RESULT_LIMIT_BYTES = 4096  # Kubernetes caps a termination message at 4096 bytes
+# The workflow's full name: its label may be shortened (``workflow_label``).
+ANNOTATION_WORKFLOW_NAME = "qorch.io/workflow-name"
+RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
+METRICS_PORT = 9090  # `qorch worker` serves /metrics here (QORCH_METRICS_PORT)
+LABEL_VALUE_MAX = 63
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_HASH_CHARS = 10  # 40 bits of sha256: collisions need ~10^6 names sharing a prefix
+
+
+def workflow_label(name: str) -> str:
+    """The ``qorch.io/workflow`` label value for a workflow: its name when that is a valid
+    label value (at most 63 characters), else a prefix of it, '-', and a hash of the whole
+    name, so it stays stable, valid and unique in practice. The full name is in the
+    ``qorch.io/workflow-name`` annotation."""
+    if len(name) <= LABEL_VALUE_MAX and LABEL_VALUE.fullmatch(name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_LABEL_HASH_CHARS]
+    keep = LABEL_VALUE_MAX - _LABEL_HASH_CHARS - 1
+    prefix = re.sub(r"[^-A-Za-z0-9_.]", "", name)[:keep].strip("-_.")
+    return f"{prefix}-{digest}" if prefix else digest
 
 
 def build_pod(
@@ -24,11 +52,18 @@ def build_pod(
     attempt: int,
     pod_name: str,
     worker_image: str,
+    pool: ClassicalPool,
+    num_qubits: int | None = None,
 ) -> dict[str, Any]:
-    """A gated pod: it carries no placement until ``release_patch`` narrows it."""
+    """A gated pod: it carries no placement until ``release_patch`` narrows it to ``pool``.
+
+    A circuit pod runs ``qorch worker``; its memory is sized from the method the worker
+    will use for ``num_qubits`` (None: unknown, so the most any method may take), and on
+    a GPU pool it gets one GPU when that method runs on one.
+    """
     meta = workflow["metadata"]
     labels = {
-        LABEL_WORKFLOW: meta["name"],
+        LABEL_WORKFLOW: workflow_label(meta["name"]),
         LABEL_SUBTASK: subtask.name,
         LABEL_ATTEMPT: str(attempt),
         LABEL_MANAGED_BY: "qorch",
@@ -78,8 +113,29 @@ def build_pod(
                 {"name": "QORCH_OBSERVABLES", "value": json.dumps(circuit.observables or [])},
             ]
         )
-        requests = {"cpu": "1", "memory": "2Gi"}
-        limits = {"memory": "2Gi"}
+        method = "auto" if num_qubits is None else simulation_method(num_qubits)
+        memory = memory_quantity(worker_memory_bytes(num_qubits))
+        requests = {"cpu": "1", "memory": memory}
+        limits = {"memory": memory}
+        device = "CPU"
+        if pool.gpu and (num_qubits is None or runs_on_gpu(method)):
+            # "auto": the worker takes the GPU when its Aer build sees one, and still runs
+            # (on the CPU, saying so in its usage) from an image without qiskit-aer-gpu.
+            device = "auto"
+            requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = "1"
+        env.extend(
+            [
+                {"name": "QORCH_METHOD", "value": method},
+                {"name": "QORCH_DEVICE", "value": device},
+                # Long runs are scraped; every run also reports its usage in its result.
+                {"name": "QORCH_METRICS_PORT", "value": str(METRICS_PORT)},
+            ]
+        )
+        container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+        annotations.update(
+            {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
+        )
+    annotations[ANNOTATION_WORKFLOW_NAME] = meta["name"]
     container.update(
         {
             "env": env,
@@ -190,6 +246,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         phase = PodPhase.PENDING
     if phase_raw == "Failed" and not message:
         message = status.get("message") or status.get("reason") or "pod failed"
+    usage = _usage(result.pop("usage", None)) if result is not None else None
     return PodState(
         name=meta["name"],
         subtask=labels.get(LABEL_SUBTASK, ""),
@@ -199,4 +256,21 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         message=message,
         result=result,
         deleting=bool(meta.get("deletionTimestamp")),
+        usage=usage,
     )
+
+
+def _usage(raw: Any) -> dict[str, float | str] | None:
+    """The worker's ``usage`` summary (its own numbers, not the user's result), keeping
+    only plain numbers and short strings: it comes from inside the pod."""
+    if not isinstance(raw, dict):
+        return None
+    usage: dict[str, float | str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or len(key) > 64:
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            usage[key] = float(value)
+        elif isinstance(value, str) and len(value) <= 64:
+            usage[key] = value
+    return usage or None

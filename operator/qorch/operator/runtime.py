@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from pydantic import ValidationError
 
@@ -46,7 +47,7 @@ def make_gateway(settings: OperatorSettings, targets: dict[str, GatewayTarget]) 
         )
     from qorch.gateway.client import HttpGatewayClient
 
-    return HttpGatewayClient(targets)
+    return HttpGatewayClient(targets, token_file=settings.gateway_token_file)
 
 
 @dataclass
@@ -60,6 +61,9 @@ class Runtime:
     gateway_targets: dict[str, GatewayTarget]
     metrics_reader: MetricsReader | None = None
     _metrics: tuple[float, MetricsView] | None = None
+    # One Prometheus query round at a time: when the cached view expires, the first
+    # daemon refreshes it and the others wait for that reading instead of querying too.
+    _metrics_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     # Parse results by source hash; bounded, oldest entries go first.
     _circuit_cache: OrderedDict[str, CircuitInfo] = field(default_factory=OrderedDict)
@@ -83,11 +87,15 @@ class Runtime:
         query round for all workflows, not one per workflow and cycle."""
         if self.metrics_reader is None:
             return None
-        now = time.monotonic()
-        if self._metrics is None or now - self._metrics[0] > self.settings.metrics_refresh_seconds:
-            view = await asyncio.to_thread(self.metrics_reader.read)
-            self._metrics = (now, view)
-        return self._metrics[1]
+        async with self._metrics_lock:
+            now = time.monotonic()
+            if (
+                self._metrics is None
+                or now - self._metrics[0] > self.settings.metrics_refresh_seconds
+            ):
+                view = await asyncio.to_thread(self.metrics_reader.read)
+                self._metrics = (time.monotonic(), view)
+            return self._metrics[1]
 
     def wakeup(self, namespace: str, name: str) -> asyncio.Event:
         return self.wakeups.setdefault((namespace, name), asyncio.Event())
@@ -111,19 +119,28 @@ class Runtime:
             else:
                 ref = sub.circuit.configMapRef
                 assert ref is not None
+                # A ConfigMap may be applied after the workflow (GitOps applies in any
+                # order) or the apiserver may blip: unreadable is ``transient``; the
+                # planner waits a bounded time before calling the spec invalid.
                 try:
                     cm = await asyncio.to_thread(
                         self.core.read_namespaced_config_map, ref.name, namespace
                     )
                 except client.ApiException as exc:
                     infos[sub.name] = CircuitInfo(
-                        error=f"ConfigMap {ref.name!r} cannot be read ({exc.status} {exc.reason})"
+                        error=f"ConfigMap {ref.name!r} cannot be read ({exc.status} {exc.reason})",
+                        transient=True,
+                    )
+                    continue
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    infos[sub.name] = CircuitInfo(
+                        error=f"ConfigMap {ref.name!r} cannot be read ({exc})", transient=True
                     )
                     continue
                 data = cm.data or {}
                 if ref.key not in data:
                     infos[sub.name] = CircuitInfo(
-                        error=f"ConfigMap {ref.name!r} has no key {ref.key!r}"
+                        error=f"ConfigMap {ref.name!r} has no key {ref.key!r}", transient=True
                     )
                     continue
                 source = data[ref.key]
@@ -174,20 +191,23 @@ class Runtime:
             try:
                 states.update(await self.gateway.status(backend, ids))
             except GatewayError as exc:
-                # Unknown state is not "gone": keep the jobs out of the planner's reach by
-                # reporting them as still queued rather than missing (which would resubmit).
+                # Unknown is not "gone" (that would resubmit) nor "unchanged" (that would
+                # wait forever): the planner waits a bounded time, then places them again.
                 logging.getLogger(__name__).warning("gateway %s: %s", backend, exc)
-                states.update(_assume_unchanged(ids))
+                states.update(_unknown(ids, str(exc)))
             for job in ids:
                 # A gateway that refused a submission outright (bad circuit for the target,
                 # unknown backend) will never know the job: report it failed, not missing.
                 if job not in states and job in self.applier.rejected:
-                    states[job] = JobState(job, JobPhase.ERROR, self.applier.rejected[job])
+                    states[job] = JobState(
+                        job, JobPhase.ERROR, self.applier.rejected[job], permanent=True
+                    )
         return states
 
 
-def _assume_unchanged(ids: Iterable[str]) -> dict[str, JobState]:
-    return {i: JobState(i, JobPhase.QUEUED, "gateway unreachable") for i in ids}
+def _unknown(ids: Iterable[str], reason: str) -> dict[str, JobState]:
+    """The gateway did not answer: the planner bounds how long that may last."""
+    return {i: JobState(i, JobPhase.UNKNOWN, reason[:512]) for i in ids}
 
 
 def parse_spec(raw: dict[str, Any]) -> tuple[HybridWorkflowSpec | None, str]:
@@ -214,6 +234,7 @@ def build_snapshot(
     circuits_info: dict[str, CircuitInfo],
     runtime: Runtime,
     metrics: MetricsView | None = None,
+    created: dt.datetime | None = None,
 ) -> WorkflowSnapshot:
     if metrics is not None and metrics.available:
         backends = [_with_live_metrics(b, metrics) for b in backends]
@@ -230,6 +251,7 @@ def build_snapshot(
         circuits=circuits_info,
         metrics=metrics,
         config=runtime.settings.planner,
+        created=created,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import time
 from dataclasses import dataclass, field
 
 from qorch.orchestrator.snapshot import PlannerConfig
@@ -20,14 +21,23 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
 
 
+def _start_priority() -> int:
+    return int(time.time() * 1000) * 1000 + random.randint(0, 999)
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     worker_image: str = "ghcr.io/qorch/qorch:0.1.0"
     gateway_mode: str = "http"  # "http" (real gateways) or "scripted" (test double)
+    gateway_token_file: str | None = None  # projected SA token (audience qorch-gateway)
     scripted_queue_seconds: float = 0.5
     scripted_run_seconds: float = 0.5
     resync_seconds: float = 10.0  # re-plan at least this often even without events
-    priority: int = field(default_factory=lambda: random.randint(1, 1_000_000))
+    # Kopf peering: the replica with the highest priority acts. The newest start wins
+    # (milliseconds since the epoch, plus a random tie-break), so a replica that replaces
+    # a killed one takes over at once instead of waiting out the dead one's lease; an old
+    # replica that is still alive pauses in its favour.
+    priority: int = field(default_factory=_start_priority)
     metrics_port: int = 8080
     prometheus_url: str | None = None  # None: no live metrics (the planner says so)
     metrics_refresh_seconds: float = 15.0
@@ -46,6 +56,7 @@ class OperatorSettings:
         return cls(
             worker_image=os.environ.get("QORCH_WORKER_IMAGE", defaults.worker_image),
             gateway_mode=mode,
+            gateway_token_file=os.environ.get("QORCH_GATEWAY_TOKEN_FILE") or None,
             scripted_queue_seconds=_float("QORCH_SCRIPTED_QUEUE_SECONDS", 0.5),
             scripted_run_seconds=_float("QORCH_SCRIPTED_RUN_SECONDS", 0.5),
             resync_seconds=_float("QORCH_RESYNC_SECONDS", 10.0),
@@ -60,5 +71,9 @@ class OperatorSettings:
                     seconds=_float("QORCH_RETRY_BACKOFF_MAX_SECONDS", 300)
                 ),
                 lost_pod_grace=dt.timedelta(seconds=_float("QORCH_LOST_POD_GRACE_SECONDS", 30)),
+                gateway_unknown_grace=dt.timedelta(
+                    seconds=_float("QORCH_GATEWAY_UNKNOWN_GRACE_SECONDS", 60)
+                ),
+                source_wait=dt.timedelta(seconds=_float("QORCH_SOURCE_WAIT_SECONDS", 120)),
             ),
         )

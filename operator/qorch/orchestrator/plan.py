@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -27,13 +28,19 @@ from qorch.api.workflow import (
 )
 from qorch.orchestrator.lifecycle import ACTIVE, TERMINAL, check_transition
 from qorch.orchestrator.placement import Infeasible, PlacementPolicy
-from qorch.orchestrator.snapshot import JobPhase, PodPhase, WorkflowSnapshot
+from qorch.orchestrator.snapshot import JobPhase, JobState, PodPhase, WorkflowSnapshot
+from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded, bounded_name
 from qorch.orchestrator.validation import validate
 
 MAX_HISTORY = 32
 # Results up to this size (compact JSON) live in the status; larger ones in a ConfigMap
 # (which holds up to ~1 MiB), with a summary and a reference left in the status.
 STATUS_RESULT_LIMIT_BYTES = 4096
+# The whole status, serialised, stays under this (etcd stores an object of at most
+# ~1.5 MiB, spec included): ``_fit_budget`` compacts history, messages and results.
+STATUS_BUDGET_BYTES = 512 * 1024
+# Kubernetes object names (pods, ConfigMaps) and gateway job ids are DNS subdomains.
+NAME_LIMIT = 253
 
 
 # ---- actions ---------------------------------------------------------------------------
@@ -47,6 +54,7 @@ class CreatePod:
     attempt: int
     pod_name: str
     pool: str
+    num_qubits: int | None = None  # circuits: sizes the pod's memory for the simulation
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class SubmitJob:
     attempt: int
     job_id: str
     backend: str
+    # The provider's id of a run the gateway forgot: it re-attaches instead of re-running.
+    remote_job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,15 +119,15 @@ class Plan:
 
 
 def pod_name(workflow: str, subtask: str, attempt: int) -> str:
-    return f"{workflow}-{subtask}-{attempt}"
+    return bounded_name(workflow, NAME_LIMIT, f"-{subtask}-{attempt}")
 
 
 def job_id(namespace: str, workflow: str, subtask: str, attempt: int) -> str:
-    return f"{namespace}.{workflow}.{subtask}.{attempt}"
+    return bounded_name(f"{namespace}.{workflow}", NAME_LIMIT, f".{subtask}.{attempt}")
 
 
 def result_config_map(workflow: str, subtask: str) -> str:
-    return f"{workflow}-{subtask}-result"
+    return bounded_name(workflow, NAME_LIMIT, f"-{subtask}-result")
 
 
 def _iso(t: dt.datetime) -> str:
@@ -141,23 +151,26 @@ class _Cycle:
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue: dt.timedelta | None = None
+    hold_launches: bool = False  # the current generation failed validation
 
     @property
     def now(self) -> str:
         return _iso(self.snap.now)
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.events.append(Event(reason, message, warning))
+        self.events.append(Event(reason, bounded(message, SHORT_LIMIT), warning))
 
     def requeue_in(self, delay: dt.timedelta) -> None:
         delay = max(delay, dt.timedelta(0))
         self.requeue = delay if self.requeue is None else min(self.requeue, delay)
 
-    def set_condition(self, type_: str, status: str, reason: str, message: str) -> None:
+    def set_condition(self, type_: str, status: str, reason: str, message: str) -> bool:
+        """Set a condition; True when its status, reason or message changed."""
+        message = bounded(message, MESSAGE_LIMIT)
         conds = [c for c in self.status.conditions if c.type != type_]
         old = next((c for c in self.status.conditions if c.type == type_), None)
         if old and (old.status, old.reason, old.message) == (status, reason, message):
-            return
+            return False
         when = old.lastTransitionTime if old and old.status == status else self.now
         conds.append(
             Condition(
@@ -170,16 +183,18 @@ class _Cycle:
             )
         )
         self.status.conditions = sorted(conds, key=lambda c: c.type)
+        return True
 
     def move(self, st: SubtaskStatus, new: SubtaskPhase, event: str, message: str = "") -> None:
         check_transition(st.name, st.phase, new)
+        message = bounded(message, MESSAGE_LIMIT)
         if st.phase == new and st.message == message:
             return
         st.phase = new
         st.message = message
         st.history = [
             *st.history,
-            HistoryEntry(time=self.now, event=event, message=message[:1024]),
+            HistoryEntry(time=self.now, event=event, message=bounded(message, SHORT_LIMIT)),
         ][-MAX_HISTORY:]
 
 
@@ -198,8 +213,10 @@ def plan(snapshot: WorkflowSnapshot, policy: PlacementPolicy) -> Plan:
     if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
         return Plan(status=status)
 
+    if status.observedGeneration is None and _wait_for_sources(cyc):
+        return _finish(cyc)
+    errors = validate(snapshot.spec, snapshot.circuits, snapshot.backends)
     if status.observedGeneration is None:
-        errors = validate(snapshot.spec, snapshot.circuits, snapshot.backends)
         status.observedGeneration = snapshot.generation
         if errors:
             message = "; ".join(str(e) for e in errors)
@@ -214,6 +231,20 @@ def plan(snapshot: WorkflowSnapshot, policy: PlacementPolicy) -> Plan:
         cyc.set_condition("Valid", "True", "Validated", "spec passed semantic validation")
         status.startedAt = status.startedAt or cyc.now
         cyc.event("Validated", f"{len(snapshot.spec.subtasks)} subtasks planned")
+    elif errors:
+        # An edit of a running workflow (its resources) that does not hold: keep what runs,
+        # start nothing new until the spec is fixed, and say so. No silent fallback.
+        message = "; ".join(str(e) for e in errors)
+        if cyc.set_condition("Valid", "False", "InvalidUpdate", message):
+            cyc.event(
+                "InvalidUpdate",
+                f"generation {snapshot.generation}: {message}; no new subtask starts until "
+                "the spec is fixed",
+                warning=True,
+            )
+    elif cyc.set_condition("Valid", "True", "Validated", "spec passed semantic validation"):
+        cyc.event("Validated", f"generation {snapshot.generation} passed validation")
+    cyc.hold_launches = bool(errors)
     status.observedGeneration = snapshot.generation
     if snapshot.metrics is not None:
         if snapshot.metrics.available:
@@ -235,8 +266,29 @@ def plan(snapshot: WorkflowSnapshot, policy: PlacementPolicy) -> Plan:
     for sub in snapshot.spec.subtasks:
         _advance(cyc, sub, by_name[sub.name], by_name)
 
+    _report_gateways(cyc)
     _roll_up(cyc, by_name)
     return _finish(cyc)
+
+
+def _wait_for_sources(cyc: _Cycle) -> bool:
+    """Circuit sources that cannot be read yet are waited for (bounded), not failed."""
+    snap = cyc.snap
+    waiting = {n: i.error for n, i in snap.circuits.items() if i.transient and i.error}
+    age = snap.now - snap.created if snap.created else dt.timedelta(0)
+    if not waiting or age >= snap.config.source_wait:
+        return False
+    left = snap.config.source_wait - age
+    message = "; ".join(f"subtask {n}: {e}" for n, e in sorted(waiting.items()))
+    if cyc.set_condition(
+        "Valid",
+        "Unknown",
+        "WaitingForSource",
+        f"{message}; waiting up to {int(left.total_seconds())}s more before failing",
+    ):
+        cyc.event("WaitingForSource", message, warning=True)
+    cyc.requeue_in(min(dt.timedelta(seconds=2), left))
+    return True
 
 
 def _advance(
@@ -249,14 +301,15 @@ def _advance(
         if any(d.phase in (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED) for d in deps):
             cyc.move(st, SubtaskPhase.SKIPPED, "Skipped", "a dependency did not succeed")
             return
-        if all(d.phase is SubtaskPhase.SUCCEEDED for d in deps):
+        if all(d.phase is SubtaskPhase.SUCCEEDED for d in deps) and not cyc.hold_launches:
             _launch(cyc, sub, st)
         return
     if st.phase is SubtaskPhase.RETRYING:
         if st.retryAfter and _parse(st.retryAfter) > cyc.snap.now:
             cyc.requeue_in(_parse(st.retryAfter) - cyc.snap.now)
             return
-        _launch(cyc, sub, st)
+        if not cyc.hold_launches:
+            _launch(cyc, sub, st)
         return
     if st.placement is None:
         return
@@ -280,22 +333,32 @@ def _launch(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
     st.launchedAt = cyc.now
     st.startedAt = None
     st.retryAfter = None
+    st.unreachableSince = None
+    st.remoteJobId = None
     st.result = None
     snap = cyc.snap
     if decision.kind is ResourceKind.POOL:
         st.podName = pod_name(snap.name, sub.name, st.attempts)
         st.jobId = None
-        cyc.actions.append(CreatePod(sub.name, st.attempts, st.podName, decision.name))
+        cyc.actions.append(
+            CreatePod(sub.name, st.attempts, st.podName, decision.name, _qubits(cyc, sub))
+        )
         cyc.actions.append(ReleasePod(st.podName, decision.name))
         where = f"pod {st.podName} on pool {decision.name}"
     else:
         st.jobId = job_id(snap.namespace, snap.name, sub.name, st.attempts)
         st.podName = None
         cyc.actions.append(SubmitJob(sub.name, st.attempts, st.jobId, decision.name))
+        cyc.requeue_in(snap.config.job_poll_min)  # gateways do not call back: poll
         where = f"job {st.jobId} on quantum backend {decision.name}"
     message = f"attempt {st.attempts}: {where}"
     cyc.move(st, SubtaskPhase.LAUNCHING, "Placed", message)
     cyc.event("Placed", f"{sub.name} {message}")
+
+
+def _qubits(cyc: _Cycle, sub: SubtaskSpec) -> int | None:
+    info = cyc.snap.circuits.get(sub.name) if sub.circuit is not None else None
+    return info.num_qubits if info else None
 
 
 def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
@@ -307,7 +370,9 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
             _fail_attempt(cyc, sub, st, f"pod {st.podName} disappeared")
         else:
             # Not in the cache yet, or the create never happened: creating again is harmless.
-            cyc.actions.append(CreatePod(sub.name, st.attempts, st.podName, st.placement.name))
+            cyc.actions.append(
+                CreatePod(sub.name, st.attempts, st.podName, st.placement.name, _qubits(cyc, sub))
+            )
             cyc.actions.append(ReleasePod(st.podName, st.placement.name))
             cyc.requeue_in(dt.timedelta(seconds=2))
         return
@@ -326,12 +391,36 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
 def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
     assert st.jobId is not None and st.placement is not None
     job = cyc.snap.jobs.get(st.jobId)
+    where = st.placement.name
     if job is None:
-        # The gateway does not know the job (never submitted, or it restarted): resubmit.
-        cyc.actions.append(SubmitJob(sub.name, st.attempts, st.jobId, st.placement.name))
+        # The gateway does not know the job: never submitted (a failed submit, replayed
+        # here), or the gateway restarted without its state. Submitting again is safe
+        # (idempotent by job id); with the provider's id the gateway re-attaches.
+        cyc.actions.append(
+            SubmitJob(sub.name, st.attempts, st.jobId, where, remote_job_id=st.remoteJobId)
+        )
+        if st.phase is not SubtaskPhase.LAUNCHING:
+            again = (
+                f"re-attaching to remote job {st.remoteJobId}"
+                if st.remoteJobId
+                else "submitted again"
+            )
+            cyc.event(
+                "JobResubmitted",
+                f"{sub.name}: the gateway of {where} no longer knows job {st.jobId} "
+                f"(restarted without its state?); {again}",
+                warning=True,
+            )
         cyc.requeue_in(dt.timedelta(seconds=2))
         return
-    where = st.placement.name
+    if job.phase is JobPhase.UNKNOWN:
+        _gateway_silent(cyc, sub, st, job)
+        return
+    if st.unreachableSince is not None:
+        st.unreachableSince = None
+        cyc.event("GatewayReachable", f"{sub.name}: the gateway of {where} answers again")
+    if job.remote_job_id and st.remoteJobId != job.remote_job_id:
+        st.remoteJobId = job.remote_job_id
     observed = {
         JobPhase.QUEUED: (_Seen.WAITING, f"job {job.job_id} queued on {where}"),
         JobPhase.RUNNING: (_Seen.RUNNING, f"job {job.job_id} running on {where}"),
@@ -343,7 +432,74 @@ def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
             cyc.status.costUSD = round(
                 cyc.status.costUSD + job.qpu_seconds * backend.price_per_qpu_second, 6
             )
+    elif observed[0] is not _Seen.FAILED:
+        _poll_soon(cyc, st)
+    if observed[0] is _Seen.FAILED and job.permanent:
+        _fail_attempt(cyc, sub, st, f"{observed[1]} (permanent: not retried)", final=True)
+        return
     _observe(cyc, sub, st, *observed, result=job.result, waiting_event="Queued")
+
+
+def _poll_soon(cyc: _Cycle, st: SubtaskStatus) -> None:
+    """Gateways do not call back: poll young jobs often, older ones less (backoff)."""
+    cfg = cyc.snap.config
+    age = cyc.snap.now - _parse(st.launchedAt) if st.launchedAt else dt.timedelta(0)
+    cyc.requeue_in(min(max(age / 4, cfg.job_poll_min), cfg.job_poll_max))
+
+
+def _gateway_silent(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, job: JobState) -> None:
+    """The job's gateway does not answer. Unknown is not gone (re-submitting could run it
+    twice) and not fine (it could be lost): wait a bounded time, then give the job up and
+    place the subtask again. That is the infrastructure's failure, not the subtask's, so
+    it does not spend the retry budget."""
+    assert st.placement is not None and st.jobId is not None
+    where, now, grace = st.placement.name, cyc.snap.now, cyc.snap.config.gateway_unknown_grace
+    if st.unreachableSince is None:
+        st.unreachableSince = cyc.now
+        cyc.event(
+            "GatewayUnreachable",
+            f"{sub.name}: the gateway of {where} does not answer ({job.message}); job "
+            f"{st.jobId} is given up after {int(grace.total_seconds())}s without an answer",
+            warning=True,
+        )
+    silent = now - _parse(st.unreachableSince)
+    if silent < grace:
+        cyc.requeue_in(grace - silent)
+        return
+    cyc.actions.append(CancelJob(st.jobId, where, "gateway unreachable; job given up"))
+    st.unreachableSince = None
+    st.retryAfter = cyc.now
+    message = (
+        f"the gateway of {where} did not answer for {int(silent.total_seconds())}s; job "
+        f"{st.jobId} given up, placing the subtask again (not counted as a failed attempt)"
+    )
+    cyc.move(st, SubtaskPhase.RETRYING, "JobAbandoned", message)
+    cyc.event("JobAbandoned", f"{sub.name}: {message}", warning=True)
+    cyc.requeue_in(dt.timedelta(0))
+
+
+def _report_gateways(cyc: _Cycle) -> None:
+    """A workflow condition while any of its jobs waits on a gateway that does not answer."""
+    silent = sorted(
+        {
+            s.placement.name
+            for s in cyc.status.subtasks
+            if s.unreachableSince and s.placement and s.phase in ACTIVE
+        }
+    )
+    if silent:
+        cyc.set_condition(
+            "GatewaysReachable",
+            "False",
+            "GatewayUnreachable",
+            f"no answer from the gateway of {', '.join(silent)}; waiting at most "
+            f"{int(cyc.snap.config.gateway_unknown_grace.total_seconds())}s before placing "
+            "their jobs again",
+        )
+    elif any(c.type == "GatewaysReachable" for c in cyc.status.conditions):
+        cyc.set_condition(
+            "GatewaysReachable", "True", "GatewaysAnswer", "every gateway in use answers"
+        )
 
 
 class _Seen(Enum):
@@ -385,34 +541,42 @@ def _observe(
 
 
 def _record_result(cyc: _Cycle, st: SubtaskStatus, result: dict[str, Any] | None) -> None:
-    if result is None or len(json.dumps(result, separators=(",", ":"))) <= (
-        STATUS_RESULT_LIMIT_BYTES
-    ):
+    if result is None or _json_size(result) <= STATUS_RESULT_LIMIT_BYTES:
         st.result = result
         return
+    _offload_result(cyc, st, result)
+
+
+def _offload_result(cyc: _Cycle, st: SubtaskStatus, result: dict[str, Any]) -> None:
+    """The result goes to a ConfigMap; the status keeps a summary and the reference."""
     name = result_config_map(cyc.snap.name, st.name)
     cyc.actions.append(StoreResult(st.name, name, result))
     summary = {
         k: v
         for k, v in result.items()
-        if k not in ("counts", "expectationValues", "stds", "observables")
+        if k not in ("counts", "expectationValues", "stds", "observables") and _json_size(v) < 256
     }
     st.result = {**summary, "configMapRef": {"name": name, "key": "result.json"}}
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
 
 
 def _fail_attempt(
     cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, message: str, final: bool = False
 ) -> None:
-    if not final and st.attempts <= sub.maxRetries:
+    st.failures += 1
+    if not final and st.failures <= sub.maxRetries:
         cfg = cyc.snap.config
-        delay = min(cfg.retry_backoff_base * (2 ** max(st.attempts - 1, 0)), cfg.retry_backoff_max)
+        delay = min(cfg.retry_backoff_base * (2 ** max(st.failures - 1, 0)), cfg.retry_backoff_max)
         st.retryAfter = _iso(cyc.snap.now + delay)
         cyc.requeue_in(delay)
         cyc.move(
             st,
             SubtaskPhase.RETRYING,
             "AttemptFailed",
-            f"{message}; retry {st.attempts}/{sub.maxRetries} in {int(delay.total_seconds())}s",
+            f"{message}; retry {st.failures}/{sub.maxRetries} in {int(delay.total_seconds())}s",
         )
         cyc.event("AttemptFailed", f"{sub.name}: {st.message}", warning=True)
         return
@@ -421,7 +585,7 @@ def _fail_attempt(
         st,
         SubtaskPhase.FAILED,
         "Failed",
-        message if final else f"{message}; gave up after {st.attempts} attempts",
+        message if final else f"{message}; gave up after {st.failures} failed attempts",
     )
     cyc.event("SubtaskFailed", f"{sub.name}: {st.message}", warning=True)
 
@@ -467,7 +631,41 @@ def _roll_up(cyc: _Cycle, by_name: dict[str, SubtaskStatus]) -> None:
         )
 
 
+def _fit_budget(cyc: _Cycle) -> None:
+    """Keep the status under ``STATUS_BUDGET_BYTES`` whatever the workflow did: shed the
+    least useful detail first (old history, long messages), then move inline results to
+    ConfigMaps, then cut deeper. Conditions and phases are never shed."""
+    status = cyc.status
+
+    def trim(history: int, history_message: int, message: int) -> None:
+        for st in status.subtasks:
+            st.history = [
+                HistoryEntry(
+                    time=h.time, event=h.event, message=bounded(h.message, history_message)
+                )
+                for h in st.history[-history:]
+            ]
+            st.message = bounded(st.message, message)
+
+    def offload() -> None:
+        for st in status.subtasks:
+            if st.result and "configMapRef" not in st.result and _json_size(st.result) > 256:
+                _offload_result(cyc, st, st.result)
+
+    steps: tuple[Callable[[], None], ...] = (
+        lambda: trim(8, 256, 1024),
+        offload,
+        lambda: trim(2, 128, 256),
+        lambda: trim(0, 0, 128),
+    )
+    for step in steps:
+        if _json_size(status.model_dump(mode="json")) <= STATUS_BUDGET_BYTES:
+            return
+        step()
+
+
 def _finish(cyc: _Cycle) -> Plan:
+    _fit_budget(cyc)
     status = cyc.status
     done = sum(s.phase is SubtaskPhase.SUCCEEDED for s in status.subtasks)
     status.progress = f"{done}/{len(status.subtasks)}"

@@ -29,6 +29,9 @@ class PodState:
     message: str = ""
     result: dict[str, Any] | None = None
     deleting: bool = False
+    # What the worker reported using (wallSeconds, cpuSeconds, peakMemoryBytes, method,
+    # device), apart from the result; None when it reported nothing.
+    usage: dict[str, float | str] | None = None
 
 
 class JobPhase(StrEnum):
@@ -37,6 +40,8 @@ class JobPhase(StrEnum):
     DONE = "Done"
     ERROR = "Error"
     CANCELLED = "Cancelled"
+    # Not a gateway phase: the gateway did not answer, so the job's state is not known.
+    UNKNOWN = "Unknown"
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class CircuitInfo:
     num_qubits: int | None = None
     depth: int | None = None
     error: str | None = None
+    num_clbits: int | None = None  # 0: no measurements (a sampler has nothing to count)
+    parameters: tuple[str, ...] = ()  # unbound parameters (nothing can run them as is)
+    transient: bool = False  # ``error`` may clear up (an unreadable ConfigMap): wait a while
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,16 @@ class PlannerConfig:
     retry_backoff_max: dt.timedelta = dt.timedelta(minutes=5)
     # How long a launched pod may be missing from the cache before it counts as lost.
     lost_pod_grace: dt.timedelta = dt.timedelta(seconds=30)
+    # How long a job's state may stay unknown (its gateway does not answer) before the
+    # job is given up on and the subtask placed again.
+    gateway_unknown_grace: dt.timedelta = dt.timedelta(seconds=60)
+    # Queued and running gateway jobs are polled this often at first, backing off to
+    # ``job_poll_max`` (a job that ran in 0.2 s is seen done within a poll, not a resync).
+    job_poll_min: dt.timedelta = dt.timedelta(milliseconds=250)
+    job_poll_max: dt.timedelta = dt.timedelta(seconds=5)
+    # How long a circuit source that cannot be read yet (a ConfigMap applied after the
+    # workflow) is waited for before the spec counts as invalid.
+    source_wait: dt.timedelta = dt.timedelta(seconds=120)
 
 
 @dataclass(frozen=True)
@@ -121,3 +139,4 @@ class WorkflowSnapshot:
     circuits: dict[str, CircuitInfo] = field(default_factory=dict)
     metrics: MetricsView | None = None  # None: no metrics source configured
     config: PlannerConfig = field(default_factory=PlannerConfig)
+    created: dt.datetime | None = None  # the workflow's creationTimestamp

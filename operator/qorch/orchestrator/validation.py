@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qorch.api.workflow import HybridWorkflowSpec
+from qorch.api.workflow import HybridWorkflowSpec, Primitive
 from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo
 
 
@@ -112,6 +112,23 @@ def validate(
                     f"circuit needs {info.num_qubits} qubits but the largest allowed resource has "
                     f"{max(largest_classical, largest_quantum)} (classical pools up to "
                     f"{largest_classical}, quantum backends up to {largest_quantum})",
+                )
+            )
+        if sub.circuit.primitive is Primitive.SAMPLER and info.num_clbits == 0:
+            errors.append(
+                SpecError(
+                    f"spec.subtasks[{i}].circuit.{where}",
+                    "a sampler circuit needs measurements (e.g. `bit[n] c; c = measure q;`); "
+                    "for expectation values use primitive: estimator",
+                )
+            )
+        if info.parameters:
+            shown = ", ".join(info.parameters[:10])
+            more = f" and {len(info.parameters) - 10} more" if len(info.parameters) > 10 else ""
+            errors.append(
+                SpecError(
+                    f"spec.subtasks[{i}].circuit.{where}",
+                    f"unbound parameters: {shown}{more}; give them values in the circuit",
                 )
             )
         if sub.circuit.observables and info.num_qubits is not None:

@@ -45,4 +45,9 @@ def inspect(source: str) -> CircuitInfo:
         circuit = load_qasm(source)
     except CircuitError as exc:
         return CircuitInfo(error=str(exc))
-    return CircuitInfo(num_qubits=circuit.num_qubits, depth=circuit.depth())
+    return CircuitInfo(
+        num_qubits=circuit.num_qubits,
+        depth=circuit.depth(),
+        num_clbits=circuit.num_clbits,
+        parameters=tuple(sorted(p.name for p in circuit.parameters)),
+    )

@@ -1,14 +1,18 @@
 """``qorch worker``: the entrypoint of classical subtask pods.
 
 Circuit mode (no command given): simulate ``QORCH_QASM`` with qiskit-aer, choosing the
-method from the circuit (statevector up to ``STATEVECTOR_MAX_QUBITS``, else
-matrix_product_state) and the device from the node (GPU when Aer sees one). Command
-mode (``qorch worker -- CMD ...``): run the user's command and report on it.
+method from the circuit (statevector up to ``simulation.STATEVECTOR_MAX_QUBITS``, else
+matrix_product_state; the operator sizes the pod by the same rule and sets
+``QORCH_METHOD``) and the device from the node (GPU when Aer sees one and the method
+runs there). Command mode (``qorch worker -- CMD ...``): run the user's command and
+report on it.
 
 The result goes to the termination message (``QORCH_RESULT_PATH``, default
 ``/dev/termination-log``), which Kubernetes caps at 4096 bytes: the operator copies it
 into the workflow's status. Larger sampler results keep their most frequent outcomes and
-say so (``truncated``, ``distinctOutcomes``).
+say so (``truncated``, ``distinctOutcomes``). Every result carries ``usage`` (wall and
+CPU seconds, peak memory, method, device): short runs end before any scrape, so this is
+how the operator learns what a run took. ``QORCH_METRICS_PORT`` also serves /metrics.
 
 Exit codes: 0 success; 2 bad input (the message names the variable); 3 simulation
 failed; a command's own code in command mode.
@@ -29,9 +33,15 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from qorch.metrics.exporters import WorkerMetrics
+from qorch.orchestrator.simulation import (
+    MATRIX_PRODUCT_STATE,
+    STATEVECTOR,
+    TERMINATION_MESSAGE_LIMIT_BYTES,
+    runs_on_gpu,
+    simulation_method,
+)
 
-RESULT_LIMIT_BYTES = 4096
-STATEVECTOR_MAX_QUBITS = 28
+RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
 EXIT_BAD_INPUT = 2
 EXIT_SIMULATION_FAILED = 3
 
@@ -68,7 +78,7 @@ class CircuitTask:
         except json.JSONDecodeError as exc:
             raise BadInputError(f"QORCH_OBSERVABLES is not a JSON list: {exc}") from None
         method = env.get("QORCH_METHOD", "auto")
-        if method not in ("auto", "statevector", "matrix_product_state"):
+        if method not in ("auto", STATEVECTOR, MATRIX_PRODUCT_STATE):
             raise BadInputError(
                 f"QORCH_METHOD={method!r}: expected auto, statevector or matrix_product_state"
             )
@@ -81,14 +91,16 @@ class CircuitTask:
 def choose_method(num_qubits: int, requested: str) -> str:
     if requested != "auto":
         return requested
-    return "statevector" if num_qubits <= STATEVECTOR_MAX_QUBITS else "matrix_product_state"
+    return simulation_method(num_qubits)
 
 
-def choose_device(requested: str, available: tuple[str, ...]) -> str:
+def choose_device(requested: str, available: tuple[str, ...], method: str = STATEVECTOR) -> str:
     if requested == "GPU" and "GPU" not in available:
         raise BadInputError("QORCH_DEVICE=GPU but this node's Aer sees no GPU")
+    if requested == "GPU" and not runs_on_gpu(method):
+        raise BadInputError(f"QORCH_DEVICE=GPU but Aer runs {method} on the CPU only")
     if requested == "auto":
-        return "GPU" if "GPU" in available else "CPU"
+        return "GPU" if "GPU" in available and runs_on_gpu(method) else "CPU"
     return requested
 
 
@@ -106,7 +118,7 @@ def simulate(task: CircuitTask, metrics: WorkerMetrics) -> dict[str, Any]:
     except CircuitError as exc:
         raise BadInputError(f"QORCH_QASM: {exc}") from None
     method = choose_method(circuit.num_qubits, task.method)
-    device = choose_device(task.device, tuple(AerSimulator().available_devices()))
+    device = choose_device(task.device, tuple(AerSimulator().available_devices()), method)
     options = {"method": method, "device": device}
     backend = AerSimulator(**options)
     started = time.perf_counter()
@@ -137,25 +149,53 @@ def simulate(task: CircuitTask, metrics: WorkerMetrics) -> dict[str, Any]:
 
 
 def fit_result(result: dict[str, Any], limit: int = RESULT_LIMIT_BYTES) -> str:
-    """JSON of ``result`` within ``limit`` bytes, dropping the rarest outcomes if needed."""
-    text = json.dumps(result, separators=(",", ":"))
+    """JSON of ``result`` within ``limit`` bytes, always valid and always keeping ``usage``:
+    sampler counts drop their rarest outcomes, long texts keep their ends."""
+    text = _dumps(result)
+    if _fits(text, limit):
+        return text
     counts = result.get("counts")
-    if len(text.encode()) <= limit or not isinstance(counts, dict):
-        return text[:limit]
-    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    keep = len(ordered)
-    while keep > 0:
-        keep = keep * 3 // 4
-        trimmed = {
-            **result,
-            "counts": dict(ordered[:keep]),
-            "truncated": True,
-            "distinctOutcomes": result.get("distinctOutcomes", len(ordered)),
-        }
-        text = json.dumps(trimmed, separators=(",", ":"))
-        if len(text.encode()) <= limit:
-            return text
-    return json.dumps({"truncated": True, "distinctOutcomes": len(ordered)})
+    if isinstance(counts, dict):
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        keep = len(ordered)
+        while keep > 0:
+            keep = keep * 3 // 4
+            trimmed = {
+                **result,
+                "counts": dict(ordered[:keep]),
+                "truncated": True,
+                "distinctOutcomes": result.get("distinctOutcomes", len(ordered)),
+            }
+            text = _dumps(trimmed)
+            if _fits(text, limit):
+                return text
+        last: dict[str, Any] = {"truncated": True, "distinctOutcomes": len(ordered)}
+    else:
+        # Command output tails (non-ASCII text grows up to 6x as JSON escapes): halve the
+        # longest text, keeping its end, until the document fits.
+        trimmed = dict(result)
+        while True:
+            texts = [k for k, v in trimmed.items() if isinstance(v, str) and v]
+            if not texts:
+                break
+            longest = max(texts, key=lambda k: len(trimmed[k]))
+            trimmed[longest] = trimmed[longest][len(trimmed[longest]) // 2 + 1 :]
+            trimmed["truncated"] = True
+            text = _dumps(trimmed)
+            if _fits(text, limit):
+                return text
+        last = {"truncated": True}
+    if isinstance(result.get("usage"), dict):
+        last["usage"] = result["usage"]
+    return _dumps(last)
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _fits(text: str, limit: int) -> bool:
+    return len(text.encode()) <= limit
 
 
 def run_command(command: list[str], metrics: WorkerMetrics) -> tuple[int, dict[str, Any]]:
@@ -183,11 +223,38 @@ def _gateway_latency(url: str, metrics: WorkerMetrics) -> None:
     metrics.gateway_latency.observe(time.perf_counter() - started)
 
 
-def _record_usage(metrics: WorkerMetrics) -> None:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    metrics.peak_memory.set(max(usage.ru_maxrss, children.ru_maxrss) * 1024)
-    metrics.cpu_seconds.inc(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime)
+@dataclass(frozen=True)
+class Usage:
+    """What this process (and a command it ran) used so far."""
+
+    cpu_seconds: float
+    peak_memory_bytes: int
+
+    @classmethod
+    def measure(cls) -> Usage:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cls(
+            cpu_seconds=own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+            # Linux reports ru_maxrss in KiB; a command's peak is its own (the child's).
+            peak_memory_bytes=max(own.ru_maxrss, children.ru_maxrss) * 1024,
+        )
+
+    def summary(self, wall_seconds: float, method: str, device: str) -> dict[str, Any]:
+        """The ``usage`` entry of a result: compact, it must fit beside the result."""
+        return {
+            "wallSeconds": round(wall_seconds, 3),
+            "cpuSeconds": round(self.cpu_seconds, 3),
+            "peakMemoryBytes": self.peak_memory_bytes,
+            "method": method,
+            "device": device,
+        }
+
+
+def _record_usage(metrics: WorkerMetrics) -> Usage:
+    usage = Usage.measure()
+    metrics.peak_memory.set(usage.peak_memory_bytes)
+    metrics.cpu_seconds.inc(usage.cpu_seconds)
     try:
         import pynvml  # type: ignore[import-not-found]  # optional: GPU nodes only
 
@@ -196,34 +263,51 @@ def _record_usage(metrics: WorkerMetrics) -> None:
         metrics.gpu_utilisation.set(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
     except Exception:  # no NVML, no GPU: the gauge stays absent
         pass
+    return usage
+
+
+def _serve_metrics(port: int, addr: str, metrics: WorkerMetrics) -> bool:
+    """Serve /metrics; a port that is taken costs the scrape, never the run (the result
+    carries the usage anyway)."""
+    try:
+        start_http_server(port, addr=addr, registry=metrics.registry)
+    except OSError as exc:
+        print(f"not serving metrics on {addr}:{port}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def main(command: list[str], env: dict[str, str] | None = None) -> int:
+    started = time.perf_counter()
     env = dict(os.environ if env is None else env)
     metrics = WorkerMetrics.create()
     port = int(env.get("QORCH_METRICS_PORT", "0") or 0)
-    if port:
-        start_http_server(
-            port, addr=env.get("QORCH_METRICS_ADDR", "0.0.0.0"), registry=metrics.registry
-        )
+    serving = bool(port) and _serve_metrics(port, env.get("QORCH_METRICS_ADDR", "0.0.0.0"), metrics)
     if env.get("QORCH_NODE_PRICE_USD_PER_SECOND"):
         metrics.cost_per_second.set(float(env["QORCH_NODE_PRICE_USD_PER_SECOND"]))
     if env.get("QORCH_GATEWAY_URL"):
         _gateway_latency(env["QORCH_GATEWAY_URL"], metrics)
     result_path = env.get("QORCH_RESULT_PATH", "/dev/termination-log")
-    code = 0
+    code, message = 0, ""
+    result: dict[str, Any] | None = None
     try:
         if command:
             code, result = run_command(command, metrics)
-            message = fit_result(result)
         else:
-            message = fit_result(simulate(CircuitTask.from_env(env), metrics))
+            result = simulate(CircuitTask.from_env(env), metrics)
     except BadInputError as exc:
         code, message = EXIT_BAD_INPUT, f"bad input: {exc}"
     except Exception as exc:  # the simulator's own failures (memory, unsupported gates)
         code, message = EXIT_SIMULATION_FAILED, f"simulation failed: {type(exc).__name__}: {exc}"
     metrics.runs.labels(outcome="success" if code == 0 else "failure").inc()
-    _record_usage(metrics)
+    usage = _record_usage(metrics)
+    if result is not None:
+        result["usage"] = usage.summary(
+            time.perf_counter() - started,
+            method=str(result.get("method", "command")),
+            device=str(result.get("device", "CPU")),
+        )
+        message = fit_result(result)
     try:
         with open(result_path, "w") as fh:
             fh.write(message[:RESULT_LIMIT_BYTES])
@@ -231,6 +315,6 @@ def main(command: list[str], env: dict[str, str] | None = None) -> int:
         print(f"cannot write the result to {result_path}: {exc}", file=sys.stderr)
     print(message, file=sys.stdout if code == 0 else sys.stderr)
     linger = float(env.get("QORCH_METRICS_LINGER_SECONDS", "0") or 0)
-    if port and linger > 0:
+    if serving and linger > 0:
         time.sleep(linger)  # let Prometheus scrape the final values of a short run
     return code

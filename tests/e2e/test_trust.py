@@ -1,0 +1,225 @@
+"""Trust on the real control plane: late ConfigMaps, finalizers only while gateway jobs
+exist, deletion while the operator is down, result ConfigMaps that are not Qorch's, and
+status writes that somebody else changed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from qorch.operator.apply import Applier, ResultConflictError
+from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER
+from qorch.orchestrator.plan import StoreResult
+from tests.harness import operator as operator_mod
+from tests.harness.cluster import Cluster, wait_for
+from tests.harness.controlplane import ControlPlane
+from tests.harness.rbac import least_privilege_kubeconfig
+
+pytestmark = pytest.mark.controlplane
+BELL = (
+    'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; '
+    "c = measure q;"
+)
+
+
+def workflow(name: str, *subtasks: dict[str, Any], **resources: Any) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "qorch.io/v1alpha1",
+            "kind": "HybridWorkflow",
+            "metadata": {"name": name},
+            "spec": {"subtasks": list(subtasks), "resources": resources},
+        }
+    )
+
+
+def slow_step(name: str, delay: str = "60s") -> dict[str, Any]:
+    return {
+        "name": name,
+        "classical": {
+            "image": "busybox",
+            "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": delay},
+        },
+    }
+
+
+def phase(cluster: Cluster, name: str, namespace: str) -> str | None:
+    return ((cluster.get("hwf", name, namespace) or {}).get("status") or {}).get("phase")
+
+
+@pytest.fixture
+def own_operator(
+    control_plane: ControlPlane, session_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """An operator this test may kill; extra settings come from the test's parameters."""
+    started: list[operator_mod.OperatorProcess] = []
+
+    def start(**env: str) -> operator_mod.OperatorProcess:
+        kubeconfig = least_privilege_kubeconfig(control_plane, session_dir / "sa-trust.yaml")
+        op = operator_mod.start(
+            control_plane,
+            session_dir / f"operator-{request.node.name}.log",
+            kubeconfig=kubeconfig,
+            extra_env=env,
+        )
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+@pytest.fixture
+def backend(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """A QuantumBackend for the operator's scripted gateway (which ignores the URL)."""
+    name = f"qb-{namespace}"[:63].rstrip("-")
+    manifest = {
+        "apiVersion": "qorch.io/v1alpha1",
+        "kind": "QuantumBackend",
+        "metadata": {"name": name},
+        "spec": {"provider": "aer", "numQubits": 4, "gateway": {"url": "http://127.0.0.1:9"}},
+    }
+    cluster.apply(json.dumps(manifest))
+    yield name
+    cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
+
+
+def test_a_configmap_applied_after_the_workflow_is_waited_for(
+    cluster: Cluster, namespace: str, own_operator: Any, backend: str
+) -> None:
+    own_operator(QORCH_SOURCE_WAIT_SECONDS="60")
+    cluster.apply(
+        workflow(
+            "late",
+            {"name": "q", "circuit": {"configMapRef": {"name": "late-src", "key": "c.qasm"}}},
+            quantumBackends=[backend],
+        ),
+        namespace,
+    )
+
+    def waiting() -> bool:
+        wf = cluster.get("hwf", "late", namespace) or {}
+        conds = {c["type"]: c for c in (wf.get("status") or {}).get("conditions") or []}
+        return conds.get("Valid", {}).get("reason") == "WaitingForSource"
+
+    wait_for("Valid=Unknown/WaitingForSource", waiting, 60)
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "late-src"},
+        "data": {"c.qasm": BELL},
+    }
+    cluster.apply(json.dumps(cm), namespace)
+    wait_for("Succeeded", lambda: phase(cluster, "late", namespace) == "Succeeded", 60)
+
+
+def test_no_finalizer_without_gateway_jobs_so_deletion_never_waits_for_the_operator(
+    cluster: Cluster, namespace: str, own_operator: Any, control_plane: ControlPlane
+) -> None:
+    op = own_operator()
+    cluster.apply(workflow("classical", slow_step("a")), namespace)
+    wait_for("Running", lambda: phase(cluster, "classical", namespace) == "Running", 60)
+    wf = cluster.get("hwf", "classical", namespace)
+    assert wf is not None
+    assert not [f for f in wf["metadata"].get("finalizers") or [] if "qorch" in f], wf["metadata"]
+    op.kill()
+    started = time.monotonic()
+    control_plane.kubectl("delete", "hwf", "classical", "-n", namespace, "--timeout=30s")
+    assert cluster.get("hwf", "classical", namespace) is None
+    assert time.monotonic() - started < 30
+
+
+def test_a_queued_gateway_job_holds_the_workflow_until_deletion_cancels_it(
+    cluster: Cluster, namespace: str, own_operator: Any, control_plane: ControlPlane, backend: str
+) -> None:
+    own_operator(QORCH_SCRIPTED_QUEUE_SECONDS="600")
+    cluster.apply(
+        workflow("queued", {"name": "q", "circuit": {"qasm": BELL}}, quantumBackends=[backend]),
+        namespace,
+    )
+
+    def held() -> bool:
+        wf = cluster.get("hwf", "queued", namespace) or {}
+        return GATEWAY_JOBS_FINALIZER in (wf.get("metadata", {}).get("finalizers") or [])
+
+    wait_for("the gateway-jobs finalizer", held, 60)
+    control_plane.kubectl("delete", "hwf", "queued", "-n", namespace, "--timeout=60s")
+    assert cluster.get("hwf", "queued", namespace) is None
+
+
+def test_a_result_configmap_qorch_did_not_create_is_never_touched(
+    cluster: Cluster, namespace: str, control_plane: ControlPlane
+) -> None:
+    api = config.new_client_from_config(str(control_plane.kubeconfig))
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "wf-big-result"},
+        "data": {"precious": "yes"},
+    }
+    cluster.apply(json.dumps(theirs), namespace)
+    cluster.apply(workflow("wf", slow_step("big", "600s")), namespace)
+    wf = cluster.get("hwf", "wf", namespace)
+    assert wf is not None
+    applier = Applier(core, custom, gateway=None, worker_image="unused")  # type: ignore[arg-type]
+    action = StoreResult("big", "wf-big-result", {"counts": {"0": 1}})
+    with pytest.raises(ResultConflictError, match="does not belong to this workflow"):
+        asyncio.run(applier._store_result(wf, action))
+    after = cluster.get("configmap", "wf-big-result", namespace)
+    assert after is not None
+    assert after["data"] == {"precious": "yes"}
+    assert not after["metadata"].get("ownerReferences")
+    # Its own ConfigMap, on a replayed plan, is replaced as before.
+    own = StoreResult("big", "wf-big-result-2", {"counts": {"0": 1}})
+    asyncio.run(applier._store_result(wf, own))
+    asyncio.run(applier._store_result(wf, own))
+    stored = cluster.get("configmap", "wf-big-result-2", namespace)
+    assert stored is not None and json.loads(stored["data"]["result.json"]) == own.result
+
+
+def test_finished_gateway_jobs_are_seen_long_before_the_resync(
+    cluster: Cluster, namespace: str, own_operator: Any, backend: str
+) -> None:
+    # Three circuits in a chain, each 0.2 s queued + 0.2 s running, under a 30 s resync.
+    own_operator(
+        QORCH_RESYNC_SECONDS="30",
+        QORCH_SCRIPTED_QUEUE_SECONDS="0.2",
+        QORCH_SCRIPTED_RUN_SECONDS="0.2",
+    )
+    chain = [
+        {"name": f"c{i}", "dependsOn": [f"c{i - 1}"] if i else [], "circuit": {"qasm": BELL}}
+        for i in range(3)
+    ]
+    started = time.monotonic()
+    cluster.apply(workflow("chain", *chain, quantumBackends=[backend]), namespace)
+    wait_for("Succeeded", lambda: phase(cluster, "chain", namespace) == "Succeeded", 60, 0.1)
+    assert time.monotonic() - started < 15, "each stage waited for a resync"
+
+
+def test_a_replacement_operator_takes_over_at_once_not_after_the_lease(
+    cluster: Cluster, namespace: str, own_operator: Any
+) -> None:
+    # A long lease: the replacement must not wait for the killed replica's to expire.
+    first = own_operator(QORCH_PEERING_LIFETIME_SECONDS="120")
+    cluster.apply(workflow("takeover", slow_step("a", "2s"), slow_step("b", "1s")), namespace)
+    wait_for("Running", lambda: phase(cluster, "takeover", namespace) == "Running", 60)
+    first.kill()
+    cluster.json_patch(
+        "hwf",
+        "takeover",
+        namespace,
+        [{"op": "add", "path": "/metadata/labels", "value": {"poke": "1"}}],
+    )
+    restarted = time.monotonic()
+    own_operator(QORCH_PEERING_LIFETIME_SECONDS="120")
+    wait_for("Succeeded", lambda: phase(cluster, "takeover", namespace) == "Succeeded", 90)
+    assert time.monotonic() - restarted < 30
