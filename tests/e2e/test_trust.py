@@ -223,3 +223,44 @@ def test_a_replacement_operator_takes_over_at_once_not_after_the_lease(
     own_operator(QORCH_PEERING_LIFETIME_SECONDS="120")
     wait_for("Succeeded", lambda: phase(cluster, "takeover", namespace) == "Succeeded", 90)
     assert time.monotonic() - restarted < 30
+
+
+def test_a_stale_status_write_is_repaired(
+    cluster: Cluster, namespace: str, own_operator: Any, control_plane: ControlPlane
+) -> None:
+    """Another writer (a replica that lost the lead, a hand edit) puts back an old status:
+    the operator plans from what is stored, not from its memory, and repairs it without
+    starting anything twice."""
+    own_operator(QORCH_RESYNC_SECONDS="3")
+    cluster.apply(workflow("stale", slow_step("a", "25s")), namespace)
+
+    def running() -> dict[str, Any] | None:
+        wf = cluster.get("hwf", "stale", namespace) or {}
+        subs = (wf.get("status") or {}).get("subtasks") or []
+        return wf if subs and subs[0]["phase"] == "Running" else None
+
+    wf = wait_for("subtask a Running", running, 60)
+    old = {"phase": "Pending", "subtasks": [{"name": "a", "phase": "Pending", "attempts": 0}]}
+    control_plane.kubectl(
+        "patch",
+        "hwf",
+        "stale",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": old}),
+    )
+    # Repaired while the step still runs (not merely overwritten when it finishes).
+    repaired = wait_for("the stored status repaired", running, 15)
+    assert repaired["status"]["phase"] == "Running"
+    pod = cluster.get("pod", "stale-a-1", namespace)
+    assert pod is not None and pod["status"]["phase"] == "Running"
+    wait_for("Succeeded", lambda: phase(cluster, "stale", namespace) == "Succeeded", 60)
+    final = cluster.get("hwf", "stale", namespace)
+    assert final is not None
+    assert final["status"]["subtasks"][0]["attempts"] == 1, final["status"]
+    pods = cluster.list("pods", namespace)
+    assert [p["metadata"]["name"] for p in pods] == ["stale-a-1"], pods
+    assert wf["status"]["subtasks"][0]["podName"] == "stale-a-1"
