@@ -17,6 +17,7 @@ from kubernetes import client, config
 from qorch.operator.apply import Applier, ResultConflictError
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER
 from qorch.orchestrator.plan import StoreResult
+from tests.harness import gateway as gateway_mod
 from tests.harness import operator as operator_mod
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.controlplane import ControlPlane
@@ -264,3 +265,62 @@ def test_a_stale_status_write_is_repaired(
     pods = cluster.list("pods", namespace)
     assert [p["metadata"]["name"] for p in pods] == ["stale-a-1"], pods
     assert wf["status"]["subtasks"][0]["podName"] == "stale-a-1"
+
+
+def test_a_gateway_that_dies_is_waited_for_a_bounded_time_then_its_job_placed_elsewhere(
+    cluster: Cluster,
+    namespace: str,
+    own_operator: Any,
+    session_dir: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Two real Aer gateways; the one the rule prefers (name order at equal queues) dies
+    before the workflow arrives. Its job is unknown, not lost and not fine: after the
+    bound (15 s in the harness) it is given up and the subtask runs on the other one."""
+    logs = session_dir / request.node.name
+    logs.mkdir(exist_ok=True)
+    suffix = namespace[:40].rstrip("-")
+    names = [f"a-{suffix}", f"b-{suffix}"]
+    doomed = gateway_mod.start(logs / "gw-a.log", "--provider", "aer", "--backend", "aer_a")
+    survivor = gateway_mod.start(logs / "gw-b.log", "--provider", "aer", "--backend", "aer_b")
+    try:
+        for name, gw, served in ((names[0], doomed, "aer_a"), (names[1], survivor, "aer_b")):
+            qb = {
+                "apiVersion": "qorch.io/v1alpha1",
+                "kind": "QuantumBackend",
+                "metadata": {"name": name},
+                "spec": {
+                    "provider": "aer",
+                    "backendName": served,
+                    "numQubits": 4,
+                    "gateway": {"url": gw.url},
+                },
+            }
+            cluster.apply(json.dumps(qb))
+        own_operator(QORCH_GATEWAY="http")
+        doomed.process.kill()
+        doomed.process.wait(10)
+        cluster.apply(
+            workflow("dies", {"name": "q", "circuit": {"qasm": BELL}}, quantumBackends=names),
+            namespace,
+        )
+        wf = wait_for(
+            "Succeeded",
+            lambda: (
+                (w := cluster.get("hwf", "dies", namespace))
+                and (w.get("status") or {}).get("phase") == "Succeeded"
+                and w
+            ),
+            120,
+        )
+        st = wf["status"]["subtasks"][0]
+        assert st["placement"]["name"] == names[1], st
+        assert st["failures"] == 0 and st["attempts"] >= 2, st
+        assert st["result"]["counts"], st
+        reasons = {e["reason"] for e in cluster.events(namespace, "dies")}
+        assert {"GatewayUnreachable", "JobAbandoned"} <= reasons, reasons
+    finally:
+        survivor.stop()
+        doomed.stop()
+        for name in names:
+            cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
