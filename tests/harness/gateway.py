@@ -1,13 +1,18 @@
-"""Run ``qorch gateway`` as a real process on a free loopback port."""
+"""Run ``qorch gateway`` as a real process on a free loopback port.
+
+Without ``auth`` the gateway runs with ``--auth none`` (said explicitly: its default refuses
+every caller); tests of authentication pass ``--auth tokenreview ...`` and the ``kubeconfig``
+of an identity that may create TokenReviews."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +39,16 @@ class GatewayProcess:
                 self.process.wait(5)
 
 
-def start(log_path: Path, *args: str) -> GatewayProcess:
+def start(
+    log_path: Path,
+    *args: str,
+    auth: Sequence[str] = ("--auth", "none"),
+    kubeconfig: Path | None = None,
+) -> GatewayProcess:
     port = free_port()
+    env = dict(os.environ)
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [
@@ -47,8 +60,10 @@ def start(log_path: Path, *args: str) -> GatewayProcess:
             "127.0.0.1",
             "--port",
             str(port),
+            *auth,
             *args,
         ],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -66,8 +81,13 @@ def start(log_path: Path, *args: str) -> GatewayProcess:
 
 
 @contextlib.contextmanager
-def running(log_path: Path, *args: str) -> Iterator[GatewayProcess]:
-    gw = start(log_path, *args)
+def running(
+    log_path: Path,
+    *args: str,
+    auth: Sequence[str] = ("--auth", "none"),
+    kubeconfig: Path | None = None,
+) -> Iterator[GatewayProcess]:
+    gw = start(log_path, *args, auth=auth, kubeconfig=kubeconfig)
     try:
         yield gw
     finally:

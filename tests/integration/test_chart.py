@@ -1,20 +1,23 @@
 """The Helm chart renders, its values are typed, and what it renders is accepted by the
 real apiserver (server-side dry run). Its RBAC rules are the file the e2e tests run
-the operator under."""
+the operator under; the gateway's rules are the file test_gateway_auth runs a gateway under."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from qorch.operator.podspec import LABEL_MANAGED_BY
 from tests.harness.controlplane import REPO, ControlPlane
 from tests.harness.rbac import RULES
 
 pytestmark = pytest.mark.controlplane
 CHART = REPO / "charts" / "qorch"
+GATEWAY_RULES = CHART / "files" / "gateway-clusterrole-rules.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,16 @@ def render(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     )
 
 
+def docs_of(manifest: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
 def test_chart_lints(helm: Path) -> None:
     out = subprocess.run([str(helm), "lint", str(CHART)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -61,10 +74,22 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
+        "NetworkPolicy",
         "ServiceAccount",
     ]
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    role = one(docs, "ClusterRole", "qorch-operator")
     assert role["rules"] == yaml.safe_load(RULES.read_text())
+    gateway_role = one(docs, "ClusterRole", "qorch-gateway")
+    assert gateway_role["rules"] == yaml.safe_load(GATEWAY_RULES.read_text())
+    assert gateway_role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ]
+    binding = one(docs, "ClusterRoleBinding", "qorch-gateway")
+    assert binding["roleRef"]["name"] == "qorch-gateway"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "qorch-gateway", "namespace": "qorch-system"}
+    ]
+    assert one(docs, "ServiceAccount", "qorch-gateway")["metadata"]["namespace"] == "qorch-system"
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -80,9 +105,71 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         (["--set", "replicas=0"], "replicas"),
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "colour=blue"], "colour"),
+        (["--set", "gateway.auth.tokenExpirationSeconds=60"], "tokenExpirationSeconds"),
+        (["--set", "gateway.networkPolicy.enabled=maybe"], "enabled"),
+        (["--set", "gateway.networkPolicy.podSelector.app=x"], "podSelector"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm: Path, values: list[str], message: str) -> None:
     out = render(helm, *values, check=False)
     assert out.returncode != 0
     assert message in out.stderr, out.stderr
+
+
+def test_operator_gets_a_rotating_token_only_gateways_accept(helm: Path) -> None:
+    docs = docs_of(render(helm, "--set", "gateway.auth.audience=gw-test").stdout)
+    pod = one(docs, "Deployment", "qorch-operator")["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "gateway-token"]
+    [source] = volume["projected"]["sources"]
+    token = source["serviceAccountToken"]
+    assert token["audience"] == "gw-test"
+    assert token["expirationSeconds"] == 3600
+    container = pod["containers"][0]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "gateway-token"]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["QORCH_GATEWAY_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
+
+
+def test_network_policy_admits_only_operator_workflow_pods_and_prometheus(helm: Path) -> None:
+    docs = docs_of(render(helm, "--set", "gateway.port=9443").stdout)
+    policy = one(docs, "NetworkPolicy", "qorch-gateway")["spec"]
+    assert policy["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/component": "quantum-gateway"}
+    }
+    assert policy["policyTypes"] == ["Ingress"]
+    callers, scrapers = policy["ingress"]
+    operator_labels = one(docs, "Deployment", "qorch-operator")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    from_operator, from_workflows = callers["from"]
+    assert set(from_operator) == {"podSelector"}, "operator pods: the release namespace only"
+    selected = from_operator["podSelector"]["matchLabels"]
+    assert selected.items() <= operator_labels.items()
+    assert selected["app.kubernetes.io/component"] == "operator"
+    assert from_workflows == {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {LABEL_MANAGED_BY: "qorch"}},
+    }
+    assert callers["ports"] == [{"protocol": "TCP", "port": 9443}]
+    assert scrapers == {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "ports": [{"protocol": "TCP", "port": 9443}],
+    }
+    closed = docs_of(
+        render(helm, "--set", "gateway.networkPolicy.prometheusNamespaceSelector=null").stdout
+    )
+    assert len(one(closed, "NetworkPolicy", "qorch-gateway")["spec"]["ingress"]) == 1
+    off = docs_of(
+        render(
+            helm,
+            "--set",
+            "gateway.networkPolicy.enabled=false",
+            "--set",
+            "gateway.serviceAccount.create=false",
+        ).stdout
+    )
+    assert not [d for d in off if d["kind"] == "NetworkPolicy"]
+    assert not [d for d in off if d["metadata"]["name"] == "qorch-gateway"]

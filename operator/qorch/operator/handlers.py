@@ -250,6 +250,7 @@ async def drive_workflow(
             if not await obj.write_status(decided.status):
                 logger.warning("status changed since it was read; planning again from it")
                 metrics.STATUS_CONFLICTS.inc()
+                await asyncio.sleep(0.2)  # another writer is active: do not spin against it
                 continue
             status = obj.status
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
