@@ -7,8 +7,12 @@ import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -74,6 +78,11 @@ def _gateway(args: argparse.Namespace) -> int:
     from qorch.metrics.exporters import GatewayMetrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        auth = _gateway_auth(args)
+    except ValueError as exc:
+        print(f"qorch gateway: {exc}", file=sys.stderr)
+        return 2
     token = None
     if args.token_file:
         # The token comes from a mounted Secret; it is never logged or echoed.
@@ -91,6 +100,8 @@ def _gateway(args: argparse.Namespace) -> int:
         GatewayMetrics.create(),
         batch_size=args.batch_size,
         price_per_qpu_second=args.price_per_qpu_second,
+        max_queued=args.max_queued,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     logging.getLogger("qorch.gateway").info(
         "gateway for %s (%s, %d qubits) on %s:%d",
@@ -100,8 +111,32 @@ def _gateway(args: argparse.Namespace) -> int:
         args.host,
         args.port,
     )
-    web.run_app(make_app(service), host=args.host, port=args.port, print=None)
+    web.run_app(make_app(service, auth=auth), host=args.host, port=args.port, print=None)
     return 0
+
+
+def _gateway_auth(args: argparse.Namespace) -> Middleware | None:
+    """The caller check of ``qorch gateway``; ValueError says which flag to change."""
+    import logging
+
+    from qorch.gateway.auth import AllowList, KubeTokenReviewer, TokenAuth, auth_middleware
+
+    allow = AllowList.parse(args.allow_serviceaccount or (), args.allow_namespace or ())
+    if args.auth == "none":
+        if allow:
+            raise ValueError("--allow-serviceaccount/--allow-namespace need --auth tokenreview")
+        logging.getLogger("qorch.gateway").warning(
+            "--auth none: ANY client that reaches port %d can submit jobs and spend QPU time",
+            args.port,
+        )
+        return None
+    if not allow:
+        raise ValueError(
+            "--auth tokenreview allows nobody: add --allow-serviceaccount NAMESPACE/NAME "
+            "or --allow-namespace NAMESPACE (or choose --auth none explicitly)"
+        )
+    reviewer = KubeTokenReviewer.from_config()
+    return auth_middleware(TokenAuth(reviewer, allow, audience=args.auth_audience))
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -150,6 +185,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-qubits", type=int, help="aer: largest circuit accepted (default 30)")
     p.add_argument("--batch-size", type=int, default=8, help="queued jobs run together")
     p.add_argument("--price-per-qpu-second", type=float, default=0.0)
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="jobs that may wait in the queue (default 1000); when full, a new submission "
+        "gets 429 with Retry-After (resubmissions of known jobs still answer)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep a journal of jobs here (SQLite), so a restarted gateway still knows "
+        "finished jobs and their results, queues queued ones again and re-attaches to (or "
+        "re-runs) running ones; default: jobs live in memory only",
+    )
+    p.add_argument(
+        "--auth",
+        choices=["tokenreview", "none"],
+        default="tokenreview",
+        help="tokenreview: callers send a ServiceAccount token checked with the TokenReview "
+        "API (in-cluster credentials, else $KUBECONFIG); none: no check (say so explicitly)",
+    )
+    p.add_argument(
+        "--auth-audience",
+        default="qorch-gateway",
+        help="audience the callers' tokens must be minted for",
+    )
+    p.add_argument(
+        "--allow-serviceaccount",
+        action="append",
+        metavar="NAMESPACE/NAME",
+        help="ServiceAccount allowed to call (repeatable)",
+    )
+    p.add_argument(
+        "--allow-namespace",
+        action="append",
+        metavar="NAMESPACE",
+        help="every ServiceAccount of this namespace may call (repeatable)",
+    )
     p.set_defaults(func=_gateway)
 
     p = sub.add_parser("worker", help="run a subtask: simulate QORCH_QASM, or -- COMMAND")

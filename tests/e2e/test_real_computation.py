@@ -263,5 +263,7 @@ def test_submission_the_gateway_refuses_fails_the_subtask_with_its_reason(
         cluster.plane.kubectl("delete", "qb", "misnamed", "--wait=false", check=False)
     assert wf["status"]["phase"] == "Failed"
     ghz = wf["status"]["subtasks"][0]
-    assert ghz["attempts"] == 2
+    # A refusal is permanent: the same submission would be refused again, so no retry.
+    assert ghz["attempts"] == 1 and ghz["failures"] == 1, ghz
+    assert "permanent: not retried" in ghz["message"]
     assert "unknown backend 'not_served': this gateway serves 'aer_local'" in ghz["message"]

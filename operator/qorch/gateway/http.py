@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import copy
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from qorch.gateway.service import GatewayRequestError, GatewayService, Submission
+from qorch.gateway.service import (
+    MAX_MESSAGE_CHARS,
+    GatewayRequestError,
+    GatewayService,
+    Submission,
+    bounded,
+)
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024  # a QASM program of 64 KiB plus JSON overhead fits easily
@@ -22,23 +29,88 @@ SERVICE_KEY = web.AppKey("service", GatewayService)
 
 JOB_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "required": [
+        "job_id",
+        "backend",
+        "phase",
+        "message",
+        "result",
+        "permanent",
+        "remote_job_id",
+        "qpu_seconds",
+        "queue_seconds",
+        "execution_seconds",
+    ],
+    "additionalProperties": False,
     "properties": {
         "job_id": {"type": "string"},
         "backend": {"type": "string"},
         "phase": {"type": "string", "enum": ["Queued", "Running", "Done", "Error", "Cancelled"]},
-        "message": {"type": "string"},
+        "message": {
+            "type": "string",
+            "maxLength": MAX_MESSAGE_CHARS,
+            "description": "Why it failed, or what the gateway did unusually (re-run, "
+            "re-attached); empty otherwise.",
+        },
         "result": {"type": ["object", "null"]},
+        "permanent": {
+            "type": "boolean",
+            "description": "Error only: true when running the same circuit on this backend "
+            "again would fail the same way (the circuit does not fit the target); false for "
+            "timeouts, network and provider outages, which a retry may get past.",
+        },
+        "remote_job_id": {
+            "type": ["string", "null"],
+            "description": "The provider's job id once it has one; `<id>#<n>` when several "
+            "jobs ran as the PUBs of one provider job. Send it back as `remote_job_id` when "
+            "resubmitting a job this gateway no longer knows.",
+        },
         "qpu_seconds": {"type": "number"},
         "queue_seconds": {"type": "number"},
         "execution_seconds": {"type": ["number", "null"]},
     },
 }
-ERROR = {
-    "description": "Refused; `detail` says which field and why.",
-    "content": {
-        "application/json": {
-            "schema": {"type": "object", "properties": {"detail": {"type": "string"}}}
-        }
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail"],
+    "properties": {"detail": {"type": "string", "maxLength": MAX_MESSAGE_CHARS}},
+}
+
+
+def _error_response(description: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+        **extra,
+    }
+
+
+ERROR = _error_response("Refused; `detail` says which field and why.")
+INTERNAL = _error_response("Unexpected failure of the gateway; `detail` says what, bounded.")
+QUEUE_FULL = _error_response(
+    "The queue is full (`--max-queued`); retry after `Retry-After` seconds.",
+    headers={"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+)
+JOB_RESPONSE = {"content": {"application/json": {"schema": JOB_SCHEMA}}}
+JOB_ID_MAX = 253
+SUBMISSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["job_id", "backend", "qasm"],
+    "additionalProperties": False,
+    "properties": {
+        "job_id": {"type": "string", "minLength": 1, "maxLength": JOB_ID_MAX},
+        "backend": {"type": "string"},
+        "qasm": {"type": "string", "description": "OpenQASM 3 (or 2) source"},
+        "primitive": {"type": "string", "enum": ["sampler", "estimator"]},
+        "shots": {"type": "integer", "minimum": 1, "maximum": 1000000},
+        "observables": {"type": "array", "items": {"type": "string"}},
+        "remote_job_id": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": JOB_ID_MAX,
+            "description": "The provider's job this job already ran as (its `remote_job_id`): "
+            "a gateway that does not know the job re-attaches to it where the provider can.",
+        },
     },
 }
 OPENAPI: dict[str, Any] = {
@@ -50,39 +122,17 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Submit a circuit evaluation (idempotent by job_id).",
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["job_id", "backend", "qasm"],
-                                "properties": {
-                                    "job_id": {"type": "string", "maxLength": 253},
-                                    "backend": {"type": "string"},
-                                    "qasm": {
-                                        "type": "string",
-                                        "description": "OpenQASM 3 (or 2) source",
-                                    },
-                                    "primitive": {
-                                        "type": "string",
-                                        "enum": ["sampler", "estimator"],
-                                    },
-                                    "shots": {"type": "integer", "minimum": 1, "maximum": 1000000},
-                                    "observables": {"type": "array", "items": {"type": "string"}},
-                                },
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": SUBMISSION_SCHEMA}},
                 },
                 "responses": {
-                    "202": {
-                        "description": "Accepted",
-                        "content": {"application/json": {"schema": JOB_SCHEMA}},
-                    },
+                    "202": {"description": "Accepted (or already known)", **JOB_RESPONSE},
                     "400": ERROR,
                     "404": ERROR,
                     "409": ERROR,
                     "413": ERROR,
                     "422": ERROR,
+                    "429": QUEUE_FULL,
+                    "500": INTERNAL,
                 },
             }
         },
@@ -90,16 +140,18 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "States of several jobs; unknown ids are left out.",
                 "requestBody": {
+                    "required": True,
                     "content": {
                         "application/json": {
                             "schema": {
                                 "type": "object",
+                                "additionalProperties": False,
                                 "properties": {
                                     "job_ids": {"type": "array", "items": {"type": "string"}}
                                 },
                             }
                         }
-                    }
+                    },
                 },
                 "responses": {
                     "200": {
@@ -108,66 +160,151 @@ OPENAPI: dict[str, Any] = {
                             "application/json": {
                                 "schema": {
                                     "type": "object",
+                                    "required": ["jobs"],
+                                    "additionalProperties": False,
                                     "properties": {"jobs": {"type": "array", "items": JOB_SCHEMA}},
                                 }
                             }
                         },
-                    }
+                    },
+                    "400": ERROR,
+                    "413": ERROR,
+                    "500": INTERNAL,
                 },
             }
         },
         "/v1/jobs/{job_id}": {
+            "parameters": [
+                {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
             "get": {
                 "summary": "One job.",
-                "responses": {"200": {"description": "OK"}, "404": ERROR},
+                "responses": {
+                    "200": {"description": "OK", **JOB_RESPONSE},
+                    "404": ERROR,
+                    "500": INTERNAL,
+                },
             },
             "delete": {
-                "summary": "Cancel a queued job.",
-                "responses": {"200": {"description": "Cancelled"}, "404": ERROR, "409": ERROR},
+                "summary": "Cancel a job (a running one where the provider can stop it).",
+                "responses": {
+                    "200": {"description": "Cancelled, or already finished", **JOB_RESPONSE},
+                    "404": ERROR,
+                    "409": ERROR,
+                    "500": INTERNAL,
+                },
             },
         },
         "/v1/backend": {
             "get": {
                 "summary": "Backend, queue and calibration summary.",
-                "responses": {"200": {"description": "OK"}},
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": [
+                                        "name",
+                                        "provider",
+                                        "numQubits",
+                                        "queueLength",
+                                        "pendingJobs",
+                                        "calibration",
+                                    ],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "provider": {"type": "string"},
+                                        "numQubits": {"type": "integer"},
+                                        "queueLength": {"type": "integer"},
+                                        "pendingJobs": {"type": ["integer", "null"]},
+                                        "calibration": {"type": "object"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "500": INTERNAL,
+                },
             }
         },
-        "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "OK"}}}},
+        "/healthz": {
+            "get": {
+                "summary": "Liveness.",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
         "/metrics": {
-            "get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "OK"}}}
+            "get": {
+                "summary": "Prometheus metrics.",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "500": INTERNAL,
+                },
+            }
         },
     },
 }
 
 
-def _error(status: int, detail: str) -> web.Response:
-    return web.json_response({"detail": detail}, status=status)
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"detail": bounded(detail)}, status=status, headers=headers)
 
 
 @web.middleware
 async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error is JSON with a bounded ``detail``: refusals with their own status,
+    anything unexpected a 500 (logged with its traceback), never a text page or a dropped
+    connection."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
     except GatewayRequestError as exc:
-        return _error(exc.status, exc.message)
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return _error(exc.status, exc.message, retry)
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:
-        return _error(exc.status, exc.reason)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _error(exc.status, exc.reason, allow)
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
         raise GatewayRequestError(400, f"body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise GatewayRequestError(400, "body must be a JSON object")
     return body
 
 
+def _refuse_unknown(body: dict[str, Any], known: Iterable[str]) -> None:
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        names = ", ".join(repr(u) for u in unknown)
+        raise GatewayRequestError(
+            400,
+            f"unknown field{'s' if len(unknown) > 1 else ''} {names}; "
+            f"known: {', '.join(sorted(known))}",
+        )
+
+
 def _submission(body: dict[str, Any]) -> Submission:
+    _refuse_unknown(body, SUBMISSION_SCHEMA["properties"])
+
     def field(name: str, kind: type, default: Any = ...) -> Any:
         value = body.get(name, default)
         if value is ...:
@@ -180,8 +317,15 @@ def _submission(body: dict[str, Any]) -> Submission:
     if not all(isinstance(o, str) for o in observables):
         raise GatewayRequestError(400, "field 'observables' must be a list of strings")
     job_id = field("job_id", str)
-    if not 0 < len(job_id) <= 253:
-        raise GatewayRequestError(400, "field 'job_id' must have 1..253 characters")
+    if not 0 < len(job_id) <= JOB_ID_MAX:
+        raise GatewayRequestError(400, f"field 'job_id' must have 1..{JOB_ID_MAX} characters")
+    remote_job_id = body.get("remote_job_id")
+    if remote_job_id is not None:
+        remote_job_id = field("remote_job_id", str)
+        if not 0 < len(remote_job_id) <= JOB_ID_MAX:
+            raise GatewayRequestError(
+                400, f"field 'remote_job_id' must have 1..{JOB_ID_MAX} characters"
+            )
     return Submission(
         job_id=job_id,
         backend=field("backend", str),
@@ -189,16 +333,19 @@ def _submission(body: dict[str, Any]) -> Submission:
         primitive=field("primitive", str, "sampler"),
         shots=field("shots", int, 1024),
         observables=tuple(observables),
+        remote_job_id=remote_job_id,
     )
 
 
 async def submit(request: web.Request) -> web.Response:
-    record = request.app[SERVICE_KEY].submit(_submission(await _json(request)))
+    record = await request.app[SERVICE_KEY].submit(_submission(await _json(request)))
     return web.json_response(record.to_json(), status=202)
 
 
 async def status(request: web.Request) -> web.Response:
-    ids = (await _json(request)).get("job_ids", [])
+    body = await _json(request)
+    _refuse_unknown(body, ["job_ids"])
+    ids = body.get("job_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise GatewayRequestError(400, "field 'job_ids' must be a list of strings")
     records = request.app[SERVICE_KEY].status(ids)
@@ -213,21 +360,24 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    record = request.app[SERVICE_KEY].cancel(request.match_info["job_id"])
+    record = await request.app[SERVICE_KEY].cancel(request.match_info["job_id"])
     return web.json_response(record.to_json())
 
 
 async def backend(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     adapter = service.adapter
+    # Both may be network calls (IBM: backend.status(), properties): off the event loop.
+    pending = await asyncio.to_thread(adapter.pending_jobs)
+    calibration = await asyncio.to_thread(adapter.calibration)
     return web.json_response(
         {
             "name": adapter.name,
             "provider": adapter.provider.value,
             "numQubits": adapter.num_qubits,
             "queueLength": len(service.queued()),
-            "pendingJobs": adapter.pending_jobs(),
-            "calibration": adapter.calibration().model_dump(mode="json"),
+            "pendingJobs": pending,
+            "calibration": calibration.model_dump(mode="json"),
         }
     )
 
@@ -236,8 +386,24 @@ async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def openapi(_: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+def openapi_document(backend_name: str) -> dict[str, Any]:
+    """``OPENAPI`` for the gateway of ``backend_name``: the only backend a submission may
+    name, and a submission that works as the example."""
+    doc = copy.deepcopy(OPENAPI)
+    body = doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"]["properties"]["backend"] = {"type": "string", "enum": [backend_name]}
+    body["example"] = {
+        "job_id": "example-bell",
+        "backend": backend_name,
+        "qasm": 'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; h q[0]; '
+        "cx q[0], q[1]; c = measure q;",
+        "shots": 100,
+    }
+    return doc
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[SERVICE_KEY].adapter.name))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -245,8 +411,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(service: GatewayService) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY_BYTES)
+def make_app(service: GatewayService, auth: Middleware | None = None) -> web.Application:
+    """``auth`` (``qorch.gateway.auth.auth_middleware``) runs first, before any handler."""
+    middlewares = [errors] if auth is None else [auth, errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
     app.router.add_post("/v1/jobs", submit)
     app.router.add_post("/v1/jobs/status", status)
@@ -264,6 +432,7 @@ def make_app(service: GatewayService) -> web.Application:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await service.close()
 
     app.cleanup_ctx.append(background)
     return app
@@ -273,6 +442,6 @@ async def _refresh(service: GatewayService) -> None:
     while True:
         await asyncio.sleep(CALIBRATION_REFRESH_SECONDS)
         try:
-            await asyncio.to_thread(service.refresh_calibration)
+            await service.refresh_calibration()
         except Exception as exc:  # a flaky backend must not stop the gateway
             log.warning("calibration refresh failed: %s", exc)

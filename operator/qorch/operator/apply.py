@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from kubernetes.client import ApiException, CoreV1Api, CustomObjectsApi
 
 from qorch.api.workflow import HybridWorkflowSpec, SubtaskPhase
 from qorch.gateway.base import GatewayClient, GatewayError, JobRequest
+from qorch.gateway.client import GatewayResponseError
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.podspec import (
     GATE,
@@ -52,6 +54,9 @@ class Applier:
         self.worker_image = worker_image
         # Submissions a gateway refused for good (4xx): job id -> its reason.
         self.rejected: dict[str, str] = {}
+        # Gateways that answered 429 (queue full): no submission to them before this
+        # monotonic time (their Retry-After), instead of one every cycle.
+        self.busy_until: dict[str, float] = {}
 
     async def act(
         self,
@@ -88,6 +93,8 @@ class Applier:
                 elif isinstance(action, DeletePod):
                     await self._delete_pod(namespace, action.pod_name)
                 elif isinstance(action, SubmitJob):
+                    if time.monotonic() < self.busy_until.get(action.backend, 0.0):
+                        continue  # its queue is full; the planner submits again later
                     circuit = subtasks[action.subtask].circuit
                     assert circuit is not None
                     await self.gateway.submit(
@@ -107,6 +114,9 @@ class Applier:
                 elif isinstance(action, StoreResult):
                     await self._store_result(body, action)
             except (ApiException, GatewayError, ResultConflictError) as exc:
+                if isinstance(exc, GatewayResponseError) and exc.status == 429:
+                    wait = exc.retry_after if exc.retry_after is not None else 5.0
+                    self.busy_until[getattr(action, "backend", "")] = time.monotonic() + wait
                 if (
                     isinstance(exc, GatewayError)
                     and isinstance(action, SubmitJob)
