@@ -235,3 +235,48 @@ def test_an_unreadable_configmap_is_waited_for_then_fails_naming_it() -> None:
         "ConfigMap 'src' cannot be read"
         in next(c for c in p.status.conditions if c.type == "Valid").message
     )
+
+
+def test_a_sampler_that_declares_bits_but_never_measures_fails_validation() -> None:
+    w = World(
+        spec(circuit("q")),
+        circuits={"q": CircuitInfo(num_qubits=2, depth=2, num_clbits=2, measurements=0)},
+    )
+    p = w.step()
+    assert p.status.phase is WorkflowPhase.FAILED
+    valid = next(c for c in p.status.conditions if c.type == "Valid")
+    assert "spec.subtasks[0].circuit.qasm: a sampler circuit needs measurements" in valid.message
+
+
+def test_strings_a_pod_would_refuse_fail_validation_naming_them() -> None:
+    bad_step = {
+        "name": "a",
+        "classical": {
+            "image": "busybox",
+            "annotations": {"not a valid/key!": "x"},
+            "env": {"A=B": "x"},
+        },
+    }
+    pools = [{"name": "cpu", "nodeSelector": {"bad key!": "x", "ok": "not valid!"}}]
+    w = World(spec(bad_step, resources={"classicalPools": pools}))
+    p = w.step()
+    assert p.status.phase is WorkflowPhase.FAILED and not p.actions
+    message = next(c for c in p.status.conditions if c.type == "Valid").message
+    assert "spec.subtasks[0].classical.annotations['not a valid/key!']" in message
+    assert "spec.subtasks[0].classical.env['A=B']" in message
+    assert "spec.resources.classicalPools[0].nodeSelector['bad key!']: not a valid label" in message
+    assert "'not valid!' is not a valid label value" in message
+
+
+def test_a_pod_the_apiserver_refuses_fails_the_subtask_for_good() -> None:
+    from qorch.orchestrator import PodState
+
+    w = World(spec(classical("a")))
+    w.step()
+    w.pods["wf-a-1"] = PodState(
+        "wf-a-1", "a", 1, PodPhase.FAILED, message="the apiserver refused", permanent=True
+    )
+    w.step()
+    st = w.sub("a")
+    assert st.phase is SubtaskPhase.FAILED and st.attempts == 1
+    assert "the apiserver refused (permanent: not retried)" in st.message

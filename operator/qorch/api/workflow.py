@@ -16,6 +16,13 @@ from qorch.api.meta import (
 )
 
 MAX_SUBTASKS = 200
+# Kubernetes' rules for what ends up in pods: label/annotation keys and label values
+# (checked on map keys by validation, which the schema cannot express cheaply).
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 MAX_QASM_BYTES = 65536
 MAX_RESULT_BYTES = 4096
 DEFAULT_THRESHOLD = 0.2
@@ -109,7 +116,9 @@ class ClassicalResources(StrictModel):
 class ClassicalSpec(StrictModel):
     """A classical step run as a pod from a container image."""
 
-    image: str = Field(min_length=1, max_length=512, description="Container image.")
+    image: str = Field(
+        min_length=1, max_length=512, pattern=r"^\S+$", description="Container image."
+    )
     command: list[str] = Field(
         default_factory=list, max_length=64, description="Entrypoint override."
     )
@@ -162,7 +171,7 @@ class SubtaskSpec(StrictModel):
 
 
 class Toleration(StrictModel):
-    key: str | None = Field(default=None, max_length=253)
+    key: str | None = Field(default=None, max_length=316, pattern=QUALIFIED_NAME)
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = Field(default=None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None

@@ -10,7 +10,7 @@ from typing import Any
 
 from kubernetes.client import ApiException, CoreV1Api, CustomObjectsApi
 
-from qorch.api.workflow import HybridWorkflowSpec, SubtaskPhase
+from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, SubtaskPhase
 from qorch.gateway.base import GatewayClient, GatewayError, JobRequest
 from qorch.gateway.client import GatewayResponseError
 from qorch.metrics import operator_metrics as metrics
@@ -24,6 +24,7 @@ from qorch.operator.podspec import (
     release_patch,
     workflow_label,
 )
+from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import (
     CancelJob,
     CreatePod,
@@ -34,7 +35,8 @@ from qorch.orchestrator.plan import (
     StoreResult,
     SubmitJob,
 )
-from qorch.orchestrator.snapshot import WorkflowSnapshot
+from qorch.orchestrator.snapshot import PodPhase, PodState, WorkflowSnapshot
+from qorch.orchestrator.text import SHORT_LIMIT, bounded
 
 MAX_REJECTED = 10_000
 CONFIG_MAP_LIMIT_BYTES = 1_000_000  # etcd's object limit is ~1.5 MiB; keep well below
@@ -57,6 +59,9 @@ class Applier:
         # Gateways that answered 429 (queue full): no submission to them before this
         # monotonic time (their Retry-After), instead of one every cycle.
         self.busy_until: dict[str, float] = {}
+        # Pods the apiserver refused to create or release (422 Invalid):
+        # (namespace, pod name) -> reason.
+        self.refused_pods: dict[tuple[str, str], str] = {}
 
     async def act(
         self,
@@ -114,6 +119,17 @@ class Applier:
                 elif isinstance(action, StoreResult):
                     await self._store_result(body, action)
             except (ApiException, GatewayError, ResultConflictError) as exc:
+                if (
+                    isinstance(exc, ApiException)
+                    and exc.status == 422
+                    and isinstance(action, CreatePod | ReleasePod)
+                ):
+                    self.refused_pods[(namespace, action.pod_name)] = bounded(
+                        f"the apiserver refused pod {action.pod_name}: {_failure_message(exc)}",
+                        SHORT_LIMIT,
+                    )
+                    while len(self.refused_pods) > MAX_REJECTED:
+                        del self.refused_pods[next(iter(self.refused_pods))]
                 if isinstance(exc, GatewayResponseError) and exc.status == 429:
                     wait = exc.retry_after if exc.retry_after is not None else 5.0
                     self.busy_until[getattr(action, "backend", "")] = time.monotonic() + wait
@@ -232,3 +248,34 @@ def record_worker_usage(snapshot: WorkflowSnapshot, decided: Plan) -> None:
             pod = snapshot.pods.get(st.podName)
             if pod is not None and pod.usage:
                 metrics.record_worker_usage(st.placement.name, kinds[st.name], pod.usage)
+
+
+def refused_pod_states(
+    applier: Applier, namespace: str, status: HybridWorkflowStatus, seen: list[PodState]
+) -> list[PodState]:
+    """Pods of active attempts that the apiserver refused: failed for good, with its reason."""
+    known = {p.name for p in seen}
+    refused: list[PodState] = []
+    for st in status.subtasks:
+        reason = applier.refused_pods.get((namespace, st.podName or ""))
+        if (
+            st.phase in ACTIVE
+            and st.podName
+            and reason is not None
+            and (st.podName not in known or _gated(seen, st.podName))
+        ):
+            refused.append(
+                PodState(
+                    st.podName,
+                    st.name,
+                    st.attempts,
+                    PodPhase.FAILED,
+                    message=reason,
+                    permanent=True,
+                )
+            )
+    return refused
+
+
+def _gated(pods: list[PodState], name: str) -> bool:
+    return any(p.name == name and p.phase is PodPhase.GATED for p in pods)

@@ -27,7 +27,7 @@ from qorch.api.workflow import HybridWorkflowStatus, ResourceKind, WorkflowPhase
 from qorch.gateway.base import GatewayError, GatewayTarget
 from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
-from qorch.operator.apply import record_worker_usage
+from qorch.operator.apply import record_worker_usage, refused_pod_states
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER, WorkflowObject, has_gateway_jobs
 from qorch.operator.podspec import (
     ANNOTATION_WORKFLOW_NAME,
@@ -215,6 +215,9 @@ async def drive_workflow(
                 loaded = None  # unreadable for now: read again next cycle
             pods = list(workflow_pods.get((ns, workflow_label(name)), []))
             pods += await runtime.read_missing_pods(ns, status, pods)
+            refused = refused_pod_states(runtime.applier, ns, status, pods)
+            refused_names = {p.name for p in refused}
+            pods = [p for p in pods if p.name not in refused_names] + refused
             snapshot = build_snapshot(
                 namespace=ns,
                 name=name,

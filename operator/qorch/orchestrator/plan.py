@@ -376,6 +376,9 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
             cyc.actions.append(ReleasePod(st.podName, st.placement.name))
             cyc.requeue_in(dt.timedelta(seconds=2))
         return
+    if pod.permanent:
+        _fail_attempt(cyc, sub, st, f"{pod.message} (permanent: not retried)", final=True)
+        return
     if pod.phase is PodPhase.GATED:
         cyc.actions.append(ReleasePod(pod.name, st.placement.name))
         return

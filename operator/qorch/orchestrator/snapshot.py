@@ -29,6 +29,9 @@ class PodState:
     message: str = ""
     result: dict[str, Any] | None = None
     deleting: bool = False
+    # The apiserver refused to create or release the pod (422): the spec can never make
+    # one, so the attempt fails for good instead of looking lost.
+    permanent: bool = False
     # What the worker reported using (wallSeconds, cpuSeconds, peakMemoryBytes, method,
     # device), apart from the result; None when it reported nothing.
     usage: dict[str, float | str] | None = None
@@ -75,7 +78,8 @@ class CircuitInfo:
     num_qubits: int | None = None
     depth: int | None = None
     error: str | None = None
-    num_clbits: int | None = None  # 0: no measurements (a sampler has nothing to count)
+    num_clbits: int | None = None
+    measurements: int | None = None  # 0: a sampler would have nothing to count
     parameters: tuple[str, ...] = ()  # unbound parameters (nothing can run them as is)
     transient: bool = False  # ``error`` may clear up (an unreadable ConfigMap): wait a while
 

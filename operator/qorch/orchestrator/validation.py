@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qorch.api.workflow import HybridWorkflowSpec, Primitive
+from qorch.api.workflow import ENV_NAME, LABEL_VALUE, QUALIFIED_NAME, HybridWorkflowSpec, Primitive
 from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo
 
 
@@ -70,6 +71,7 @@ def validate(
                         f"subtask {sub.name!r} depends on itself",
                     )
                 )
+    errors.extend(_pod_strings(spec))
     cycle = find_cycle(spec)
     if cycle and len(cycle) > 2:
         errors.append(SpecError("spec.subtasks", "dependency cycle: " + " -> ".join(cycle)))
@@ -114,7 +116,9 @@ def validate(
                     f"{largest_classical}, quantum backends up to {largest_quantum})",
                 )
             )
-        if sub.circuit.primitive is Primitive.SAMPLER and info.num_clbits == 0:
+        if sub.circuit.primitive is Primitive.SAMPLER and (
+            info.measurements == 0 or info.num_clbits == 0
+        ):
             errors.append(
                 SpecError(
                     f"spec.subtasks[{i}].circuit.{where}",
@@ -141,4 +145,52 @@ def validate(
                             "from IXYZ",
                         )
                     )
+    return errors
+
+
+_QUALIFIED = re.compile(QUALIFIED_NAME)
+_LABEL_VALUE = re.compile(LABEL_VALUE)
+_ENV_NAME = re.compile(ENV_NAME)
+
+
+def _pod_strings(spec: HybridWorkflowSpec) -> list[SpecError]:
+    """Map keys that end up in pods and that the apiserver would refuse there (the CRD
+    schema cannot check map keys cheaply): caught here, before any pod exists."""
+    errors: list[SpecError] = []
+    for i, sub in enumerate(spec.subtasks):
+        if sub.classical is None:
+            continue
+        for key in sub.classical.annotations:
+            if not _QUALIFIED.match(key):
+                errors.append(
+                    SpecError(
+                        f"spec.subtasks[{i}].classical.annotations[{key!r}]",
+                        "not a valid annotation key (an optional DNS prefix and '/', then up "
+                        "to 63 of [A-Za-z0-9-_.], starting and ending alphanumeric)",
+                    )
+                )
+        for key in sub.classical.env:
+            if not _ENV_NAME.match(key):
+                errors.append(
+                    SpecError(
+                        f"spec.subtasks[{i}].classical.env[{key!r}]",
+                        "not a valid environment variable name ([-._a-zA-Z][-._a-zA-Z0-9]*)",
+                    )
+                )
+    for j, pool in enumerate(spec.resources.classicalPools):
+        for key, value in pool.nodeSelector.items():
+            if not _QUALIFIED.match(key):
+                errors.append(
+                    SpecError(
+                        f"spec.resources.classicalPools[{j}].nodeSelector[{key!r}]",
+                        "not a valid label key",
+                    )
+                )
+            if not _LABEL_VALUE.match(value):
+                errors.append(
+                    SpecError(
+                        f"spec.resources.classicalPools[{j}].nodeSelector[{key!r}]",
+                        f"{value!r} is not a valid label value (up to 63 of [A-Za-z0-9-_.])",
+                    )
+                )
     return errors

@@ -49,5 +49,6 @@ def inspect(source: str) -> CircuitInfo:
         num_qubits=circuit.num_qubits,
         depth=circuit.depth(),
         num_clbits=circuit.num_clbits,
+        measurements=int(circuit.count_ops().get("measure", 0)),
         parameters=tuple(sorted(p.name for p in circuit.parameters)),
     )
