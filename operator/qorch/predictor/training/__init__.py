@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from qorch.predictor.training import qpu_runtime, queue_wait
+from qorch.predictor.training import classical, fidelity, qpu_runtime, queue_wait
 from qorch.predictor.training.common import Row, TrainedModel, export
 from qorch.traces import PathLike
 
@@ -22,6 +22,8 @@ Evaluation = Callable[[PathLike | None, bool, Path | None], list[Row]]
 EVALUATIONS: tuple[Evaluation, ...] = (
     qpu_runtime.evaluate,
     queue_wait.evaluate,
+    fidelity.evaluate,
+    classical.evaluate,
 )
 
 __all__ = ["EVALUATIONS", "Evaluation", "Row", "TrainedModel", "export"]
