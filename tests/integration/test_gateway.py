@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import statistics
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -479,10 +480,14 @@ class KeepsJobs(QuantumBackendAdapter):
         super().__init__(Provider.AER, "aer", AerSimulator(), max_qubits=12)
         self.kept: dict[str, Any] = {}
         self.runs = 0
+        # Closed: results are held back, so a job stays running at the "provider" for as
+        # long as a test needs (a real QPU job runs for seconds to hours).
+        self.gate = threading.Event()
+        self.gate.set()
 
     def run(self, primitive: str, circuits: list[Any], shots: int) -> Any:
         self.runs += 1
-        job = self.run_here(primitive, circuits, shots)
+        job = _HeldJob(self.run_here(primitive, circuits, shots), self.gate)
         self.kept[job.job_id()] = job
         return job
 
@@ -490,6 +495,21 @@ class KeepsJobs(QuantumBackendAdapter):
         if remote_id not in self.kept:
             raise LookupError(f"no job {remote_id}")
         return self.kept[remote_id]
+
+
+class _HeldJob:
+    """A provider job whose result is released by ``gate``; anything else is the job's."""
+
+    def __init__(self, job: Any, gate: threading.Event) -> None:
+        self._job = job
+        self._gate = gate
+
+    def result(self) -> Any:
+        assert self._gate.wait(60), "the test never released the job"
+        return self._job.result()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
 
 
 async def _finished(record: JobRecord) -> JobRecord:
@@ -529,6 +549,7 @@ async def test_a_restarted_gateway_re_attaches_to_jobs_that_were_running(
     tmp_path: Path,
 ) -> None:
     adapter = KeepsJobs()
+    adapter.gate.clear()  # the provider is still running the job when the gateway dies
     first = GatewayService(adapter, GatewayMetrics.create(), state_dir=tmp_path)
     try:
         record = await first.submit(Submission("r", "aer", GHZ3, "sampler", 100, ()))
@@ -543,6 +564,7 @@ async def test_a_restarted_gateway_re_attaches_to_jobs_that_were_running(
         assert record.phase is JobPhase.RUNNING
     finally:
         await first.close()
+    adapter.gate.set()  # ... and finishes it while no gateway is there
     second = GatewayService(adapter, GatewayMetrics.create(), state_dir=tmp_path)
     dispatcher = asyncio.ensure_future(second.run_forever())
     try:

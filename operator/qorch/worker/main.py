@@ -223,6 +223,20 @@ def _gateway_latency(url: str, metrics: WorkerMetrics) -> None:
     metrics.gateway_latency.observe(time.perf_counter() - started)
 
 
+def _own_peak_kib(fallback: int) -> int:
+    """This process's own peak RSS (VmHWM). ``ru_maxrss`` also counts the memory of the
+    process that spawned it (Linux carries the parent's high-water mark across a vfork +
+    exec), so a worker started from a large process would report that process's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return fallback
+
+
 @dataclass(frozen=True)
 class Usage:
     """What this process (and a command it ran) used so far."""
@@ -236,8 +250,8 @@ class Usage:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return cls(
             cpu_seconds=own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
-            # Linux reports ru_maxrss in KiB; a command's peak is its own (the child's).
-            peak_memory_bytes=max(own.ru_maxrss, children.ru_maxrss) * 1024,
+            # KiB on Linux; a command's peak is its own (the child's).
+            peak_memory_bytes=max(_own_peak_kib(own.ru_maxrss), children.ru_maxrss) * 1024,
         )
 
     def summary(self, wall_seconds: float, method: str, device: str) -> dict[str, Any]:
