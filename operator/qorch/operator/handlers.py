@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import urllib3
+from kubernetes.client import ApiException
 from prometheus_client import start_http_server
 
 from qorch.api.backend import GatewayRef, Provider
@@ -192,81 +194,99 @@ async def drive_workflow(
     # resourceVersion it planned on, and adopts the stored status when somebody else
     # wrote it (a 409 on its own write, or a foreign write seen in the body).
     obj = WorkflowObject(runtime.custom, _plain(body))
+    failures = 0  # consecutive cycles that met a transient API error
     # The subtasks are immutable (CEL), so circuits are read and parsed once per daemon, on
     # the first cycle: what was validated is what runs, even if a referenced ConfigMap
     # changes later.
     loaded: tuple[dict[str, str], dict[str, CircuitInfo]] | None = None
     try:
         while not stopped:
-            wake.clear()
-            started = time.perf_counter()
-            raw = _plain(body)
-            if obj.observe(raw):
-                logger.warning("status written by someone else; planning from the stored one")
-            status = obj.status
-            spec, problem = parse_spec(raw.get("spec") or {})
-            if spec is None:
-                await _fail_unparseable(runtime, body, raw, problem)
-                return
-            if loaded is None:
-                loaded = await runtime.load_sources(ns, spec)
-            sources, infos = loaded
-            if any(i.transient for i in infos.values()):
-                loaded = None  # unreadable for now: read again next cycle
-            pods = list(workflow_pods.get((ns, workflow_label(name)), []))
-            pods += await runtime.read_missing_pods(ns, status, pods)
-            refused = refused_pod_states(runtime.applier, ns, status, pods)
-            refused_names = {p.name for p in refused}
-            pods = [p for p in pods if p.name not in refused_names] + refused
-            snapshot = build_snapshot(
-                namespace=ns,
-                name=name,
-                generation=int(raw["metadata"].get("generation") or 1),
-                spec=spec,
-                status=status,
-                pods=pods,
-                jobs=await runtime.job_states(status),
-                backends=[b for store in quantum_backends.values() for b in store],
-                circuits_info=infos,
-                runtime=runtime,
-                metrics=await runtime.metrics_view(),
-                created=_created(raw),
-            )
-            decided = plan(snapshot, runtime.policy)
-            record_worker_usage(snapshot, decided)
-            if any(isinstance(a, SubmitJob) for a in decided.actions):
-                # Before the job exists, so that deleting the workflow cancels it.
-                await obj.hold_for_gateway_jobs(True)
-            events = await runtime.applier.act(raw, spec, decided, sources, logger)
-            for ev in events:
-                kopf.event(
-                    body,
-                    type="Warning" if ev.warning else "Normal",
-                    reason=ev.reason,
-                    message=ev.message[:1024],
+            try:
+                wake.clear()
+                started = time.perf_counter()
+                raw = _plain(body)
+                if obj.observe(raw):
+                    logger.warning("status written by someone else; planning from the stored one")
+                status = obj.status
+                spec, problem = parse_spec(raw.get("spec") or {})
+                if spec is None:
+                    await _fail_unparseable(runtime, body, raw, problem)
+                    return
+                if loaded is None:
+                    loaded = await runtime.load_sources(ns, spec)
+                sources, infos = loaded
+                if any(i.transient for i in infos.values()):
+                    loaded = None  # unreadable for now: read again next cycle
+                pods = list(workflow_pods.get((ns, workflow_label(name)), []))
+                pods += await runtime.read_missing_pods(ns, status, pods)
+                refused = refused_pod_states(runtime.applier, ns, status, pods)
+                refused_names = {p.name for p in refused}
+                pods = [p for p in pods if p.name not in refused_names] + refused
+                snapshot = build_snapshot(
+                    namespace=ns,
+                    name=name,
+                    generation=int(raw["metadata"].get("generation") or 1),
+                    spec=spec,
+                    status=status,
+                    pods=pods,
+                    jobs=await runtime.job_states(status),
+                    backends=[b for store in quantum_backends.values() for b in store],
+                    circuits_info=infos,
+                    runtime=runtime,
+                    metrics=await runtime.metrics_view(),
+                    created=_created(raw),
                 )
-            if not has_gateway_jobs(decided.status):
-                await obj.hold_for_gateway_jobs(False)
-            # Last: a terminal phase stops this daemon (the `when` filter) as soon as Kopf
-            # sees it, so nothing may be left to do after this write. Resyncs that change
-            # nothing write nothing.
-            if not await obj.write_status(decided.status):
-                logger.warning("status changed since it was read; planning again from it")
-                metrics.STATUS_CONFLICTS.inc()
-                await asyncio.sleep(0.2)  # another writer is active: do not spin against it
-                continue
-            status = obj.status
-            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-            if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
-                logger.info("workflow %s/%s %s", ns, name, status.phase)
-                return
-            delay = runtime.settings.resync_seconds
-            if decided.requeue_after is not None:
-                delay = min(delay, max(decided.requeue_after.total_seconds(), 0.05))
+                decided = plan(snapshot, runtime.policy)
+                record_worker_usage(snapshot, decided)
+                if any(isinstance(a, SubmitJob) for a in decided.actions):
+                    # Before the job exists, so that deleting the workflow cancels it.
+                    await obj.hold_for_gateway_jobs(True)
+                events = await runtime.applier.act(raw, spec, decided, sources, logger)
+                for ev in events:
+                    kopf.event(
+                        body,
+                        type="Warning" if ev.warning else "Normal",
+                        reason=ev.reason,
+                        message=ev.message[:1024],
+                    )
+                if not has_gateway_jobs(decided.status):
+                    await obj.hold_for_gateway_jobs(False)
+                # Last: a terminal phase stops this daemon (the `when` filter) as soon as Kopf
+                # sees it, so nothing may be left to do after this write. Resyncs that change
+                # nothing write nothing.
+                if not await obj.write_status(decided.status):
+                    logger.warning("status changed since it was read; planning again from it")
+                    metrics.STATUS_CONFLICTS.inc()
+                    await asyncio.sleep(0.2)  # another writer is active: do not spin against it
+                    continue
+                status = obj.status
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+                if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
+                    logger.info("workflow %s/%s %s", ns, name, status.phase)
+                    return
+                delay = runtime.settings.resync_seconds
+                if decided.requeue_after is not None:
+                    delay = min(delay, max(decided.requeue_after.total_seconds(), 0.05))
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                # The apiserver restarting, refusing for a moment (403 while its RBAC cache
+                # fills), timing out: try again soon in this daemon, instead of raising to
+                # Kopf, which would restart the daemon only after a minute.
+                failures += 1
+                delay = min(0.5 * 2 ** min(failures, 6), runtime.settings.resync_seconds)
+                logger.warning("transient error, retrying in %.1fs: %s", delay, _short(exc))
+                metrics.action_failures("Reconcile")
+            else:
+                failures = 0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
     finally:
         runtime.wakeups.pop((ns, name), None)
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return bounded(str(exc) or type(exc).__name__, 300)
 
 
 def _daemon_without_kopf_finalizer(fn: Any) -> None:
