@@ -104,8 +104,8 @@ class WorkflowObject:
             return True
         return False
 
-    async def reread(self) -> None:
-        live = await asyncio.to_thread(
+    async def _live(self) -> dict[str, Any]:
+        live: dict[str, Any] = await asyncio.to_thread(
             self.custom.get_namespaced_custom_object,
             GROUP,
             VERSION,
@@ -113,6 +113,10 @@ class WorkflowObject:
             PLURAL,
             self.name,
         )
+        return live
+
+    async def reread(self) -> None:
+        live = await self._live()
         self._adopt_metadata(live)
         self.status = HybridWorkflowStatus.model_validate(live.get("status") or {})
         self.written = self.status.model_copy(deep=True)
@@ -127,13 +131,18 @@ class WorkflowObject:
                 wanted = [*self.finalizers, GATEWAY_JOBS_FINALIZER]
             else:
                 wanted = [f for f in self.finalizers if f != GATEWAY_JOBS_FINALIZER]
-            # ``test`` first: never clobber a finalizer somebody else added meanwhile.
-            ops = [
+            # ``test`` first: never clobber a finalizer somebody else added meanwhile (with
+            # none yet, the object must be the version whose finalizers were read).
+            guard = (
                 {"op": "test", "path": "/metadata/finalizers", "value": self.finalizers}
                 if self.finalizers
-                else {"op": "add", "path": "/metadata/finalizers", "value": []},
-                {"op": "replace", "path": "/metadata/finalizers", "value": wanted},
-            ]
+                else {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": self.resource_version,
+                }
+            )
+            ops = [guard, {"op": "add", "path": "/metadata/finalizers", "value": wanted}]
             try:
                 result = await asyncio.to_thread(
                     self.custom.patch_namespaced_custom_object,
@@ -148,21 +157,25 @@ class WorkflowObject:
             except ApiException as exc:
                 if exc.status not in (409, 422):
                     raise
-                live = await asyncio.to_thread(
-                    self.custom.get_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    self.name,
-                )
-                self.finalizers = list(live["metadata"].get("finalizers") or [])
+                # Only what the finalizer patch needs: the status is not looked at here,
+                # so this version must not count as one whose status was seen.
+                self._adopt_finalizers(await self._live())
                 if (GATEWAY_JOBS_FINALIZER in self.finalizers) == needed:
                     return
                 continue
-            self._adopt_metadata(result)
+            self._adopt_finalizers(result)
             return
         raise RuntimeError(f"could not update the finalizers of {self.namespace}/{self.name}")
+
+    def _adopt_finalizers(self, obj: dict[str, Any]) -> None:
+        """Take the finalizers of ``obj``; take its resourceVersion only if its status is
+        the one this daemon wrote, so that a status somebody else wrote meanwhile makes
+        the next status write conflict (and be re-planned) instead of overwriting it."""
+        meta = obj.get("metadata") or {}
+        self.finalizers = list(meta.get("finalizers") or [])
+        stored = HybridWorkflowStatus.model_validate(obj.get("status") or {})
+        if stored == self.status:
+            self.resource_version = meta.get("resourceVersion", self.resource_version)
 
     def _adopt_metadata(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
