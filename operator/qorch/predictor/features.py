@@ -92,7 +92,7 @@ class CircuitCounts:
 
 
 def circuit_counts(circuit: QuantumCircuit) -> CircuitCounts:
-    """Count a circuit the way training does (``training/classical.py``): composite
+    """Count a circuit; training counts with this too (``training/classical.py``): composite
     instructions and gates on 3+ qubits are decomposed first, so a Toffoli counts as the
     two-qubit gates it becomes."""
     flat = _flatten(circuit)

@@ -18,8 +18,8 @@ trained on the other families only; figures are over all held-out predictions. B
 the fitted gate count x 2^n scaling (time), the same formula (memory), and the nearest
 measured run of the other families.
 
-Also here, used by training and to be used identically by serving: :func:`circuit_features`,
-the catalogue's CIRCUIT_FEATURES of a circuit.
+Also here: :func:`circuit_features`, the catalogue's CIRCUIT_FEATURES of a circuit, counted
+by serving's ``qorch.predictor.features.circuit_counts`` so both count alike.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 
 from qorch.orchestrator.simulation import AMPLITUDE_BYTES, worker_memory_bytes
 from qorch.predictor.catalogue import CIRCUIT_FEATURES, CLASSICAL_FEATURES
+from qorch.predictor.features import circuit_counts
 from qorch.predictor.training.common import (
     INPUT_NAME,
     Graph,
@@ -60,58 +61,26 @@ SPLIT: Final = (
     "other families)"
 )
 
-_NON_GATES = frozenset({"barrier", "measure", "reset", "delay", "save_probabilities"})
 Matrix = np.ndarray[Any, np.dtype[np.float64]]
 
 
 # ---- circuit features ---------------------------------------------------------------------
 
 
-def flatten(circuit: QuantumCircuit) -> QuantumCircuit:
-    """The circuit with composite instructions (library blocks, custom gates, gates on 3+
-    qubits) decomposed until only standard gates on one or two qubits remain."""
-    from qiskit.circuit.library import get_standard_gate_name_mapping
-
-    standard = get_standard_gate_name_mapping()
-    flat = circuit
-    for _ in range(8):
-        composite = {
-            inst.operation.name
-            for inst in flat.data
-            if inst.operation.name not in _NON_GATES
-            and (inst.operation.num_qubits > 2 or inst.operation.name not in standard)
-        }
-        if not composite:
-            break
-        flat = flat.decompose(gates_to_decompose=sorted(composite))
-    return flat
-
-
 def circuit_features(circuit: QuantumCircuit, shots: int) -> dict[str, float]:
     """CIRCUIT_FEATURES of one circuit (a job of one circuit), counted on the LOGICAL circuit
-    (before transpiling for any backend) flattened to standard one- and two-qubit gates;
-    depth ignores barriers and delays but counts measurements."""
-    flat = flatten(circuit)
-    one = two = meas = 0
-    for inst in flat.data:
-        name = inst.operation.name
-        if name == "measure":
-            meas += 1
-        elif name in _NON_GATES:
-            continue
-        elif inst.operation.num_qubits >= 2:
-            two += 1
-        else:
-            one += 1
-    depth = flat.depth(lambda inst: inst.operation.name not in ("barrier", "delay"))
+    (before transpiling for any backend) by the same ``circuit_counts`` serving uses:
+    flattened to standard one- and two-qubit gates; depth ignores barriers and delays but
+    counts measurements."""
+    counts = circuit_counts(circuit)
     return {
-        "num_qubits": float(circuit.num_qubits),
-        "depth": float(depth),
-        "depth_sum": float(depth),
-        "qubits_sum": float(circuit.num_qubits),
-        "two_qubit_gates": float(two),
-        "one_qubit_gates": float(one),
-        "measurements": float(meas),
+        "num_qubits": float(counts.num_qubits),
+        "depth": float(counts.depth),
+        "depth_sum": float(counts.depth),
+        "qubits_sum": float(counts.num_qubits),
+        "two_qubit_gates": float(counts.two_qubit_gates),
+        "one_qubit_gates": float(counts.one_qubit_gates),
+        "measurements": float(counts.measurements),
         "shots": float(shots),
         "circuits": 1.0,
     }
