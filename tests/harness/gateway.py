@@ -7,14 +7,17 @@ of an identity that may create TokenReviews."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.harness.controlplane import free_port
 
@@ -92,3 +95,27 @@ def running(
         yield gw
     finally:
         gw.stop()
+
+
+def call(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """One JSON request to a gateway: status, response headers and the decoded body (the
+    text itself when it is not JSON), for error answers too."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw, status, got = resp.read(), resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        raw, status, got = exc.read(), exc.code, dict(exc.headers)
+    try:
+        payload: Any = json.loads(raw)
+    except ValueError:
+        payload = raw.decode(errors="replace")
+    return status, got, payload

@@ -9,8 +9,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,25 +167,12 @@ def call(
     token: str | None = None,
     authorization: str | None = None,
 ) -> tuple[int, dict[str, str], Any]:
-    headers = {"Content-Type": "application/json"}
+    headers: dict[str, str] = {}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if authorization is not None:
         headers["Authorization"] = authorization
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            raw = resp.read()
-            status, resp_headers = resp.status, dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        status, resp_headers = exc.code, dict(exc.headers)
-    try:
-        payload: Any = json.loads(raw)
-    except ValueError:
-        payload = raw.decode(errors="replace")
-    return status, resp_headers, payload
+    return gateway_mod.call(method, url, body, headers)
 
 
 def job(job_id: str) -> dict[str, Any]:

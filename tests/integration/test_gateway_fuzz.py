@@ -8,10 +8,7 @@ gives only 00 and 11.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,15 +119,8 @@ def _fuzz_operation(
 
 
 def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    status, _, payload = gateway_mod.call(method, url, body)
+    return status, payload
 
 
 def bell_counts(base_url: str, backend: str, job_id: str) -> dict[str, int]:

@@ -5,7 +5,6 @@ to re-attach to)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.error
@@ -29,15 +28,8 @@ def slow_circuit(qubits: int = 14, layers: int = 3) -> str:
 
 
 def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    status, _, payload = gateway_mod.call(method, url, body)
+    return status, payload
 
 
 def submit(gw: gateway_mod.GatewayProcess, job_id: str, qasm: str, shots: int) -> dict[str, Any]:
