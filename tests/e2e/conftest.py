@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness import operator as operator_mod
+from tests.harness.cluster import Cluster
 from tests.harness.controlplane import ControlPlane
 from tests.harness.rbac import least_privilege_kubeconfig
 
@@ -23,3 +26,41 @@ def operator_process(
         control_plane, session_dir / f"operator-{module}.log", kubeconfig=kubeconfig
     ) as op:
         yield op
+
+
+@pytest.fixture
+def own_operator(
+    control_plane: ControlPlane, session_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """An operator this test may kill; extra settings come from the test's parameters."""
+    started: list[operator_mod.OperatorProcess] = []
+
+    def start(**env: str) -> operator_mod.OperatorProcess:
+        kubeconfig = least_privilege_kubeconfig(control_plane, session_dir / "sa-trust.yaml")
+        op = operator_mod.start(
+            control_plane,
+            session_dir / f"operator-{request.node.name}.log",
+            kubeconfig=kubeconfig,
+            extra_env=env,
+        )
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+@pytest.fixture
+def backend(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """A QuantumBackend for the operator's scripted gateway (which ignores the URL)."""
+    name = f"qb-{namespace}"[:63].rstrip("-")
+    manifest = {
+        "apiVersion": "qorch.io/v1alpha1",
+        "kind": "QuantumBackend",
+        "metadata": {"name": name},
+        "spec": {"provider": "aer", "numQubits": 4, "gateway": {"url": "http://127.0.0.1:9"}},
+    }
+    cluster.apply(json.dumps(manifest))
+    yield name
+    cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)

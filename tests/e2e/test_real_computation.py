@@ -6,6 +6,7 @@ in the workflow's status."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,32 @@ def test_hybrid_workflow_computes_on_gateway_and_worker_pods(
 
     conds = {c["type"]: c for c in wf["status"]["conditions"]}
     assert conds["MetricsAvailable"]["status"] == "True", conds
+
+    # Every circuit placement recorded the shipped models' prediction beside its outcome.
+    assert conds["Predicted"]["status"] == "True", conds["Predicted"]
+    for name in ("bell-qpu", "ghz-qpu", "ghz-sim"):
+        predicted, actual = st[name]["predicted"], st[name]["actual"]
+        assert predicted["source"] == "model", predicted
+        assert predicted["runSeconds"] > 0 and actual["runSeconds"] > 0, (predicted, actual)
+    assert st["ghz-qpu"]["actual"]["queueSeconds"] >= 0
+    assert (
+        st["ghz-qpu"]["predicted"]["queueSecondsP10"]
+        <= st["ghz-qpu"]["predicted"]["queueSecondsP90"]
+    )
+    assert st["ghz-sim"]["predicted"]["peakMemoryBytes"] > 0
+    assert st["ghz-sim"]["actual"]["peakMemoryBytes"] > 0
+    assert "predicted" not in st["prepare"]  # a classical step has no circuit to predict
+    # ... and the operator exports how far off those predictions were.
+    text = operator_metrics(stack["operator"].metrics_port)
+    for quantity in ("qpu_run_seconds", "simulation_seconds", "peak_memory_bytes"):
+        assert f'qorch_prediction_median_relative_error{{quantity="{quantity}"}}' in text, quantity
+    assert "qorch_prediction_queue_interval_coverage " in text
+    assert 'qorch_predictor_model_serving{model="qpu_runtime",output="value"} 1.0' in text
+
+
+def operator_metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
 
 
 def test_failing_worker_reports_its_message(

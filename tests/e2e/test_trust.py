@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,8 @@ from qorch.operator.apply import Applier, ResultConflictError
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER
 from qorch.orchestrator.plan import StoreResult
 from tests.harness import gateway as gateway_mod
-from tests.harness import operator as operator_mod
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.controlplane import ControlPlane
-from tests.harness.rbac import least_privilege_kubeconfig
 
 pytestmark = pytest.mark.controlplane
 BELL = (
@@ -53,44 +50,6 @@ def slow_step(name: str, delay: str = "60s") -> dict[str, Any]:
 
 def phase(cluster: Cluster, name: str, namespace: str) -> str | None:
     return ((cluster.get("hwf", name, namespace) or {}).get("status") or {}).get("phase")
-
-
-@pytest.fixture
-def own_operator(
-    control_plane: ControlPlane, session_dir: Path, request: pytest.FixtureRequest
-) -> Iterator[Any]:
-    """An operator this test may kill; extra settings come from the test's parameters."""
-    started: list[operator_mod.OperatorProcess] = []
-
-    def start(**env: str) -> operator_mod.OperatorProcess:
-        kubeconfig = least_privilege_kubeconfig(control_plane, session_dir / "sa-trust.yaml")
-        op = operator_mod.start(
-            control_plane,
-            session_dir / f"operator-{request.node.name}.log",
-            kubeconfig=kubeconfig,
-            extra_env=env,
-        )
-        started.append(op)
-        return op
-
-    yield start
-    for op in started:
-        op.stop()
-
-
-@pytest.fixture
-def backend(cluster: Cluster, namespace: str) -> Iterator[str]:
-    """A QuantumBackend for the operator's scripted gateway (which ignores the URL)."""
-    name = f"qb-{namespace}"[:63].rstrip("-")
-    manifest = {
-        "apiVersion": "qorch.io/v1alpha1",
-        "kind": "QuantumBackend",
-        "metadata": {"name": name},
-        "spec": {"provider": "aer", "numQubits": 4, "gateway": {"url": "http://127.0.0.1:9"}},
-    }
-    cluster.apply(json.dumps(manifest))
-    yield name
-    cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
 
 
 def test_a_configmap_applied_after_the_workflow_is_waited_for(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.harness.controlplane import ControlPlane, environ_for, free_port
 
+REPO = Path(__file__).resolve().parents[2]
 PEERING = """
 apiVersion: kopf.dev/v1
 kind: ClusterKopfPeering
@@ -65,6 +66,8 @@ def start(
             "QORCH_SOURCE_WAIT_SECONDS": "6",
             "QORCH_GATEWAY_UNKNOWN_GRACE_SECONDS": "15",
             "QORCH_METRICS_PORT": str(metrics_port),
+            # The models the image ships, as a deployment serves them.
+            "QORCH_MODELS_DIR": str(REPO / "models"),
             "PYTHONUNBUFFERED": "1",
             **({"QORCH_PRIORITY": str(priority)} if priority is not None else {}),
             **(extra_env or {}),

@@ -97,6 +97,7 @@ class QuantumBackendSpec(StrictModel):
 
 class CalibrationSummary(StrictModel):
     medianTwoQubitError: float | None = None
+    medianSingleQubitError: float | None = None
     medianReadoutError: float | None = None
     medianT1Seconds: float | None = None
     medianT2Seconds: float | None = None

@@ -189,6 +189,12 @@ class ClassicalPool(StrictModel):
     maxQubits: int = Field(
         default=30, ge=1, le=100, description="Largest circuit this pool simulates exactly."
     )
+    pricePerHourUSD: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per hour of one worker pod on this pool (default: the operator's "
+        "price for a CPU or a GPU pod, see the model card).",
+    )
 
 
 def default_pools() -> list[ClassicalPool]:
@@ -351,6 +357,33 @@ class HistoryEntry(StrictModel):
     message: str = Field(default="", max_length=1024)
 
 
+class PredictedOutcome(StrictModel):
+    """What the predictor expected of the placement that was chosen, kept beside the
+    outcome so that the prediction error is visible per subtask."""
+
+    source: Literal["model", "analytic"] = Field(
+        description="model: every figure came from a loaded model; analytic: at least one "
+        "came from the analytic fallback (notes say which)."
+    )
+    queueSecondsP10: float = Field(ge=0)
+    queueSecondsP50: float = Field(ge=0)
+    queueSecondsP90: float = Field(ge=0)
+    runSeconds: float = Field(ge=0, description="QPU execution or simulation wall time.")
+    fidelity: float = Field(ge=0, le=1, description="Expected success probability.")
+    costUSD: float = Field(ge=0)
+    peakMemoryBytes: int = Field(default=0, ge=0)
+    notes: list[str] = Field(default_factory=list, max_length=5)
+
+
+class ActualOutcome(StrictModel):
+    """What the attempt that succeeded took (None: not reported)."""
+
+    queueSeconds: float | None = Field(default=None, ge=0)
+    runSeconds: float | None = Field(default=None, ge=0)
+    costUSD: float | None = Field(default=None, ge=0)
+    peakMemoryBytes: int | None = Field(default=None, ge=0)
+
+
 class SubtaskStatus(StrictModel):
     name: str
     phase: SubtaskPhase = SubtaskPhase.PENDING
@@ -375,6 +408,12 @@ class SubtaskStatus(StrictModel):
     )
     moves: int = Field(default=0, ge=0)
     message: str = Field(default="", max_length=4096)
+    predicted: PredictedOutcome | None = Field(
+        default=None, description="The prediction the placement of this attempt used."
+    )
+    actual: ActualOutcome | None = Field(
+        default=None, description="What the successful attempt took, beside `predicted`."
+    )
     result: dict[str, Any] | None = Field(
         default=None,
         description="Small result (counts or expectation values).",

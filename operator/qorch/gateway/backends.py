@@ -241,10 +241,17 @@ class QuantumBackendAdapter:
     def calibration(self) -> CalibrationSummary:
         target = self.backend.target
         two_q: list[float] = []
+        one_q: list[float] = []
         for op_name in target.operation_names:
+            if op_name in _NOT_GATES:
+                continue
             for qargs, props in (target[op_name] or {}).items():
-                if qargs and len(qargs) == 2 and props is not None and props.error is not None:
+                if not qargs or props is None or props.error is None:
+                    continue
+                if len(qargs) == 2:
                     two_q.append(float(props.error))
+                elif len(qargs) == 1 and props.error > 0:  # rz is virtual: error 0
+                    one_q.append(float(props.error))
         readout = [
             float(p.error)
             for q, p in (target["measure"].items() if "measure" in target else [])
@@ -259,10 +266,15 @@ class QuantumBackendAdapter:
 
         return CalibrationSummary(
             medianTwoQubitError=med(two_q),
+            medianSingleQubitError=med(one_q),
             medianReadoutError=med(readout),
             medianT1Seconds=med(t1),
             medianT2Seconds=med(t2),
         )
+
+
+# Target operations that are not gates: their errors are not gate errors.
+_NOT_GATES = frozenset({"measure", "reset", "delay", "barrier"})
 
 
 class LocalJob:

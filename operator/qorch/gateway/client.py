@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json as jsonlib
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,16 @@ def job_state(job: Any) -> JobState:
         qpu_seconds=float(typed("qpu_seconds", (int, float), 0.0)),
         permanent=typed("permanent", (bool,), False),
         remote_job_id=typed("remote_job_id", (str,), None),
+        queue_seconds=_seconds(typed("queue_seconds", (int, float), None)),
+        execution_seconds=_seconds(typed("execution_seconds", (int, float), None)),
     )
+
+
+def _seconds(value: float | None) -> float | None:
+    """A duration from a gateway: finite and not negative, else not known."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
 
 
 def _job_or_raise(job: Any, method: str, url: str) -> JobState:

@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from qorch.metrics.exporters import LATENCY_BUCKETS
 
@@ -37,6 +37,40 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
+
+# The predictor (``operator/predictions.py``): which models serve, when it falls back, and
+# how far the predictions the placements used were from what happened.
+PREDICTOR_MODEL_SERVING = Gauge(
+    "qorch_predictor_model_serving",
+    "1 while a validated model serves this output; 0 while the analytic fallback answers.",
+    ["model", "output"],
+)
+PREDICTOR_MODEL_CHANGES = Counter(
+    "qorch_predictor_model_changes_total",
+    "Model files loaded, replaced, refused (worse held-out error), rejected or removed.",
+    ["model", "output", "change"],
+)
+PREDICTOR_FALLBACKS = Counter(
+    "qorch_predictor_fallbacks_total",
+    "Prediction passes in which this model output was answered by the analytic model.",
+    ["model", "output"],
+)
+PREDICTION_RELATIVE_ERROR = Histogram(
+    "qorch_prediction_relative_error",
+    "|predicted - actual| / actual of each prediction a placement used, once the subtask "
+    "succeeded, by quantity and by where the prediction came from (model or analytic).",
+    ["quantity", "source"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+PREDICTION_MEDIAN_RELATIVE_ERROR = Gauge(
+    "qorch_prediction_median_relative_error",
+    "Median relative error over the last 256 outcomes of each quantity (running error).",
+    ["quantity"],
+)
+PREDICTION_QUEUE_INTERVAL_COVERAGE = Gauge(
+    "qorch_prediction_queue_interval_coverage",
+    "Share of the last 256 gateway jobs whose queue wait fell inside the predicted P10-P90.",
+)
 
 # From the ``usage`` a worker pod reports in its result: short pods end before any
 # scrape, so the operator records what each one took. ``kind`` is circuit or classical.

@@ -23,7 +23,7 @@ import urllib3
 from kubernetes.client import ApiException
 from prometheus_client import start_http_server
 
-from qorch.api.backend import GatewayRef, Provider
+from qorch.api.backend import CalibrationSummary, GatewayRef, Provider
 from qorch.api.meta import GROUP, VERSION
 from qorch.api.workflow import HybridWorkflowStatus, ResourceKind, WorkflowPhase
 from qorch.gateway.base import GatewayError, GatewayTarget
@@ -68,11 +68,21 @@ async def configure(
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 120
     memo.runtime = Runtime.build(ours)
+    memo.model_refresh = asyncio.create_task(memo.runtime.predictions.keep_models_fresh())
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
     logger.info(
         "qorch operator started (peering priority %d, gateway %s)", ours.priority, ours.gateway_mode
     )
+
+
+@kopf.on.cleanup()
+async def stop_background_tasks(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "model_refresh", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @kopf.index("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
@@ -95,8 +105,20 @@ def quantum_backends(
             healthy=status.get("healthy") is not False,
             queue_length=int(status.get("queueLength") or 0),
             price_per_qpu_second=float(spec.get("pricePerQpuSecondUSD", 0.0)),
+            calibration=_calibration(status.get("calibration")),
         )
     }
+
+
+def _calibration(raw: Any) -> CalibrationSummary | None:
+    """The status' calibration summary; None when absent or not of the documented shape
+    (an older gateway, a hand edit): the predictor then has no calibration for it."""
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return CalibrationSummary.model_validate(dict(raw))
+    except ValueError:
+        return None
 
 
 @kopf.on.event(GROUP, VERSION, "quantumbackends")
@@ -236,8 +258,16 @@ async def drive_workflow(
                     metrics=await runtime.metrics_view(),
                     created=_created(raw),
                 )
+                predictions, report = await runtime.predictions.predict(
+                    spec, status, sources, snapshot.backends.values(), snapshot.metrics
+                )
+                if report is not None:
+                    snapshot = dataclasses.replace(
+                        snapshot, predictions=predictions, predictor=report
+                    )
                 decided = plan(snapshot, runtime.policy)
                 record_worker_usage(snapshot, decided)
+                runtime.predictions.record_outcomes(snapshot, decided)
                 if any(isinstance(a, SubmitJob) for a in decided.actions):
                     # Before the job exists, so that deleting the workflow cancels it.
                     await obj.hold_for_gateway_jobs(True)

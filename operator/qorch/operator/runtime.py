@@ -21,6 +21,7 @@ from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget
 from qorch.metrics.reader import MetricsReader, PrometheusReader
 from qorch.operator.apply import Applier
 from qorch.operator.podspec import pod_state
+from qorch.operator.predictions import PredictionService
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.placement import PlacementPolicy, RulePolicy
@@ -60,6 +61,7 @@ class Runtime:
     policy: PlacementPolicy
     gateway_targets: dict[str, GatewayTarget]
     metrics_reader: MetricsReader | None = None
+    predictions: PredictionService = field(default_factory=lambda: PredictionService(None))
     _metrics: tuple[float, MetricsView] | None = None
     # One Prometheus query round at a time: when the cached view expires, the first
     # daemon refreshes it and the others wait for that reading instead of querying too.
@@ -80,7 +82,13 @@ class Runtime:
         gateway = make_gateway(settings, targets)
         applier = Applier(core, custom, gateway, settings.worker_image)
         reader = PrometheusReader(settings.prometheus_url) if settings.prometheus_url else None
-        return cls(settings, core, custom, gateway, applier, RulePolicy(), targets, reader)
+        predictions = PredictionService(
+            settings.models_dir, refresh_seconds=settings.model_refresh_seconds
+        )
+        predictions.refresh_models(force=True)
+        return cls(
+            settings, core, custom, gateway, applier, RulePolicy(), targets, reader, predictions
+        )
 
     async def metrics_view(self) -> MetricsView | None:
         """The latest reading, refreshed at most every ``metrics_refresh_seconds``: one

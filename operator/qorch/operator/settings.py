@@ -44,6 +44,10 @@ class OperatorSettings:
     # A replica killed without notice holds the lead this long; lower means faster failover
     # and more keep-alive writes.
     peering_lifetime_seconds: int = 60
+    # The predictor's model directory (the image's models, or a mounted ConfigMap / PVC);
+    # None: analytic predictions only (the workflows' Predicted condition says so).
+    models_dir: str | None = None
+    model_refresh_seconds: float = 30.0  # how often the directory is re-scanned (hot reload)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
 
     @classmethod
@@ -65,6 +69,8 @@ class OperatorSettings:
             prometheus_url=os.environ.get("QORCH_PROMETHEUS_URL") or None,
             metrics_refresh_seconds=_float("QORCH_METRICS_REFRESH_SECONDS", 15.0),
             peering_lifetime_seconds=int(_float("QORCH_PEERING_LIFETIME_SECONDS", 60)),
+            models_dir=os.environ.get("QORCH_MODELS_DIR") or None,
+            model_refresh_seconds=_float("QORCH_MODEL_REFRESH_SECONDS", 30.0),
             planner=PlannerConfig(
                 retry_backoff_base=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_SECONDS", 10)),
                 retry_backoff_max=dt.timedelta(

@@ -18,6 +18,7 @@ from typing import Any
 
 from qorch.api.meta import Condition
 from qorch.api.workflow import (
+    ActualOutcome,
     HistoryEntry,
     HybridWorkflowStatus,
     ResourceKind,
@@ -27,6 +28,7 @@ from qorch.api.workflow import (
     WorkflowPhase,
 )
 from qorch.orchestrator.lifecycle import ACTIVE, TERMINAL, check_transition
+from qorch.orchestrator.outcomes import job_outcome, pod_outcome, predicted_outcome
 from qorch.orchestrator.placement import Infeasible, PlacementPolicy
 from qorch.orchestrator.snapshot import JobPhase, JobState, PodPhase, WorkflowSnapshot
 from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded, bounded_name
@@ -267,6 +269,7 @@ def plan(snapshot: WorkflowSnapshot, policy: PlacementPolicy) -> Plan:
         _advance(cyc, sub, by_name[sub.name], by_name)
 
     _report_gateways(cyc)
+    _report_predictor(cyc)
     _roll_up(cyc, by_name)
     return _finish(cyc)
 
@@ -330,6 +333,9 @@ def _launch(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         return
     st.attempts += 1
     st.placement = decision
+    # The prediction this placement was made on, kept beside the outcome to come.
+    st.predicted = predicted_outcome(cyc.snap.predictions.get((sub.name, decision.name)))
+    st.actual = None
     st.launchedAt = cyc.now
     st.startedAt = None
     st.retryAfter = None
@@ -388,7 +394,18 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         PodPhase.SUCCEEDED: (_Seen.DONE, f"pod {pod.name} completed"),
         PodPhase.FAILED: (_Seen.FAILED, f"pod {pod.name} failed: {pod.message}".strip()),
     }[pod.phase]
-    _observe(cyc, sub, st, *observed, result=pod.result, waiting_event="Released")
+    actual = None
+    if observed[0] is _Seen.DONE:
+        pool = next(
+            (p for p in cyc.snap.spec.resources.classicalPools if p.name == st.placement.name),
+            None,
+        )
+        since = _parse(st.launchedAt) if st.launchedAt else None
+        elapsed = (cyc.snap.now - since).total_seconds() if since else None
+        actual = pod_outcome(pod, pool, elapsed)
+        if actual.costUSD:
+            cyc.status.costUSD = round(cyc.status.costUSD + actual.costUSD, 6)
+    _observe(cyc, sub, st, *observed, result=pod.result, waiting_event="Released", actual=actual)
 
 
 def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
@@ -429,18 +446,18 @@ def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         JobPhase.RUNNING: (_Seen.RUNNING, f"job {job.job_id} running on {where}"),
         JobPhase.DONE: (_Seen.DONE, f"job {job.job_id} done"),
     }.get(job.phase, (_Seen.FAILED, f"job {job.job_id} {job.phase.lower()}: {job.message}"))
+    actual = None
     if observed[0] is _Seen.DONE:
         backend = cyc.snap.backends.get(where)
-        if backend is not None:
-            cyc.status.costUSD = round(
-                cyc.status.costUSD + job.qpu_seconds * backend.price_per_qpu_second, 6
-            )
+        actual = job_outcome(job, backend.price_per_qpu_second if backend else 0.0)
+        if actual.costUSD:
+            cyc.status.costUSD = round(cyc.status.costUSD + actual.costUSD, 6)
     elif observed[0] is not _Seen.FAILED:
         _poll_soon(cyc, st)
     if observed[0] is _Seen.FAILED and job.permanent:
         _fail_attempt(cyc, sub, st, f"{observed[1]} (permanent: not retried)", final=True)
         return
-    _observe(cyc, sub, st, *observed, result=job.result, waiting_event="Queued")
+    _observe(cyc, sub, st, *observed, result=job.result, waiting_event="Queued", actual=actual)
 
 
 def _poll_soon(cyc: _Cycle, st: SubtaskStatus) -> None:
@@ -505,6 +522,25 @@ def _report_gateways(cyc: _Cycle) -> None:
         )
 
 
+def _report_predictor(cyc: _Cycle) -> None:
+    """Condition ``Predicted``: whether the predictions this workflow's placements use came
+    from validated models or, in part, from the analytic fallback (and why)."""
+    report = cyc.snap.predictor
+    if report is None or not report.pairs:
+        return
+    if report.fallbacks:
+        message = f"analytic fallback for {len(report.fallbacks)} model output(s): " + "; ".join(
+            report.fallbacks
+        )
+        if cyc.set_condition("Predicted", "False", "AnalyticFallback", message):
+            cyc.event("PredictorFallback", message, warning=True)
+    else:
+        was = next((c.status for c in cyc.status.conditions if c.type == "Predicted"), None)
+        serving = "every prediction came from a validated model"
+        if cyc.set_condition("Predicted", "True", "ModelsServing", serving) and was == "False":
+            cyc.event("PredictorModels", "predictions come from validated models again")
+
+
 class _Seen(Enum):
     """What a pod or a gateway job shows, in the terms of the subtask lifecycle."""
 
@@ -523,6 +559,7 @@ def _observe(
     *,
     result: dict[str, Any] | None,
     waiting_event: str,
+    actual: ActualOutcome | None = None,
 ) -> None:
     """Move the subtask to what its pod or job shows (pods and jobs share the lifecycle)."""
     if seen is _Seen.WAITING:
@@ -536,6 +573,7 @@ def _observe(
     elif seen is _Seen.DONE:
         st.startedAt = st.startedAt or cyc.now
         st.finishedAt = cyc.now
+        st.actual = actual
         _record_result(cyc, st, result)
         cyc.move(st, SubtaskPhase.SUCCEEDED, "Succeeded", what)
         cyc.event("SubtaskSucceeded", f"{sub.name}: {what}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from qorch.api.backend import Provider
+from qorch.api.backend import CalibrationSummary, Provider
 from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus
+from qorch.orchestrator.prediction import Prediction
 
 
 class PodPhase(StrEnum):
@@ -59,6 +61,9 @@ class JobState:
     # The provider's own job id (IBM), kept in the status so a gateway that lost its
     # memory re-attaches to the paid run instead of running it twice.
     remote_job_id: str | None = None
+    # As the gateway measured them: submission to start, start to end (None: not known).
+    queue_seconds: float | None = None
+    execution_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class BackendInfo:
     healthy: bool = True
     queue_length: int = 0
     price_per_qpu_second: float = 0.0
+    calibration: CalibrationSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,16 @@ class PlannerConfig:
 
 
 @dataclass(frozen=True)
+class PredictorReport:
+    """How this cycle's predictions were made. ``fallbacks``: one line per model output
+    that was answered by the analytic model instead ("queue_wait/p50: <why>"); empty when
+    every figure came from a validated model."""
+
+    fallbacks: tuple[str, ...] = ()
+    pairs: int = 0
+
+
+@dataclass(frozen=True)
 class WorkflowSnapshot:
     namespace: str
     name: str
@@ -144,3 +160,7 @@ class WorkflowSnapshot:
     metrics: MetricsView | None = None  # None: no metrics source configured
     config: PlannerConfig = field(default_factory=PlannerConfig)
     created: dt.datetime | None = None  # the workflow's creationTimestamp
+    # Predictions for the (subtask, resource) pairs that may be placed this cycle, and how
+    # they were made (None: no prediction pass ran this cycle).
+    predictions: Mapping[tuple[str, str], Prediction] = field(default_factory=dict)
+    predictor: PredictorReport | None = None

@@ -1,0 +1,164 @@
+"""The operator's prediction pass with the shipped ONNX models (onnxruntime, real files),
+its fallback when the model directory is broken, and the running error it exports."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from qorch.api.backend import CalibrationSummary, Provider
+from qorch.api.workflow import (
+    ActualOutcome,
+    HybridWorkflowSpec,
+    HybridWorkflowStatus,
+    Placement,
+    PredictedOutcome,
+    ResourceKind,
+    SubtaskPhase,
+    SubtaskStatus,
+)
+from qorch.operator.predictions import PredictionService
+from qorch.orchestrator import BackendInfo, Plan, WorkflowSnapshot
+from qorch.orchestrator.prediction import Prediction
+from qorch.orchestrator.snapshot import PredictorReport
+
+REPO = Path(__file__).resolve().parents[2]
+GHZ = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[3]; creg c[3]; h q[0]; cx q[0],q[1]; cx q[1],q[2]; measure q -> c;'  # noqa: E501
+CALIBRATION = CalibrationSummary(
+    medianTwoQubitError=0.008,
+    medianSingleQubitError=0.0003,
+    medianReadoutError=0.02,
+    medianT1Seconds=1.1e-4,
+    medianT2Seconds=9e-5,
+    updatedAt="2026-11-25T06:00:00Z",
+)
+BACKENDS = [
+    BackendInfo("ibm-a", Provider.IBM, 127, queue_length=4, price_per_qpu_second=1.6,
+                calibration=CALIBRATION),
+    BackendInfo("ibm-b", Provider.IBM, 27, queue_length=40, price_per_qpu_second=1.6),
+]  # fmt: skip
+
+
+def workflow(*names: str, deps: dict[str, list[str]] | None = None) -> HybridWorkflowSpec:
+    deps = deps or {}
+    return HybridWorkflowSpec.model_validate(
+        {
+            "resources": {"quantumBackends": ["ibm-a", "ibm-b"]},
+            "subtasks": [
+                {"name": n, "dependsOn": deps.get(n, []), "circuit": {"qasm": GHZ, "shots": 2000}}
+                for n in names
+            ],
+        }
+    )
+
+
+def predict(
+    service: PredictionService, spec: HybridWorkflowSpec, status: HybridWorkflowStatus
+) -> tuple[dict[tuple[str, str], Prediction], PredictorReport | None]:
+    sources = {s.name: GHZ for s in spec.subtasks}
+    return asyncio.run(service.predict(spec, status, sources, BACKENDS, None))
+
+
+def test_every_placeable_pair_is_predicted_by_the_shipped_models() -> None:
+    service = PredictionService(str(REPO / "models"))
+    service.refresh_models(force=True)
+    spec = workflow("a", "b", "c", deps={"b": ["a"], "c": ["x"]})
+    status = HybridWorkflowStatus(
+        subtasks=[
+            SubtaskStatus(name="a"),
+            SubtaskStatus(name="b"),
+            SubtaskStatus(name="c"),
+            SubtaskStatus(name="x", phase=SubtaskPhase.FAILED),
+        ]
+    )
+    predictions, report = predict(service, spec, status)
+    assert report is not None
+    # b may start in this very cycle if a finishes; c never will (x failed). Every pair of
+    # a and b: both backends, both default pools.
+    assert sorted(predictions) == [
+        (s, r) for s in ("a", "b") for r in ("cpu", "gpu", "ibm-a", "ibm-b")
+    ]
+    assert report.pairs == 8
+    assert report.fallbacks == (), report.fallbacks
+    qpu = predictions["a", "ibm-a"]
+    assert qpu.source == "model" and qpu.feasible
+    assert 0 < qpu.queue_seconds_p10 <= qpu.queue_seconds_p50 <= qpu.queue_seconds_p90
+    assert qpu.usd == pytest.approx(qpu.run_seconds * 1.6)
+    assert 0.5 < qpu.fidelity < 1.0  # a 3-qubit GHZ under a good calibration
+    pool = predictions["a", "cpu"]
+    assert pool.kind == "pool" and pool.fidelity == 1.0 and pool.peak_memory_bytes > 0
+
+
+def test_nothing_to_place_means_no_pass() -> None:
+    service = PredictionService(str(REPO / "models"))
+    status = HybridWorkflowStatus(subtasks=[SubtaskStatus(name="a", phase=SubtaskPhase.RUNNING)])
+    assert predict(service, workflow("a"), status) == ({}, None)
+
+
+def test_a_broken_model_directory_falls_back_and_says_why(tmp_path: Path) -> None:
+    for f in (REPO / "models").glob("*.onnx"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "qpu_runtime.onnx").write_bytes(b"not a model")
+    (tmp_path / "fidelity.onnx").unlink()
+    service = PredictionService(str(tmp_path))
+    service.refresh_models(force=True)
+    predictions, report = predict(service, workflow("a"), HybridWorkflowStatus())
+    assert report is not None
+    text = "\n".join(report.fallbacks)
+    assert "qpu_runtime/value" in text and "qpu_runtime.onnx rejected" in text
+    assert "fidelity/value" in text and "no model file" in text
+    assert predictions["a", "ibm-a"].source == "analytic"
+    assert predictions["a", "ibm-a"].feasible  # the fallback still answers
+    missing = PredictionService(str(tmp_path / "nowhere"))
+    missing.refresh_models(force=True)
+    _, report = predict(missing, workflow("a"), HybridWorkflowStatus())
+    assert report is not None and "does not exist" in "\n".join(report.fallbacks)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
+    return REGISTRY.get_sample_value(name, labels or {})
+
+
+def test_outcomes_feed_the_queue_history_and_the_running_error() -> None:
+    service = PredictionService(None)
+    spec = workflow("a")
+    predicted = PredictedOutcome(
+        source="model", queueSecondsP10=10, queueSecondsP50=20, queueSecondsP90=40,
+        runSeconds=2.0, fidelity=0.9, costUSD=3.2,
+    )  # fmt: skip
+    before = HybridWorkflowStatus(
+        subtasks=[SubtaskStatus(name="a", phase=SubtaskPhase.RUNNING, predicted=predicted)]
+    )
+    after = before.model_copy(deep=True)
+    st = after.subtasks[0]
+    st.phase = SubtaskPhase.SUCCEEDED
+    st.placement = Placement(kind=ResourceKind.BACKEND, name="ibm-a")
+    st.actual = ActualOutcome(queueSeconds=30.0, runSeconds=2.5)
+    snap = WorkflowSnapshot("ns", "wf", 1, spec, before, dt.datetime.now(dt.UTC))
+    count = sample(
+        "qorch_prediction_relative_error_count", {"quantity": "qpu_run_seconds", "source": "model"}
+    )
+    service.record_outcomes(snap, Plan(status=after))
+    assert list(service.recent_waits["ibm-a"]) == [30.0]
+    assert (
+        sample(
+            "qorch_prediction_relative_error_count",
+            {"quantity": "qpu_run_seconds", "source": "model"},
+        )
+        == (count or 0) + 1
+    )
+    assert sample(
+        "qorch_prediction_median_relative_error", {"quantity": "qpu_run_seconds"}
+    ) == pytest.approx(0.2)
+    assert sample("qorch_prediction_queue_interval_coverage") == 1.0  # 30 s within 10-40 s
+    # Seen once: the same plan again (a resync) does not count it twice.
+    service.record_outcomes(WorkflowSnapshot("ns", "wf", 1, spec, after, snap.now), Plan(after))
+    assert list(service.recent_waits["ibm-a"]) == [30.0]
+    # The waits it saw become the backend's history in the next pass.
+    backend = service._backend_input(BACKENDS[0], None)
+    assert backend.history.recent_waits_s == (30.0,)
