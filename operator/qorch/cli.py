@@ -1,13 +1,14 @@
-"""The ``qorch`` command: operator, gateway, worker, crds."""
+"""The ``qorch`` command: operator, gateway, worker, crds, train."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -148,6 +149,199 @@ def _worker(args: argparse.Namespace) -> int:
     return worker_main(command)
 
 
+# ---- qorch train ----------------------------------------------------------------------------
+# Modules of the `train` extra (pyproject.toml); the operator itself needs none of them.
+TRAIN_EXTRA = ("lightgbm", "sklearn", "skl2onnx", "onnxmltools", "onnx")
+TRAIN_EXTRA_HINT = "pip install 'qorch[train]'"
+
+
+def _missing_train_modules() -> list[str]:
+    """The modules of the ``train`` extra that are not installed here."""
+    import importlib.util
+
+    missing = []
+    for name in TRAIN_EXTRA:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent missing, or a module set to None
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _duration(text: str) -> timedelta:
+    """argparse type of ``--since``/``--step``: a Prometheus duration (30m, 12h, 7d)."""
+    from qorch.predictor.training.prometheus_history import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _fmt(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return str(value)
+    v = float(value)
+    if v != v:  # NaN
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.4f}"
+
+
+def _results_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The held-out figures as plain text: one line per figure (model, metric, value, goal),
+    its split, method and baselines (same split) below it."""
+    cols = ("model", "metric", "value", "goal")
+    cells = [[str(r.get(c, "")) if c != "value" else _fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(cols)]
+    widths[1] = min(widths[1], 60)
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    lines = [line(cols), "  ".join("-" * w for w in widths)]
+    for r, values in zip(rows, cells, strict=True):
+        lines.append(line(values))
+        for key in ("split", "method"):
+            if r.get(key) and r.get(key) != "-":
+                lines.append(f"    {key}: {r[key]}")
+        for name, value in dict(r.get("baselines") or {}).items():
+            lines.append(f"    baseline {name}: {_fmt(value)}")
+    return "\n".join(lines)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+    import time
+    import traceback
+    from datetime import UTC, datetime
+
+    from qorch.traces import ENV_TRACES_DIR, default_traces_dir
+
+    missing = _missing_train_modules()
+    if missing:
+        print(
+            f"qorch train: the train extra is not installed (missing: {', '.join(missing)}); "
+            f"install it with: {TRAIN_EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    traces_dir = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
+    if not traces_dir.is_dir():
+        print(
+            f"qorch train: no traces directory at {traces_dir} "
+            f"(give --traces-dir DIR or set {ENV_TRACES_DIR})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.output_dir:
+        output_dir = Path(args.output_dir)
+    else:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        output_dir = Path(f"qorch-models-{stamp}")
+    if output_dir.exists() and not output_dir.is_dir():
+        print(f"qorch train: --output-dir {output_dir} is not a directory", file=sys.stderr)
+        return 2
+    existing = sorted(p.name for p in output_dir.glob("*.onnx")) if output_dir.is_dir() else []
+    if existing and not args.overwrite:
+        print(
+            f"qorch train: {output_dir} already holds models ({', '.join(existing)}); "
+            "pass --overwrite to replace them, or choose another --output-dir",
+            file=sys.stderr,
+        )
+        return 2
+
+    from qorch.predictor.training.prometheus_history import (
+        PrometheusHistory,
+        PrometheusHistoryError,
+        evaluations,
+        read_history,
+    )
+
+    history: PrometheusHistory | None = None
+    if args.prometheus_url:
+        try:
+            history = read_history(
+                args.prometheus_url, args.since, args.step, selector=args.prometheus_selector
+            )
+        except (PrometheusHistoryError, ValueError) as exc:
+            print(
+                f"qorch train: {exc}\n(without --prometheus-url, qorch train uses the traces "
+                "alone)",
+                file=sys.stderr,
+            )
+            return 1
+        print(history.describe())
+        if history.empty:
+            print("qorch train: training from the traces alone")
+        elif not history.queue_waits:
+            print("qorch train: no queue-wait history: queue_wait trains from the traces alone")
+        if history.executions:
+            print(
+                "qorch train: execution history is reported, not trained on: the PMA exports "
+                "no job shape, which the qpu_runtime model needs"
+            )
+    else:
+        print("qorch train: no --prometheus-url: training from the traces alone")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"training on {traces_dir} into {output_dir}{' (quick)' if args.quick else ''}")
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    started = time.monotonic()
+    for evaluate in evaluations(history):
+        name = getattr(evaluate, "__module__", "?") + "." + getattr(evaluate, "__name__", "?")
+        t0 = time.monotonic()
+        try:
+            got = evaluate(traces_dir, args.quick, output_dir)
+        except Exception as exc:  # one failing model must not hide the others' figures
+            traceback.print_exc()
+            failed.append(name)
+            got = [
+                {
+                    "model": name,
+                    "method": "-",
+                    "metric": "FAILED",
+                    "split": "-",
+                    "value": float("nan"),
+                    "baselines": {},
+                    "goal": "",
+                    "note": f"{type(exc).__name__}: {exc}",
+                }
+            ]
+        for r in got:
+            r.setdefault("seconds", round(time.monotonic() - t0, 1))
+        rows.extend(got)
+    seconds = time.monotonic() - started
+
+    print()
+    print(f"Held-out figures ({'quick' if args.quick else 'full'} run, {seconds:.0f} s)")
+    print(_results_table(rows))
+    for r in rows:
+        if r.get("note"):
+            print(f"note {r['model']} / {r['metric']}: {r['note']}")
+    summary = {
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": bool(args.quick),
+        "traces_dir": str(traces_dir),
+        "prometheus": None if history is None else history.source(),
+        "seconds": round(seconds, 1),
+        "rows": rows,
+    }
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    written = sorted(p.name for p in output_dir.glob("*.onnx"))
+    print(f"wrote {len(written)} models to {output_dir}: {', '.join(written)} (and results.json)")
+    if failed:
+        print(f"qorch train: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qorch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +423,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run a subtask: simulate QORCH_QASM, or -- COMMAND")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (command mode)")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser(
+        "train",
+        help="rebuild the predictor's models from the traces and Prometheus history",
+        description="Train the predictor's models on the real traces, plus the cluster's own "
+        "history read from Prometheus (range queries over the PMA metrics), print the "
+        f"held-out figures and write the .onnx files. Needs the train extra: {TRAIN_EXTRA_HINT}.",
+    )
+    p.add_argument(
+        "--traces-dir",
+        metavar="DIR",
+        help="the real traces (default: $QORCH_TRACES_DIR, else ../shared/data)",
+    )
+    p.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="read the cluster's history from this Prometheus (default: traces alone)",
+    )
+    p.add_argument(
+        "--prometheus-selector",
+        default="",
+        metavar="MATCHERS",
+        help="label matchers for every query, e.g. 'namespace=\"qorch\"' (default: none)",
+    )
+    p.add_argument(
+        "--since",
+        type=_duration,
+        default="7d",
+        metavar="DURATION",
+        help="how far back to read Prometheus (default 7d)",
+    )
+    p.add_argument(
+        "--step",
+        type=_duration,
+        default="5m",
+        metavar="DURATION",
+        help="resolution of the range queries: one interval per step (default 5m)",
+    )
+    p.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="write the .onnx files and results.json here (default: a new "
+        "./qorch-models-<UTC time> directory; never models/ unless given)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the models already in --output-dir",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer seeds and smaller searches")
+    p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
     return int(args.func(args))
