@@ -12,7 +12,11 @@ LABEL org.opencontainers.image.title="qorch" \
       org.opencontainers.image.description="Kubernetes operator for hybrid quantum-classical workflows" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/qorch /opt/qorch
-ENV PATH=/opt/qorch/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# The predictor's trained models and their card; a mounted volume may replace them
+# (the chart's `models`).
+COPY models/*.onnx models/MODEL_CARD.md /opt/qorch/models/
+ENV PATH=/opt/qorch/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    QORCH_MODELS_DIR=/opt/qorch/models
 # 65532 is the conventional "nonroot" uid; pods also set runAsNonRoot.
 USER 65532:65532
 ENTRYPOINT ["qorch"]

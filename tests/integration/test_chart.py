@@ -108,6 +108,9 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         (["--set", "gateway.auth.tokenExpirationSeconds=60"], "tokenExpirationSeconds"),
         (["--set", "gateway.networkPolicy.enabled=maybe"], "enabled"),
         (["--set", "gateway.networkPolicy.podSelector.app=x"], "podSelector"),
+        (["--set", "models.refreshSeconds=0"], "refreshSeconds"),
+        (["--set", "models.existingClaim=Not_A_Name"], "existingClaim"),
+        (["--set", "models.existingClaim=a", "--set", "models.configMaps={b}"], "not both"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm: Path, values: list[str], message: str) -> None:
@@ -129,6 +132,47 @@ def test_operator_gets_a_rotating_token_only_gateways_accept(helm: Path) -> None
     assert mount["readOnly"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["QORCH_GATEWAY_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
+
+
+def operator_container(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = one(docs, "Deployment", "qorch-operator")["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def test_models_come_from_the_image_unless_configmaps_or_a_claim_replace_them(
+    helm: Path,
+) -> None:
+    pod, container = operator_container(docs_of(render(helm).stdout))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["QORCH_MODELS_DIR"] == "/opt/qorch/models"  # the Dockerfile copies them there
+    assert "models" not in {v["name"] for v in pod["volumes"]}
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "/opt/qorch/models/" in dockerfile and "QORCH_MODELS_DIR=/opt/qorch/models" in dockerfile
+
+    pod, container = operator_container(
+        docs_of(
+            render(
+                helm, "--set", "models.configMaps={models-a,models-b}",
+                "--set", "models.refreshSeconds=5",
+            ).stdout
+        )
+    )  # fmt: skip
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert env["QORCH_MODELS_DIR"] == mount["mountPath"] and mount["readOnly"] is True
+    assert "subPath" not in mount  # a subPath mount would never see ConfigMap updates
+    assert env["QORCH_MODEL_REFRESH_SECONDS"] == "5"
+    [volume] = [v for v in pod["volumes"] if v["name"] == "models"]
+    assert [s["configMap"]["name"] for s in volume["projected"]["sources"]] == [
+        "models-a",
+        "models-b",
+    ]
+
+    pod, container = operator_container(
+        docs_of(render(helm, "--set", "models.existingClaim=trained").stdout)
+    )
+    [volume] = [v for v in pod["volumes"] if v["name"] == "models"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "trained", "readOnly": True}
 
 
 def test_network_policy_admits_only_operator_workflow_pods_and_prometheus(helm: Path) -> None:

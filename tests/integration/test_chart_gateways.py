@@ -190,10 +190,17 @@ def test_ibm_gateway_mounts_exactly_the_secret_its_quantum_backend_names(
     assert (args.max_queued, args.batch_size) == (50, 4)
 
 
-def test_ibm_secret_key_defaults_to_token(helm: Path, tmp_path: Path) -> None:
+def test_ibm_secret_key_defaults_to_token_and_price_to_pay_as_you_go(
+    helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ibm = {**IBM, "credentialsSecret": {"name": "ibm-quantum"}}
+    del ibm["pricePerQpuSecondUSD"]
     docs = docs_of(render_values(helm, tmp_path, {"backends": [ibm]}).stdout)
-    ref = one(docs, "QuantumBackend", "ibm-torino")["spec"]["credentialsSecretRef"]
+    backend = one(docs, "QuantumBackend", "ibm-torino")["spec"]
+    args = gateway_args(gateway_of(docs, "ibm-torino"), monkeypatch)
+    # IBM's published Pay-As-You-Go price, the same in the record and at the gateway.
+    assert backend["pricePerQpuSecondUSD"] == args.price_per_qpu_second == 1.6
+    ref = backend["credentialsSecretRef"]
     pod = gateway_of(docs, "ibm-torino")["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if "secret" in v]
     assert ref["key"] == volume["secret"]["items"][0]["key"] == "token"
