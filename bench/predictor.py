@@ -1,29 +1,38 @@
 """The predictor's held-out figures, every model beside its baselines, in one table.
 
     .venv/bin/python bench/predictor.py [--quick] [--traces-dir DIR] [--models-dir DIR] [--dry-run]
+        [--no-latency]
 
-Walks ``qorch.predictor.training.EVALUATIONS`` (each model's ``evaluate``), prints one table of
-all their rows, writes the trained ``.onnx`` files into ``--models-dir`` (default ``models/``)
-and refreshes the generated section of ``models/MODEL_CARD.md`` (between the
-``<!-- results:start -->`` / ``<!-- results:end -->`` markers; the rest is hand-written).
-``--quick`` runs fewer seeds and smaller searches; ``--dry-run`` writes nothing.
-Needs the real traces (``$QORCH_TRACES_DIR``, else ``../shared/data``).
+Walks ``qorch.predictor.training.EVALUATIONS`` (each model's ``evaluate``; rank quality is
+one of them), then times the serving pass on the models of ``--models-dir`` (10,000 pairs,
+features included, cold and steady: ``bench/predictor_latency.py``'s ``latency_rows``),
+prints one table of all their rows, writes the trained ``.onnx`` files into ``--models-dir``
+(default ``models/``) and refreshes the generated section of ``models/MODEL_CARD.md`` (between
+the ``<!-- results:start -->`` / ``<!-- results:end -->`` markers; the rest is hand-written).
+``--quick`` runs fewer seeds, smaller searches and fewer timed passes; ``--dry-run`` writes
+nothing (the latency is then of the models already in ``--models-dir``); ``--no-latency``
+skips the timing. Needs the real traces (``$QORCH_TRACES_DIR``, else ``../shared/data``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from predictor_latency import latency_rows  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -47,14 +56,26 @@ def fmt(value: Any) -> str:
     return f"{v:.4f}"
 
 
-def run(traces_dir: Path, quick: bool, export_to: Path | None) -> tuple[list[dict[str, Any]], bool]:
+def run(
+    traces_dir: Path,
+    quick: bool,
+    export_to: Path | None,
+    latency_of: Path | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Every evaluation's rows, then (``latency_of``: a model directory) the serving pass's
+    latency rows, timed after the training is over so that it has the cores to itself."""
+    steps: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
+        (f"{e.__module__}.{e.__name__}", partial(e, traces_dir, quick, export_to))
+        for e in EVALUATIONS
+    ]
+    if latency_of is not None:
+        steps.append(("predictor_latency.latency_rows", partial(latency_rows, latency_of, quick)))
     rows: list[dict[str, Any]] = []
     ok = True
-    for evaluate in EVALUATIONS:
-        name = f"{evaluate.__module__}.{evaluate.__name__}"
+    for name, step in steps:
         started = time.monotonic()
         try:
-            got = evaluate(traces_dir, quick, export_to)
+            got = step()
         except Exception as exc:  # one failing model must not hide the others' figures
             ok = False
             traceback.print_exc()
@@ -99,7 +120,8 @@ def markdown(rows: list[dict[str, Any]], quick: bool, seconds: float) -> str:
         f"Run: `bench/predictor.py{' --quick' if quick else ''}`, "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {seconds:.0f} s, "
         f"Python {platform.python_version()}, LightGBM {lightgbm.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, CPU only. "
+        f"onnxruntime {onnxruntime.__version__}, CPU only ({os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end). "
         f"{'Quick run: fewer seeds, no inner search.' if quick else ''}",
         "",
         "| model | metric | split | method | value | goal | baselines (same split) |",
@@ -135,6 +157,7 @@ def main() -> int:
     parser.add_argument("--traces-dir", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--dry-run", action="store_true", help="write no model and no card")
+    parser.add_argument("--no-latency", action="store_true", help="do not time the serving pass")
     args = parser.parse_args()
     traces_dir = args.traces_dir or default_traces_dir()
     if not traces_dir.is_dir():
@@ -142,7 +165,8 @@ def main() -> int:
         return 2
     export_to = None if args.dry_run else args.models_dir
     started = time.monotonic()
-    rows, ok = run(traces_dir, args.quick, export_to)
+    latency_of = None if args.no_latency else args.models_dir
+    rows, ok = run(traces_dir, args.quick, export_to, latency_of)
     seconds = time.monotonic() - started
     console = Console(width=200)
     console.print(table(rows, args.quick))

@@ -48,7 +48,7 @@ from qorch.predictor.features import (
     SubtaskInput,
     SuccessCache,
 )
-from qorch.predictor.models import LoadedModel, ModelInfo, ModelStore
+from qorch.predictor.models import LoadedModel, ModelInfo, ModelStore, graph_reads, load_model
 from qorch.predictor.service import Predictor
 
 NOW = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
@@ -636,3 +636,179 @@ def test_inputs_from_the_custom_resources() -> None:
         8,
         3,
     )
+
+
+# ---- what a graph reads, and the memo's index ----------------------------------------------
+
+
+def gather_bytes(
+    model: str,
+    output: str,
+    features: Sequence[str],
+    columns: Sequence[int],
+    *,
+    weights: Sequence[float] | None = None,
+    bias: float = 0.0,
+    indices: str = "int64",
+    axis: int | None = 1,
+    extra: Sequence[Any] = (),
+) -> bytes:
+    """y = sum_k w_k * x[:, columns[k]] + bias, the columns taken by ONE Gather along axis 1
+    (indices as an int64 or int32 initializer, raw bytes, or a Constant node)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.asarray(weights or [1.0] * len(columns), dtype=np.float32).reshape(-1, 1)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array([bias], dtype=np.float32), "b"),
+    ]
+    nodes = []
+    if indices == "constant":
+        tensor = numpy_helper.from_array(np.asarray(columns, dtype=np.int64), "idx_value")
+        nodes.append(helper.make_node("Constant", [], ["idx"], value=tensor))
+    elif indices == "raw":
+        inits.append(numpy_helper.from_array(np.asarray(columns, dtype=np.int64), "idx"))
+    else:
+        kind = TensorProto.INT64 if indices == "int64" else TensorProto.INT32
+        inits.append(helper.make_tensor("idx", kind, [len(columns)], list(columns)))
+    attrs: dict[str, Any] = {} if axis is None else {"axis": axis}
+    nodes += [
+        helper.make_node("Gather", ["input", "idx"], ["cols"], **attrs),
+        helper.make_node("MatMul", ["cols", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["variable"]),
+        *extra,
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gathered",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(features)])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
+        inits,
+    )
+    onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onx.ir_version = 8
+    props = {
+        META_MODEL: model,
+        META_OUTPUT: output,
+        META_FEATURES: json.dumps(list(features)),
+        META_TARGET: "identity",
+        META_HELDOUT_METRIC: "median_relative_error",
+        META_HELDOUT_ERROR: "0.1",
+    }
+    for key, value in props.items():
+        prop = onx.metadata_props.add()
+        prop.key, prop.value = key, value
+    return bytes(onx.SerializeToString())
+
+
+QUEUE_FEATURES = ("num_qubits", "shots", "queue_length", "recent_wait_p50_s")
+
+
+@pytest.mark.parametrize("indices", ["int64", "int32", "raw", "constant"])
+def test_graph_reads_the_gathered_columns(indices: str) -> None:
+    data = gather_bytes("queue_wait", "p50", QUEUE_FEATURES, [3, -2], indices=indices)
+    assert graph_reads(data, "input", len(QUEUE_FEATURES)) == (2, 3)
+
+
+def test_graph_reads_all_columns_when_it_cannot_tell() -> None:
+    width = len(QUEUE_FEATURES)
+    # MatMul on the whole input, a Gather of rows (axis 0, the default), an index out of range
+    assert graph_reads(onnx_bytes("queue_wait", "p50", QUEUE_FEATURES), "input", width) is None
+    rows = gather_bytes("queue_wait", "p50", QUEUE_FEATURES, [1], axis=None)
+    assert graph_reads(rows, "input", width) is None
+    assert graph_reads(gather_bytes("queue_wait", "p50", QUEUE_FEATURES, [7]), "input", 4) is None
+    # a second consumer of the input (Identity), an op with a subgraph
+    from onnx import helper
+
+    other = helper.make_node("Identity", ["input"], ["copy"])
+    data = gather_bytes("queue_wait", "p50", QUEUE_FEATURES, [1], extra=[other])
+    assert graph_reads(data, "input", width) is None
+    branch = helper.make_graph([], "g", [], [])
+    sub = helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+    data = gather_bytes("queue_wait", "p50", QUEUE_FEATURES, [1], extra=[sub])
+    assert graph_reads(data, "input", width) is None
+    assert graph_reads(b"", "input", width) is None
+
+
+def test_pairs_equal_on_the_read_features_share_a_row(tmp_path: Path) -> None:
+    # The queue models gather only the queue length: one row per backend, however many
+    # circuits, and the same figures as a model that reads the columns whole.
+    for output, bias in (("p10", 1.0), ("p50", 2.0), ("p90", 3.0)):
+        data = gather_bytes(
+            "queue_wait", f"{output}", QUEUE_FEATURES, [2], weights=[7.0], bias=bias
+        )
+        write(tmp_path, f"queue_wait_{output}.onnx", data)
+    store = store_for(tmp_path)
+    loaded = store.model("queue_wait", "p50")
+    assert loaded is not None and loaded.info.reads == ("queue_length",)
+    assert loaded.info.read_features == ("queue_length",)
+    ctx = context([subtask(f"s{i}", 3 + i, shots=100 * (i + 1)) for i in range(5)])
+    predictor = Predictor(store)
+    preds = predictor.predict(all_pairs(ctx), ctx)
+    assert predictor.last_report is not None
+    rows = {u.key: u.rows for u in predictor.last_report.outputs}
+    assert rows["queue_wait/p50"] == 2  # two backends
+    for p in preds:
+        if p.kind == "qpu":
+            queue = ctx.backends[p.resource].history.queue_length
+            assert queue is not None
+            assert p.queue_seconds_p50 == pytest.approx(7.0 * queue + 2.0)
+    # The unread columns are NaN in the model's input.
+    feats = FeatureBuilder().build(all_pairs(ctx), ctx)
+    x, inverse = feats.qpu.matrix(QUEUE_FEATURES, ("queue_length",))
+    assert x.shape == (2, 4) and np.isnan(x[:, [0, 1, 3]]).all()
+    assert sorted(x[:, 2].tolist()) == [10.0, 50.0] and len(inverse) == 10
+    whole, _ = feats.qpu.matrix(QUEUE_FEATURES)
+    assert len(whole) == 10  # every (circuit, backend) differs on num_qubits and shots
+
+
+def test_a_wrong_reads_claim_is_caught_by_the_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qorch.predictor.models as models
+
+    monkeypatch.setattr(models, "graph_reads", lambda *_: (0,))  # claims column 0 only
+    data = onnx_bytes("qpu_runtime", "value", ("shots", "circuits"), weights=(1.0, 2.0))
+    write(tmp_path, "qpu_runtime.onnx", data)
+    loaded = store_for(tmp_path).model("qpu_runtime", "value")
+    assert loaded is not None and loaded.info.reads is None
+
+
+def test_the_memo_index_is_built_only_when_a_later_call_needs_it(tmp_path: Path) -> None:
+    data = onnx_bytes("classical_memory", "value", ("num_qubits",), weights=(2.0,), bias=1.0)
+    loaded = load_model(tmp_path / "classical_memory.onnx", data)
+    assert isinstance(loaded, LoadedModel)
+    x = np.arange(6, dtype=np.float32).reshape(6, 1)
+    first = loaded.run(x)
+    assert first.tolist() == [1.0, 3.0, 5.0, 7.0, 9.0, 11.0]
+    assert loaded.last_rows_run == 6 and loaded._index is None and loaded._last_hash is None
+    x[:] = 100.0  # the caller reuses its array: the memo kept its own copy
+    assert loaded.run(np.arange(6, dtype=np.float32).reshape(6, 1)).tolist() == first.tolist()
+    assert loaded.last_rows_run == 0 and loaded._index is None  # same rows: no index
+    y = np.array([[5.0], [9.0], [0.0], [2.0]], dtype=np.float32)
+    assert loaded.run(y).tolist() == [11.0, 19.0, 1.0, 5.0]
+    assert (loaded.last_rows_run, loaded.last_rows_reused) == (1, 3)
+    # The index of the previous rows was built for the lookup; these rows' hashes are kept
+    # for the next call's index.
+    assert loaded._index is None and loaded._last_hash is not None
+    assert loaded.run(y[::-1]).tolist() == [5.0, 1.0, 19.0, 11.0]  # reordered: all reused
+    assert loaded.last_rows_run == 0
+    loaded.forget()
+    assert loaded.run(y).tolist() == [11.0, 19.0, 1.0, 5.0] and loaded.last_rows_run == 4
+    assert loaded.run(np.zeros((0, 1), dtype=np.float32)).tolist() == []
+
+
+def test_predictions_are_plain_prediction_tuples_with_shared_notes(tmp_path: Path) -> None:
+    write(tmp_path, "qpu_runtime.onnx", onnx_bytes("qpu_runtime", "value", ("shots",), bias=1.0))
+    ctx = context([subtask("wide", 40), subtask("a"), subtask("b")], [backend("q1", 27)])
+    pairs = [("a", "q1"), ("wide", "q1"), ("b", "q1"), ("a", "cpu"), ("zz", "cpu")]
+    preds = Predictor(store_for(tmp_path)).predict(pairs, ctx)
+    assert all(type(p) is Prediction and len(p) == len(Prediction._fields) for p in preds)
+    assert [p.kind for p in preds] == ["qpu", "qpu", "qpu", "pool", "pool"]
+    assert [p.source for p in preds] == ["analytic"] * 5
+    assert preds[0].notes is preds[2].notes  # one tuple per combination of fallbacks
+    assert not any(n.startswith("qpu_runtime") for n in preds[0].notes)
+    assert any(n.startswith("queue_wait: analytic") for n in preds[0].notes)
+    assert "wider than the resource" in preds[1].notes[0] and not preds[1].feasible
+    assert "unknown subtask" in preds[4].notes[0] and preds[4].peak_memory_bytes == 0
+    assert type(preds[3].peak_memory_bytes) is int and preds[3].peak_memory_bytes > 0

@@ -231,7 +231,7 @@ class CalibrationMedians:
         return cls(
             two_qubit_error=summary.medianTwoQubitError,
             readout_error=summary.medianReadoutError,
-            single_qubit_error=None,
+            single_qubit_error=summary.medianSingleQubitError,
             t1_us=None if summary.medianT1Seconds is None else summary.medianT1Seconds * 1e6,
             t2_us=None if summary.medianT2Seconds is None else summary.medianT2Seconds * 1e6,
             day=(summary.updatedAt or "")[:10],
@@ -476,54 +476,69 @@ class KindBlock:
     s_table: FloatArray  # [subtasks, SUBTASK_FEATURES], shared by both kinds
     r_table: FloatArray  # [resources of this kind, RESOURCE_FEATURES]
     p_table: FloatArray  # [pairs of this kind, PAIR_FEATURES]
-    _cache: dict[tuple[str, ...], tuple[Float32Array, IntArray]] = field(
+    _cache: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Float32Array, IntArray]] = field(
         default_factory=dict, repr=False
     )
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def matrix(self, features: Sequence[str]) -> tuple[Float32Array, IntArray]:
+    def matrix(
+        self, features: Sequence[str], reads: Sequence[str] | None = None
+    ) -> tuple[Float32Array, IntArray]:
         """``(x, inverse)``: the distinct input rows for a model reading ``features`` (in
         that order), float32, and for each pair of the block the row of ``x`` it has.
         Pairs whose features are equal share a row, so a model runs once per distinct
-        input: ``model(x)[inverse]`` is its output per pair."""
+        input: ``model(x)[inverse]`` is its output per pair. ``reads``: the features the
+        model's graph actually reads (None: all); pairs equal on those share a row, and
+        the other columns of ``x`` are NaN (the graph never looks at them)."""
         key = tuple(features)
-        hit = self._cache.get(key)
+        used = key if reads is None else tuple(f for f in key if f in set(reads))
+        hit = self._cache.get((key, used))
         if hit is not None:
             return hit
         n = len(self.rows)
-        s_cols = [_S_COL[f] for f in key if f in _S_COL]
-        r_used = any(f in _R_COL for f in key)
-        p_success = "estimated_success" in key
-        p_gpu = "device_gpu" in key
+        s_cols = [_S_COL[f] for f in used if f in _S_COL]
+        r_cols = [_R_COL[f] for f in used if f in _R_COL]
+        p_success = "estimated_success" in used
+        p_gpu = "device_gpu" in used
         r_count = max(self.r_table.shape[0], 1)
+        # Codes rank subtasks and resources by their features (the model's order, first
+        # column first), so the rows of x come out sorted: a tree ensemble runs rows that
+        # follow similar paths one after the other (fewer mispredicted branches: the shipped
+        # fidelity model ran 12% faster than in pair order, twice as fast as in random order).
+        r_rank = _sorted_rank(self.r_table[:, r_cols], dense=False)
         if p_success:  # the success is per (circuit, backend): the pair is the key
-            code = self.sub.astype(np.int64) * r_count + self.res
+            code = _sorted_rank(self.s_table[:, s_cols], dense=False)[self.sub] * r_count
+            code = code + r_rank[self.res]
         else:
             code = np.zeros(n, dtype=np.int64)
             if s_cols:  # subtasks with equal features share a code
-                code = _row_codes(self.s_table[:, s_cols])[self.sub]
-            if r_used:
-                code = code * r_count + self.res
+                code = _sorted_rank(self.s_table[:, s_cols], dense=True)[self.sub]
+            if r_cols:
+                code = code * r_count + r_rank[self.res]
         if p_gpu:
             gpu = self.p_table[:, _P_COL["device_gpu"]]
             code = code * 3 + np.where(np.isnan(gpu), 2, gpu).astype(np.int64)
         first, inverse = _distinct(code)
-        x = np.empty((len(first), len(key)), dtype=np.float32)
-        sub = self.sub[first]
-        res = self.res[first]
-        for j, name in enumerate(key):
-            if name in _S_COL:
-                x[:, j] = self.s_table[sub, _S_COL[name]]
-            elif name in _R_COL:
-                x[:, j] = self.r_table[res, _R_COL[name]]
-            elif name in _P_COL:
-                x[:, j] = self.p_table[first, _P_COL[name]]
-            else:  # not in the catalogue: validation rejects such models; stay total
-                x[:, j] = np.nan
+        x = np.full((len(first), len(key)), np.nan, dtype=np.float32)
+        # One gather per table: the columns of x that come from it, in x's order. A name
+        # in none of them (validation rejects such models) stays NaN.
+        for table, index, cols in (
+            (self.s_table, self.sub, _S_COL),
+            (self.r_table, self.res, _R_COL),
+            (self.p_table, None, _P_COL),
+        ):
+            at = [j for j, f in enumerate(key) if f in cols and f in used]
+            if at:
+                pick = first if index is None else index[first]
+                values = np.take(table[:, [cols[key[j]] for j in at]], pick, axis=0)
+                if at == list(range(at[0], at[-1] + 1)):  # adjacent columns: a slice
+                    x[:, at[0] : at[-1] + 1] = values
+                else:
+                    x[:, at] = values
         result = (x, inverse)
-        self._cache[key] = result
+        self._cache[key, used] = result
         return result
 
     def column(self, name: str) -> FloatArray:
@@ -538,23 +553,25 @@ class KindBlock:
         return values
 
 
-def _row_codes(table: FloatArray) -> np.ndarray[Any, np.dtype[np.int64]]:
-    """Per row of ``table``, a code shared exactly by the rows equal to it (bitwise)."""
-    bits = np.ascontiguousarray(table).view(np.uint64)
-    mix = _MIX[: bits.shape[1]]
-    with np.errstate(over="ignore"):
-        hashes = (bits * mix).sum(axis=1, dtype=np.uint64)
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    if not np.array_equal(bits[first][inverse], bits):  # a hash collision: sort the rows
-        _, inverse = np.unique(bits, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-    return inverse.astype(np.int64)
-
-
-_MIX: Final = np.random.default_rng(20260101).integers(
-    1, 2**63, size=len(SUBTASK_FEATURES), dtype=np.uint64
-) | np.uint64(1)
+def _sorted_rank(table: FloatArray, *, dense: bool) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Per row of ``table``, its rank in the rows' lexicographic order (first column first;
+    values compared by their float64 bits, which orders non-negative values as numbers).
+    ``dense``: bitwise-equal rows share a rank (0, 1, ... over the distinct rows); else every
+    row has its own (a permutation)."""
+    n = len(table)
+    if table.shape[1] == 0:
+        return np.zeros(n, dtype=np.int64) if dense else np.arange(n, dtype=np.int64)
+    bits = np.ascontiguousarray(table, dtype=np.float64).view(np.uint64)
+    order = np.lexsort(bits.T[::-1])
+    rank = np.empty(n, dtype=np.int64)
+    if dense and n:
+        ordered = bits[order]
+        new = np.ones(n, dtype=bool)
+        new[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+        rank[order] = np.cumsum(new) - 1
+    else:
+        rank[order] = np.arange(n, dtype=np.int64)
+    return rank
 
 
 def _distinct(code: np.ndarray[Any, np.dtype[np.int64]]) -> tuple[IntArray, IntArray]:

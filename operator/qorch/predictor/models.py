@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, cast
 
@@ -64,10 +64,18 @@ class ModelInfo:
     split: str = ""
     trained_at: str = ""
     sources: str = ""
+    # The features the graph actually reads (``graph_reads``), in ``features`` order; None:
+    # all of them (or not known). Rows that differ only in the others give equal outputs,
+    # so serving runs one of them.
+    reads: tuple[str, ...] | None = None
 
     @property
     def key(self) -> str:
         return f"{self.model}/{self.output}"
+
+    @property
+    def read_features(self) -> tuple[str, ...]:
+        return self.features if self.reads is None else self.reads
 
 
 @dataclass(frozen=True)
@@ -141,20 +149,24 @@ class LoadedModel:
     ``run`` remembers the rows of its previous call: a row seen then (bitwise equal) is not
     run again, since a model is a pure function of its row. Across decision passes most
     rows repeat (circuit and calibration features change daily, not per pass), so a pass
-    runs only what changed."""
+    runs only what changed. The index over the remembered rows (a hash per row, sorted) is
+    built when a later call first needs it: a call whose rows all repeat, and a first call,
+    never pay for it."""
 
     def __init__(self, info: ModelInfo, session: Any) -> None:
         self.info = info
         self._session = session
         self._input = session.get_inputs()[0].name
         self._output = session.get_outputs()[0].name
-        self._memo_hash = np.zeros(0, dtype=np.uint64)
-        self._memo_rows = np.zeros((0, len(info.features)), dtype=np.uint32)
-        self._memo_values = np.zeros(0, dtype=np.float64)
-        self._last_bits = self._memo_rows
-        self._last_values = self._memo_values
-        rng = np.random.default_rng(len(info.features))
-        self._mix = rng.integers(1, 2**63, size=len(info.features), dtype=np.uint64) | 1
+        width = len(info.features)
+        rng = np.random.default_rng(width)
+        self._mix = rng.integers(1, 2**63, size=width, dtype=np.uint64) | 1
+        # The previous call: its rows (float32 bits), values and row hashes (None: not
+        # computed yet); and the index over them (hash-sorted), built on demand.
+        self._last_bits = np.zeros((0, width), dtype=np.uint32)
+        self._last_values = np.zeros(0, dtype=np.float64)
+        self._last_hash: np.ndarray[Any, Any] | None = None
+        self._index: tuple[np.ndarray[Any, Any], ...] | None = None
         self.last_rows_run = 0
         self.last_rows_reused = 0
 
@@ -164,39 +176,56 @@ class LoadedModel:
         return np.asarray(out, dtype=np.float64).reshape(len(x))
 
     def run(self, x: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, Any]:
+        given = x
         x = np.ascontiguousarray(x, dtype=np.float32)
-        bits = x.view(np.uint32).reshape(len(x), -1)
-        if bits.shape == self._last_bits.shape and np.array_equal(bits, self._last_bits):
+        if x.ndim != 2:
+            x = x.reshape(len(x), -1 if x.size else len(self.info.features))
+        bits = x.view(np.uint32)
+        last = self._last_bits
+        if bits.shape == last.shape and np.array_equal(bits, last):
             # The same rows in the same order as last time (an unchanged pass).
             self.last_rows_run, self.last_rows_reused = 0, len(x)
             return self._last_values.copy()
-        hashes = _row_hash(bits, self._mix)
         values = np.empty(len(x), dtype=np.float64)
         hit = np.zeros(len(x), dtype=bool)
-        if len(self._memo_hash) and len(x):
-            pos = np.searchsorted(self._memo_hash, hashes).clip(max=len(self._memo_hash) - 1)
-            hit = (self._memo_hash[pos] == hashes) & np.all(self._memo_rows[pos] == bits, axis=1)
-            values[hit] = self._memo_values[pos[hit]]
-        miss = ~hit
+        hashes = None
+        if len(last) and len(x):
+            hashes = _row_hash(bits, self._mix)
+            memo_hash, memo_rows, memo_values = self._memo_index()
+            pos = np.searchsorted(memo_hash, hashes).clip(max=len(memo_hash) - 1)
+            hit = (memo_hash[pos] == hashes) & np.all(memo_rows[pos] == bits, axis=1)
+            values[hit] = memo_values[pos[hit]]
         self.last_rows_reused = int(hit.sum())
         self.last_rows_run = len(x) - self.last_rows_reused
-        if self.last_rows_run:
+        if self.last_rows_reused == 0:
+            values = self.infer(x) if len(x) else values
+        elif self.last_rows_run:
+            miss = ~hit
             values[miss] = self.infer(x[miss])
-        order = np.argsort(hashes)
-        self._memo_hash = hashes[order]
-        self._memo_rows = bits[order]
-        self._memo_values = values[order]
-        self._last_bits = bits.copy()
-        self._last_values = values.copy()
-        return values
+        # Keep a private copy of the rows (the caller may reuse its array).
+        own = not isinstance(given, np.ndarray) or not np.may_share_memory(bits, given)
+        self._last_bits = bits if own else bits.copy()
+        self._last_values = values
+        self._last_hash = hashes
+        self._index = None
+        return values.copy()
+
+    def _memo_index(self) -> tuple[np.ndarray[Any, Any], ...]:
+        """(hashes, rows, values) of the previous call, sorted by hash."""
+        if self._index is None:
+            hashes = self._last_hash
+            if hashes is None:
+                hashes = _row_hash(self._last_bits, self._mix)
+            order = np.argsort(hashes)
+            self._index = (hashes[order], self._last_bits[order], self._last_values[order])
+        return self._index
 
     def forget(self) -> None:
         """Drop the remembered rows (the next run runs everything)."""
-        self._memo_hash = self._memo_hash[:0]
-        self._memo_rows = self._memo_rows[:0]
-        self._memo_values = self._memo_values[:0]
-        self._last_bits = self._memo_rows
-        self._last_values = self._memo_values
+        self._last_bits = self._last_bits[:0]
+        self._last_values = self._last_values[:0]
+        self._last_hash = None
+        self._index = None
 
 
 def _row_hash(bits: np.ndarray[Any, Any], mix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -301,6 +330,9 @@ def load_model(path: Path, data: bytes, threads: int = 1) -> LoadedModel | Rejec
         raw = session.run([session.get_outputs()[0].name], {loaded._input: probe})[0]
     except Exception as exc:
         return Rejection(where, f"a probe run fails: {_first_line(exc)}", model, output)
+    reads = _checked_reads(session, loaded._input, data, features)
+    if reads is not None:
+        loaded.info = info = replace(info, reads=reads)
     shape = tuple(np.shape(raw))
     if shape not in ((PROBE_ROWS,), (PROBE_ROWS, 1)):
         return Rejection(
@@ -312,6 +344,207 @@ def load_model(path: Path, data: bytes, threads: int = 1) -> LoadedModel | Rejec
     if not np.all(np.isfinite(np.asarray(raw, dtype=np.float64)[:2])):
         return Rejection(where, "a probe run returns non-finite values", model, output)
     return loaded
+
+
+def _checked_reads(
+    session: Any, input_name: str, data: bytes, features: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    """The features the graph reads (``graph_reads``), confirmed on probe rows: random values
+    in the other columns must give bitwise the same outputs as NaN there. None (all read)
+    when the graph does not say or the probe disagrees."""
+    try:
+        columns = graph_reads(data, input_name, len(features))
+    except (ValueError, IndexError):  # not the protobuf this reader knows: assume all
+        return None
+    if columns is None or len(columns) == len(features):
+        return None
+    rng = np.random.default_rng(0)
+    noisy = (rng.standard_normal((8, len(features))) * 1e3).astype(np.float32)
+    quiet = np.full_like(noisy, np.nan)
+    quiet[:, list(columns)] = noisy[:, list(columns)]
+    out = session.get_outputs()[0].name
+    try:
+        a = np.asarray(session.run([out], {input_name: noisy})[0])
+        b = np.asarray(session.run([out], {input_name: quiet})[0])
+    except Exception:
+        return None
+    if a.shape != b.shape or a.tobytes() != b.tobytes():
+        return None
+    return tuple(features[i] for i in columns)
+
+
+# ---- which columns a graph reads ---------------------------------------------------------
+# A minimal reader of the ONNX protobuf (onnx itself is a training dependency, not a serving
+# one): field numbers of onnx.proto3's ModelProto.graph, GraphProto.node/initializer,
+# NodeProto.input/output/op_type/domain/attribute, AttributeProto.name/i/t and
+# TensorProto.dims/data_type/int32_data/int64_data/name/raw_data.
+_MODEL_GRAPH = 7
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_OUTPUT = 1, 5, 12
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 4, 5, 7
+_ATTR_NAME, _ATTR_I, _ATTR_T = 1, 3, 5
+_SUBGRAPH_OPS: Final = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # graph attributes
+_KNOWN_DOMAINS: Final = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+_TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_INT32, _TENSOR_INT64, _TENSOR_NAME, _TENSOR_RAW = (
+    1, 2, 5, 7, 8, 9,
+)  # fmt: skip
+_INT32, _INT64 = 6, 7
+
+
+def graph_reads(data: bytes, input_name: str, width: int) -> tuple[int, ...] | None:
+    """The input columns (sorted) a model's graph can read, when every node that consumes
+    the input is a ``Gather`` along axis 1 with constant indices; None (all columns) when
+    any other node reads it whole, a graph output is the input itself, or a node carries a
+    subgraph (which may read it by name)."""
+    graph = _one(_MODEL_GRAPH, memoryview(data))
+    if graph is None:
+        return None
+    constants: dict[str, list[int]] = {}
+    nodes = []
+    for field, value in _fields(graph):
+        if field == _GRAPH_INITIALIZER:
+            name, ints = _int_tensor(value)
+            if ints is not None:
+                constants[name] = ints
+        elif field == _GRAPH_NODE:
+            nodes.append(value)
+        elif field == _GRAPH_OUTPUT and _text(_one(1, value)) == input_name:
+            return None
+    columns: set[int] = set()
+    for node in nodes:
+        inputs, outputs, attrs, op, domain = [], [], [], "", ""
+        for field, value in _fields(node):
+            if field == _NODE_INPUT:
+                inputs.append(_text(value))
+            elif field == _NODE_OUTPUT:
+                outputs.append(_text(value))
+            elif field == _NODE_OP:
+                op = _text(value)
+            elif field == _NODE_DOMAIN:
+                domain = _text(value)
+            elif field == _NODE_ATTRIBUTE:
+                attrs.append(value)
+        if op in _SUBGRAPH_OPS or domain not in _KNOWN_DOMAINS:
+            return None  # a subgraph may read the input by name; unknown ops: who knows
+        if op == "Constant" and domain in ("", "ai.onnx") and len(outputs) == 1:
+            for a in attrs:
+                tensor = _one(_ATTR_T, a)
+                if _text(_one(_ATTR_NAME, a)) == "value" and tensor is not None:
+                    _, ints = _int_tensor(tensor)
+                    if ints is not None:
+                        constants[outputs[0]] = ints
+        if input_name not in inputs:
+            continue
+        if op != "Gather" or domain not in ("", "ai.onnx") or inputs[0] != input_name:
+            return None
+        if inputs.count(input_name) != 1 or len(inputs) != 2 or inputs[1] not in constants:
+            return None
+        axis = 0
+        for a in attrs:
+            if _text(_one(_ATTR_NAME, a)) == "axis":
+                axis = _signed(_one(_ATTR_I, a) or 0)
+        if axis not in (1, -1):
+            return None
+        for index in constants[inputs[1]]:
+            if not -width <= index < width:
+                return None
+            columns.add(index % width)
+    return tuple(sorted(columns))
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, Any]]:
+    """(field number, value) of one protobuf message: an int (varint), a memoryview
+    (length-delimited) or bytes (fixed 32/64 bits)."""
+    i, n = 0, len(buf)
+    while i < n:
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            value, i = buf[i : i + size], i + size
+        elif wire == 1:
+            value, i = bytes(buf[i : i + 8]), i + 8
+        elif wire == 5:
+            value, i = bytes(buf[i : i + 4]), i + 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        if i > n:
+            raise ValueError("truncated protobuf")
+        yield field, value
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, i
+        shift += 7
+
+
+def _one(number: int, message: Any) -> Any:
+    """The last value of field ``number`` (protobuf: the last one wins), or None."""
+    if not isinstance(message, memoryview):
+        return None
+    found = None
+    for field, value in _fields(message):
+        if field == number:
+            found = value
+    return found
+
+
+def _text(value: Any) -> str:
+    return bytes(value).decode("utf-8", "replace") if isinstance(value, memoryview) else ""
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _int_tensor(tensor: memoryview) -> tuple[str, list[int] | None]:
+    """(name, values) of an int32/int64 tensor of at most one dimension; values None for
+    any other tensor."""
+    name, kind, dims, raw = "", 0, [], None
+    ints: list[int] = []
+    for field, value in _fields(tensor):
+        if field == _TENSOR_NAME:
+            name = _text(value)
+        elif field == _TENSOR_TYPE:
+            kind = value
+        elif field == _TENSOR_DIMS:
+            dims += _packed(value)
+        elif field in (_TENSOR_INT32, _TENSOR_INT64):
+            ints += _packed(value)
+        elif field == _TENSOR_RAW:
+            raw = bytes(value)
+        elif field in (12, 13, 14):  # external data, data_location, double data: not ours
+            return name, None
+    if kind not in (_INT32, _INT64) or len(dims) > 1:
+        return name, None
+    if raw is not None:
+        ints = np.frombuffer(raw, dtype="<i8" if kind == _INT64 else "<i4").tolist()
+    else:
+        ints = [_signed(v) for v in ints]
+        if kind == _INT32:
+            ints = [v - (1 << 32) if v >= 1 << 31 else v for v in ints]
+    if dims and dims[0] != len(ints):
+        return name, None
+    return name, ints
+
+
+def _packed(value: Any) -> list[int]:
+    """A repeated varint field: one value, or a packed run of them."""
+    if isinstance(value, int):
+        return [value]
+    out, i = [], 0
+    while i < len(value):
+        v, i = _varint(value, i)
+        out.append(v)
+    return out
 
 
 def _named(path: Path) -> tuple[str | None, str | None]:
@@ -560,6 +793,7 @@ __all__: Sequence[str] = (
     "ServingModel",
     "StoreChange",
     "StoreState",
+    "graph_reads",
     "load_directory",
     "load_model",
 )

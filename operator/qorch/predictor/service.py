@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, Literal, cast
+from itertools import repeat
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -51,7 +52,7 @@ _QPU_OUTPUTS: Final = (
     ("fidelity", "value"),
 )
 _POOL_OUTPUTS: Final = (("classical_time", "value"), ("classical_memory", "value"))
-_new_prediction = cast(Callable[[tuple[Any, ...]], Prediction], partial(tuple.__new__, Prediction))
+_KINDS: Final = np.array([QPU, POOL], dtype=object)  # by is_pool
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,12 @@ def _failed(pair: Any, message: str) -> Prediction:
     )  # fmt: skip
 
 
+def _flag(mask: np.ndarray[Any, np.dtype[np.int64]], rows: Any, fell: BoolArray, bit: int) -> None:
+    """Set ``bit`` on the pairs (of ``rows``) whose figure fell back."""
+    if fell.any():
+        mask[rows[fell]] |= bit
+
+
 _NO_ROWS: Final = np.zeros((0, 0), dtype=np.float32)
 
 
@@ -242,26 +249,36 @@ class _Pass:
         self._pool(feats, cols, fidelity, memory, mask)
 
         feasible = feats.infeasible == 0
-        for name in cols:
-            cols[name][~feasible] = inf
-        fidelity[~feasible] = 0.0
-        memory[~feasible] = 0.0
+        infeasible = ~feasible
+        any_infeasible = bool(infeasible.any())
+        if any_infeasible:
+            for name in cols:
+                cols[name][infeasible] = inf
+            fidelity[infeasible] = 0.0
+            memory[infeasible] = 0.0
         # Notes: one shared tuple per combination of fallbacks; infeasible pairs say why.
-        code = np.where(feasible, mask, -feats.infeasible)
-        table: dict[int, tuple[str, ...]] = {}
-        for c in np.unique(code).tolist():
+        # Codes: a fallback mask (0..31) or minus an infeasibility reason; shifted to >= 0,
+        # they index tables of the notes and sources of the codes present.
+        code = np.where(feasible, mask, -feats.infeasible) if any_infeasible else mask
+        low = min(int(code.min()), 0) if n else 0
+        shifted = code - low
+        span = int(shifted.max()) + 1 if n else 1
+        note_of = np.empty(span, dtype=object)
+        source_of = np.empty(span, dtype=object)
+        for slot in np.flatnonzero(np.bincount(shifted, minlength=span)).tolist():
+            c = slot + low
+            source_of[slot] = MODEL if c == 0 else ANALYTIC
             if c < 0:
-                table[c] = (feats.reasons[-c],)
+                note_of[slot] = (feats.reasons[-c],)
             else:
-                table[c] = tuple(
+                note_of[slot] = tuple(
                     f"{model}: analytic ({'; '.join(self.reasons.get(model, ['fallback']))})"
                     for model, bit in _BITS.items()
                     if c & bit
                 )
-        codes = code.tolist()
-        notes = list(map(table.__getitem__, codes))
-        source = list(map({c: MODEL if c == 0 else ANALYTIC for c in table}.__getitem__, codes))
-        kinds = list(map((QPU, POOL).__getitem__, feats.is_pool.tolist()))
+        notes = note_of[shifted].tolist()
+        source = source_of[shifted].tolist()
+        kinds = _KINDS[feats.is_pool.view(np.uint8)].tolist()
         subtasks, resources = feats.names[0], feats.names[1]
         rows = zip(
             subtasks,
@@ -282,13 +299,14 @@ class _Pass:
             notes,
             strict=True,
         )
-        predictions = list(map(_new_prediction, rows))
+        # tuple.__new__(Prediction, row): a NamedTuple without its Python-level __new__.
+        predictions: list[Prediction] = list(map(tuple.__new__, repeat(Prediction), rows))
         rest = time.perf_counter() - t0 - self.t_features - self.t_inference
         self.owner.last_report = PassReport(
             pairs=n,
             qpu_pairs=len(feats.qpu),
             pool_pairs=len(feats.pool),
-            infeasible=int((~feasible).sum()),
+            infeasible=int(infeasible.sum()),
             outputs=tuple(self.uses),
             features_seconds=self.t_features,
             inference_seconds=self.t_inference,
@@ -308,32 +326,44 @@ class _Pass:
         if not len(block):
             return
         rows = block.rows
+        cfg = self.cfg
         run, fell = self._output(
             block,
             "qpu_runtime",
             "value",
-            qpu_run_seconds(self.cfg, block.column("shots"), block.column("circuits")),
+            lambda: qpu_run_seconds(cfg, block.column("shots"), block.column("circuits")),
         )
-        mask[rows] |= np.where(fell, _BITS["qpu_runtime"], 0)
-        a10, a50, a90 = queue_wait_seconds(self.cfg, block.column("queue_length"))
+        _flag(mask, rows, fell, _BITS["qpu_runtime"])
+        queue: list[FloatArray] = []  # the analytic quantiles, computed when first needed
+
+        def analytic_queue(i: int) -> FloatArray:
+            if not queue:
+                queue.extend(queue_wait_seconds(cfg, block.column("queue_length")))
+            return queue[i]
+
         quantiles = []
         queue_fell = np.zeros(len(block), dtype=bool)
-        for output, analytic in (("p10", a10), ("p50", a50), ("p90", a90)):
-            values, fell = self._output(block, "queue_wait", output, analytic)
+        for i, output in enumerate(("p10", "p50", "p90")):
+            values, fell = self._output(block, "queue_wait", output, partial(analytic_queue, i))
             quantiles.append(values)
             queue_fell |= fell
-        # Separate quantile models cross on many rows: sort each row so they never do.
-        q = np.sort(np.stack(quantiles, axis=1), axis=1)
-        mask[rows] |= np.where(queue_fell, _BITS["queue_wait"], 0)
-        success = block.column("estimated_success")
-        fid, fell = self._output(block, "fidelity", "value", success, upper=1.0)
-        mask[rows] |= np.where(fell, _BITS["fidelity"], 0)
+        # Separate quantile models cross on many rows: sort each row so they never do (a
+        # sorting network of three: the values are finite here, so it equals np.sort).
+        a, b, c = quantiles
+        a, b = np.minimum(a, b), np.maximum(a, b)
+        b, c = np.minimum(b, c), np.maximum(b, c)
+        a, b = np.minimum(a, b), np.maximum(a, b)
+        _flag(mask, rows, queue_fell, _BITS["queue_wait"])
+        fid, fell = self._output(
+            block, "fidelity", "value", lambda: block.column("estimated_success"), upper=1.0
+        )
+        _flag(mask, rows, fell, _BITS["fidelity"])
         price = np.array([b.price_per_qpu_second for b in feats.backends], dtype=np.float64)
         cols["run"][rows] = run
-        cols["q10"][rows], cols["q50"][rows], cols["q90"][rows] = q[:, 0], q[:, 1], q[:, 2]
-        cols["s10"][rows] = q[:, 0] + run
-        cols["s50"][rows] = q[:, 1] + run
-        cols["s90"][rows] = q[:, 2] + run
+        cols["q10"][rows], cols["q50"][rows], cols["q90"][rows] = a, b, c
+        cols["s10"][rows] = a + run
+        cols["s50"][rows] = b + run
+        cols["s90"][rows] = c + run
         cols["usd"][rows] = run * price[block.res]
         fidelity[rows] = fid
 
@@ -349,22 +379,27 @@ class _Pass:
         if not len(block):
             return
         rows = block.rows
-        qubits = block.column("num_qubits")
-        gates = block.column("one_qubit_gates") + block.column("two_qubit_gates")
-        analytic_time = simulation_seconds(
-            self.cfg,
-            qubits,
-            gates,
-            block.column("method_mps"),
-            block.column("device_gpu"),
-            block.column("cpu_cores"),
-        )
+        cfg = self.cfg
+
+        def analytic_time() -> FloatArray:
+            return simulation_seconds(
+                cfg,
+                block.column("num_qubits"),
+                block.column("one_qubit_gates") + block.column("two_qubit_gates"),
+                block.column("method_mps"),
+                block.column("device_gpu"),
+                block.column("cpu_cores"),
+            )
+
         run, fell = self._output(block, "classical_time", "value", analytic_time)
-        mask[rows] |= np.where(fell, _BITS["classical_time"], 0)
+        _flag(mask, rows, fell, _BITS["classical_time"])
         mem, fell = self._output(
-            block, "classical_memory", "value", simulation_memory_bytes(qubits)
+            block,
+            "classical_memory",
+            "value",
+            lambda: simulation_memory_bytes(block.column("num_qubits")),
         )
-        mask[rows] |= np.where(fell, _BITS["classical_memory"], 0)
+        _flag(mask, rows, fell, _BITS["classical_memory"])
         price = np.array([p.price_per_hour_usd for p in feats.pools], dtype=np.float64)
         cols["run"][rows] = run
         for name in ("s10", "s50", "s90"):
@@ -383,7 +418,7 @@ class _Pass:
         if model is None:
             reason = "no model source" if source is None else source.why_missing(name, output)
             return _Job(name, output, None, reason)
-        x, inverse = block.matrix(model.info.features)
+        x, inverse = block.matrix(model.info.features, model.info.reads)
         return _Job(name, output, model, "", x, inverse)
 
     def _output(
@@ -391,25 +426,34 @@ class _Pass:
         block: KindBlock,
         name: str,
         output: str,
-        analytic: FloatArray,
+        analytic: Callable[[], FloatArray],
         upper: float = math.inf,
     ) -> tuple[FloatArray, BoolArray]:
         """The model's values for every pair of ``block`` (its target inverted, clipped to
-        [0, upper]), the analytic value where it has none; and which pairs fell back."""
-        analytic = np.clip(np.nan_to_num(analytic, nan=0.0), 0.0, upper)
+        [0, upper]), the analytic value (``analytic()``, computed only then) where it has
+        none; and which pairs fell back."""
+
+        def fallback_values() -> FloatArray:
+            return np.clip(np.nan_to_num(analytic(), nan=0.0), 0.0, upper)
+
         everyone = np.ones(len(block), dtype=bool)
         job = self.jobs[name, output]
         if job.model is None:
-            return self._fallback(name, output, len(block), job.reason, analytic, everyone)
+            return self._fallback(name, output, len(block), job.reason, fallback_values(), everyone)
         info = job.model.info
         if job.raw is None:
             reason = f"{info.key} failed this pass: {job.error}"[:300]
-            return self._fallback(name, output, len(block), reason, analytic, everyone)
-        values = _inverse_target(info.target, job.raw)[job.inverse]
-        bad = ~np.isfinite(values)
-        values = np.where(bad, analytic, np.clip(values, 0.0, upper))
+            return self._fallback(name, output, len(block), reason, fallback_values(), everyone)
+        # Per distinct row first (fewer than pairs), then spread to the pairs.
+        per_row = _inverse_target(info.target, job.raw)
         reason = ""
-        if bad.any():
+        if np.isfinite(per_row).all():
+            values = np.clip(per_row, 0.0, upper)[job.inverse]
+            bad = np.zeros(len(block), dtype=bool)
+        else:
+            values = per_row[job.inverse]
+            bad = ~np.isfinite(values)
+            values = np.where(bad, fallback_values(), np.clip(values, 0.0, upper))
             reason = f"{info.key} gave non-finite values for {int(bad.sum())} pair(s)"
             self.reasons.setdefault(name, []).append(reason)
         use = OutputUse(name, output, MODEL, len(block), len(job.x), job.rows_run, reason)

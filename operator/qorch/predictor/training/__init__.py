@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from qorch.predictor.training import classical, fidelity, qpu_runtime, queue_wait
+from qorch.predictor.training import classical, fidelity, qpu_runtime, queue_wait, rank
 from qorch.predictor.training.common import Row, TrainedModel, export
 from qorch.traces import PathLike
 
@@ -24,6 +24,7 @@ EVALUATIONS: tuple[Evaluation, ...] = (
     queue_wait.evaluate,
     fidelity.evaluate,
     classical.evaluate,
+    rank.evaluate,
 )
 
 __all__ = ["EVALUATIONS", "Evaluation", "Row", "TrainedModel", "export"]
