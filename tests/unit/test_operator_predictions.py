@@ -90,6 +90,7 @@ def test_every_placeable_pair_is_predicted_by_the_shipped_models() -> None:
     assert 0 < qpu.queue_seconds_p10 <= qpu.queue_seconds_p50 <= qpu.queue_seconds_p90
     assert qpu.usd == pytest.approx(qpu.run_seconds * 1.6)
     assert 0.5 < qpu.fidelity < 1.0  # a 3-qubit GHZ under a good calibration
+    assert predictions["a", "ibm-b"].fidelity < 1.0  # noisy hardware, even uncalibrated
     pool = predictions["a", "cpu"]
     assert pool.kind == "pool" and pool.fidelity == 1.0 and pool.peak_memory_bytes > 0
 
@@ -118,6 +119,23 @@ def test_a_broken_model_directory_falls_back_and_says_why(tmp_path: Path) -> Non
     missing.refresh_models(force=True)
     _, report = predict(missing, workflow("a"), HybridWorkflowStatus())
     assert report is not None and "does not exist" in "\n".join(report.fallbacks)
+
+
+def test_an_ideal_simulator_backend_is_exact() -> None:
+    service = PredictionService(str(REPO / "models"))
+    service.refresh_models(force=True)
+    spec = HybridWorkflowSpec.model_validate(
+        {
+            "resources": {"quantumBackends": ["aer", "ibm-a"]},
+            "subtasks": [{"name": "a", "circuit": {"qasm": GHZ}}],
+        }
+    )
+    aer = BackendInfo("aer", Provider.AER, 30)
+    predictions, _ = asyncio.run(
+        service.predict(spec, HybridWorkflowStatus(), {"a": GHZ}, [aer, BACKENDS[0]], None)
+    )
+    assert predictions["a", "aer"].fidelity == 1.0
+    assert predictions["a", "ibm-a"].fidelity < 1.0
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float | None:

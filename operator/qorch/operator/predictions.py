@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from qorch.api.backend import Provider
 from qorch.api.workflow import (
     HybridWorkflowSpec,
     HybridWorkflowStatus,
@@ -186,6 +187,7 @@ class PredictionService:
             calibration=CalibrationMedians.from_summary(backend.calibration),
             history=QueueHistory(queue_length=float(backend.queue_length), recent_waits_s=waits),
             healthy=backend.healthy,
+            ideal=backend.provider is Provider.AER,
         )
 
     # -- outcomes ----------------------------------------------------------------------------

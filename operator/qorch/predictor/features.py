@@ -318,6 +318,9 @@ class BackendInput:
     calibration: CalibrationMedians = field(default_factory=CalibrationMedians)
     history: QueueHistory = field(default_factory=QueueHistory)
     healthy: bool = True
+    # An ideal (noise-free) simulator behind a gateway (provider aer): its results are
+    # exact, so its expected fidelity is 1 whatever the model says of a missing calibration.
+    ideal: bool = False
 
     @classmethod
     def from_resource(

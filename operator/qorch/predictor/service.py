@@ -358,6 +358,9 @@ class _Pass:
             block, "fidelity", "value", lambda: block.column("estimated_success"), upper=1.0
         )
         _flag(mask, rows, fell, _BITS["fidelity"])
+        ideal = np.array([backend.ideal for backend in feats.backends], dtype=bool)
+        if ideal.any():
+            fid = np.where(ideal[block.res], 1.0, fid)
         price = np.array([b.price_per_qpu_second for b in feats.backends], dtype=np.float64)
         cols["run"][rows] = run
         cols["q10"][rows], cols["q50"][rows], cols["q90"][rows] = a, b, c
