@@ -198,6 +198,8 @@ def test_hybrid_workflow_computes_on_gateway_and_worker_pods(
         assert predicted["source"] == "model", predicted
         assert predicted["runSeconds"] > 0 and actual["runSeconds"] > 0, (predicted, actual)
     assert st["ghz-qpu"]["actual"]["queueSeconds"] >= 0
+    assert st["ghz-qpu"]["predicted"]["fidelity"] == 1.0  # an ideal simulator is exact
+    assert st["ghz-sim"]["actual"]["costUSD"] > 0  # a CPU pod at the cited default price
     assert (
         st["ghz-qpu"]["predicted"]["queueSecondsP10"]
         <= st["ghz-qpu"]["predicted"]["queueSecondsP90"]

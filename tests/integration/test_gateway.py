@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import math
 import random
@@ -579,3 +580,36 @@ async def test_a_restarted_gateway_re_attaches_to_jobs_that_were_running(
         with contextlib.suppress(asyncio.CancelledError):
             await dispatcher
         await second.close()
+
+
+class QueuesAtProvider(KeepsJobs):
+    """A provider job that reports, as qiskit-ibm-runtime's ``job.metrics()`` does, when it
+    left the provider's queue and started running."""
+
+    def __init__(self, queued_for: float) -> None:
+        super().__init__()
+        self.provider = Provider.IBM
+        self.queued_for = queued_for
+
+    def run(self, primitive: str, circuits: list[Any], shots: int) -> Any:
+        job = super().run(primitive, circuits, shots)
+        running = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.queued_for)
+        job.metrics = lambda: {"timestamps": {"running": running.isoformat()}}
+        return job
+
+
+async def test_a_providers_queue_counts_as_queue_wait_not_as_execution(
+    services: list[GatewayService],
+) -> None:
+    adapter = QueuesAtProvider(queued_for=0.4)
+    adapter.gate.clear()
+    service = _service(services, adapter)
+    record = await service.submit(Submission("p", "aer", GHZ3, "sampler", 100, ()))
+    running = asyncio.ensure_future(service.execute(service.next_batch()))
+    await asyncio.sleep(0.7)  # 0.4 s in the provider's queue, then 0.3 s running
+    adapter.gate.set()
+    await running
+    assert record.phase is JobPhase.DONE, record.message
+    status = record.to_json()
+    assert 0.35 <= status["queue_seconds"] <= 0.6, status
+    assert status["execution_seconds"] is not None and status["execution_seconds"] <= 0.45, status

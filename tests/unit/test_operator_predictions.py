@@ -22,7 +22,7 @@ from qorch.api.workflow import (
     SubtaskPhase,
     SubtaskStatus,
 )
-from qorch.operator.predictions import PredictionService
+from qorch.operator.predictions import PredictionService, backend_input
 from qorch.orchestrator import BackendInfo, Plan, WorkflowSnapshot
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.snapshot import PredictorReport
@@ -178,5 +178,9 @@ def test_outcomes_feed_the_queue_history_and_the_running_error() -> None:
     service.record_outcomes(WorkflowSnapshot("ns", "wf", 1, spec, after, snap.now), Plan(after))
     assert list(service.recent_waits["ibm-a"]) == [30.0]
     # The waits it saw become the backend's history in the next pass.
-    backend = service._backend_input(BACKENDS[0], None)
+    seen: list[tuple[float, ...]] = []
+    service._predict = lambda *args: seen.append(args[-1]["ibm-a"]) or ({}, None)  # type: ignore[method-assign]
+    predict(service, spec, HybridWorkflowStatus())
+    assert seen == [(30.0,)]
+    backend = backend_input(BACKENDS[0], None, seen[0])
     assert backend.history.recent_waits_s == (30.0,)

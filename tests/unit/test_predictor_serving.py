@@ -278,6 +278,19 @@ def test_corrupt_file_is_rejected_and_the_analytic_model_answers(tmp_path: Path)
     assert any("qpu_runtime: analytic (qpu_runtime.onnx rejected" in n for n in p.notes)
 
 
+def test_an_oversized_file_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qorch.predictor.models as models_mod
+
+    good = onnx_bytes("qpu_runtime", "value", ("shots",), weights=(1.0,))
+    write(tmp_path, "qpu_runtime.onnx", good)
+    monkeypatch.setattr(models_mod, "MAX_MODEL_BYTES", len(good) - 1)
+    store = models_mod.ModelStore(tmp_path)
+    (change,) = store.refresh()
+    assert change.kind == "rejected" and "not read" in change.message
+    assert store.model("qpu_runtime", "value") is None
+    assert store.refresh() == ()  # said once, not on every scan
+
+
 def test_missing_files_fall_back_with_a_reason(tmp_path: Path) -> None:
     store = store_for(tmp_path / "nowhere")
     assert "does not exist" in store.state().summary()

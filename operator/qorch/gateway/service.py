@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from typing import Any
 
 from qiskit import QuantumCircuit
 
-from qorch.api.backend import CalibrationSummary
+from qorch.api.backend import CalibrationSummary, Provider
 from qorch.gateway.backends import (
     PreparedCircuit,
     QuantumBackendAdapter,
@@ -379,6 +380,8 @@ class GatewayService:
         self.jobs: OrderedDict[str, JobRecord] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._label = {"backend": adapter.name}
+        # A provider that queues jobs itself (IBM): the hand-off is not the start.
+        self._remote = adapter.provider is Provider.IBM
         self._preparer = _Preparer(adapter)
         self._preparing = 0
         self._batch_seconds = 1.0  # running mean of one batch's wall time (Retry-After)
@@ -518,8 +521,11 @@ class GatewayService:
         now = time.time()
         for record in batch:
             record.phase = JobPhase.RUNNING
+            # Handed to the backend. A local simulator starts now; a provider (IBM) queues
+            # the job first: its start is read from the provider once the job is done.
             record.started_at = now
-            self.metrics.queue_wait.labels(**self._label).observe(now - record.submitted_at)
+            if not self._remote:
+                self.metrics.queue_wait.labels(**self._label).observe(now - record.submitted_at)
             self._save(record)
         self._update_queue_gauge()
         primitive, shots = batch[0].submission.primitive, batch[0].submission.shots
@@ -556,6 +562,16 @@ class GatewayService:
         except Exception as exc:
             self._fail([r for r, _ in entries], exc)
             return
+        if self._remote:
+            running_at = await asyncio.to_thread(_provider_running_at, remote)
+            for record, _ in entries:
+                # The queue wait is the gateway's own plus the provider's queue: up to when
+                # the provider says the job started running (hand-off time if it does not).
+                if record.started_at and running_at and record.started_at <= running_at:
+                    record.started_at = min(running_at, time.time())
+                self.metrics.queue_wait.labels(**self._label).observe(
+                    max(0.0, (record.started_at or time.time()) - record.submitted_at)
+                )
         pubs = max(1, len(result))
         for record, index in entries:
             if record.phase is not JobPhase.RUNNING:
@@ -752,6 +768,24 @@ def _provider_job_id(remote: Any) -> str | None:
     except Exception:  # a job object without an id is still a job
         return None
     return str(value) if value else None
+
+
+def _provider_running_at(remote: Any) -> float | None:
+    """When the provider started running ``remote`` (epoch seconds), from qiskit-ibm-runtime's
+    ``job.metrics()["timestamps"]["running"]`` (ISO 8601); None when it does not say."""
+    metrics = getattr(remote, "metrics", None)
+    if not callable(metrics):
+        return None
+    try:
+        stamp = (metrics() or {}).get("timestamps", {}).get("running")
+        if not stamp:
+            return None
+        parsed = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except Exception:  # an older runtime, a local job: the hand-off time stands
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
 
 
 def _usage_seconds(remote: Any) -> float:

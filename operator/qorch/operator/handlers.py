@@ -42,6 +42,7 @@ from qorch.operator.runtime import Runtime, build_snapshot, parse_spec
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import SubmitJob, plan
+from qorch.orchestrator.prices import IBM_PAY_AS_YOU_GO_USD_PER_QPU_SECOND
 from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, PodState
 from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded
 
@@ -104,10 +105,19 @@ def quantum_backends(
             num_qubits=int(spec.get("numQubits", 30)),
             healthy=status.get("healthy") is not False,
             queue_length=int(status.get("queueLength") or 0),
-            price_per_qpu_second=float(spec.get("pricePerQpuSecondUSD", 0.0)),
+            price_per_qpu_second=_price(spec),
             calibration=_calibration(status.get("calibration")),
         )
     }
+
+
+def _price(spec: Mapping[str, Any]) -> float:
+    """USD per QPU second: the backend's own, else IBM's list price for an IBM backend
+    (``orchestrator.prices``), else 0 (a local simulator)."""
+    price = spec.get("pricePerQpuSecondUSD")
+    if price is not None:
+        return float(price)
+    return IBM_PAY_AS_YOU_GO_USD_PER_QPU_SECOND if spec.get("provider") == "ibm" else 0.0
 
 
 def _calibration(raw: Any) -> CalibrationSummary | None:
@@ -266,8 +276,6 @@ async def drive_workflow(
                         snapshot, predictions=predictions, predictor=report
                     )
                 decided = plan(snapshot, runtime.policy)
-                record_worker_usage(snapshot, decided)
-                runtime.predictions.record_outcomes(snapshot, decided)
                 if any(isinstance(a, SubmitJob) for a in decided.actions):
                     # Before the job exists, so that deleting the workflow cancels it.
                     await obj.hold_for_gateway_jobs(True)
@@ -290,6 +298,10 @@ async def drive_workflow(
                     await asyncio.sleep(0.2)  # another writer is active: do not spin against it
                     continue
                 status = obj.status
+                # Only once the status that says so is stored: a refused write re-plans from
+                # the old status and would see the same subtasks succeed again.
+                record_worker_usage(snapshot, decided)
+                runtime.predictions.record_outcomes(snapshot, decided)
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
                     logger.info("workflow %s/%s %s", ns, name, status.phase)

@@ -12,10 +12,12 @@ import asyncio
 import logging
 import math
 import statistics
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from qorch.api.backend import Provider
 from qorch.api.workflow import (
@@ -48,7 +50,13 @@ from qorch.predictor import (
     SubtaskInput,
 )
 
+# Imported here, on the main thread: qiskit's OpenQASM 2 parser (a Rust extension) first
+# loaded in a worker thread that later exits crashes the process on a later parse (seen
+# with qiskit 2.x); circuits are then parsed in the pass's worker thread.
+from qorch.quantum import circuits as _circuits  # noqa: F401
+
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Worker pods that simulate a circuit request one core (``podspec``).
 WORKER_CORES = 1.0
@@ -73,12 +81,15 @@ class PredictionService:
         self.models_dir = models_dir
         self.store = ModelStore(models_dir) if models_dir else None
         self.predictor = Predictor(self.store)
-        self.circuits = CircuitCache()
+        # Counts only, not the parsed circuits (the exact success estimate that would need
+        # them is not computed in the operator): bounded memory for big sources.
+        self.circuits = CircuitCache(max_entries=1024, keep_circuits=False)
         self.refresh_seconds = refresh_seconds
         self._next_refresh = 0.0
-        # One pass at a time (the predictor remembers its previous rows); passes run in a
-        # thread, off the event loop.
-        self._lock = asyncio.Lock()
+        # One pass (or model re-scan) at a time: the predictor remembers its previous rows.
+        # A threading lock, taken in the worker thread itself, so that a daemon cancelled
+        # while its pass runs cannot let a second pass start beside it.
+        self._lock = threading.Lock()
         # Queue waits the operator saw its own gateway jobs take, per backend, oldest first:
         # the history window of the queue-wait model (cluster-wide, all workflows).
         self.recent_waits: dict[str, deque[float]] = {}
@@ -119,8 +130,7 @@ class PredictionService:
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
-                async with self._lock:
-                    await asyncio.to_thread(self.refresh_models, force=True)
+                await asyncio.to_thread(self._locked, self.refresh_models, True)
             except Exception:
                 log.exception("re-scanning the model directory failed; keeping what serves")
 
@@ -138,6 +148,26 @@ class PredictionService:
         subtasks = _placeable(spec, status, sources)
         if not subtasks:
             return {}, None
+        # Read here, on the event loop that appends to them, not in the pass's thread.
+        waits = {name: tuple(seen) for name, seen in self.recent_waits.items()}
+        return await asyncio.to_thread(
+            self._locked, self._predict, spec, subtasks, sources, list(backends), live, waits
+        )
+
+    def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            return fn(*args)
+
+    def _predict(
+        self,
+        spec: HybridWorkflowSpec,
+        subtasks: list[tuple[str, int]],
+        sources: Mapping[str, str],
+        backends: list[BackendInfo],
+        live: MetricsView | None,
+        waits: Mapping[str, tuple[float, ...]],
+    ) -> tuple[dict[tuple[str, str], Prediction], PredictorReport | None]:
+        """The pass itself, in a worker thread: parsing (cached) and onnxruntime."""
         inputs = [
             SubtaskInput(name, self.circuits.parse(sources[name]), shots)
             for name, shots in subtasks
@@ -146,7 +176,7 @@ class PredictionService:
         allowed = [known[b] for b in spec.resources.quantumBackends if b in known]
         context = PredictionContext.of(
             inputs,
-            [self._backend_input(b, live) for b in allowed],
+            [backend_input(b, live, waits.get(b.name, ())) for b in allowed],
             [
                 PoolInput.from_pool(
                     p, cpu_cores=WORKER_CORES, price_per_hour_usd=pool_price_per_hour(p)
@@ -158,9 +188,8 @@ class PredictionService:
         pairs = [(s.name, r) for s in inputs for r in resources]
         if not pairs:
             return {}, None
-        async with self._lock:
-            predictions = await asyncio.to_thread(self.predictor.predict, pairs, context)
-            report = self.predictor.last_report
+        predictions = self.predictor.predict(pairs, context)
+        report = self.predictor.last_report
         fallbacks: tuple[str, ...] = ()
         if report is not None:
             fallbacks = tuple(f"{u.key}: {u.reason or 'analytic'}" for u in report.fallbacks)
@@ -171,23 +200,6 @@ class PredictionService:
         return (
             {(p.subtask, p.resource): p for p in predictions},
             PredictorReport(fallbacks=fallbacks, pairs=len(pairs)),
-        )
-
-    def _backend_input(self, backend: BackendInfo, live: MetricsView | None) -> BackendInput:
-        waits = tuple(self.recent_waits.get(backend.name, ()))
-        measured = live.backends.get(backend.name) if live and live.available else None
-        if not waits and measured and measured.queue_wait_p50_seconds is not None:
-            # Nothing seen by this operator yet (a fresh start): the gateway's own median
-            # wait, as one observation.
-            waits = (measured.queue_wait_p50_seconds,)
-        return BackendInput(
-            name=backend.name,
-            num_qubits=backend.num_qubits,
-            price_per_qpu_second=backend.price_per_qpu_second,
-            calibration=CalibrationMedians.from_summary(backend.calibration),
-            history=QueueHistory(queue_length=float(backend.queue_length), recent_waits_s=waits),
-            healthy=backend.healthy,
-            ideal=backend.provider is Provider.AER,
         )
 
     # -- outcomes ----------------------------------------------------------------------------
@@ -219,13 +231,14 @@ class PredictionService:
         if predicted is None or actual is None or st.placement is None:
             return
         on_backend = st.placement.kind is ResourceKind.BACKEND
+        # A pool's start-up wait is not predicted (0): no error to speak of there.
         pairs = [
             ("qpu_run_seconds" if on_backend else "simulation_seconds",
              predicted.runSeconds, actual.runSeconds),
-            ("queue_seconds" if on_backend else "pod_start_seconds",
-             predicted.queueSecondsP50, actual.queueSeconds),
         ]  # fmt: skip
-        if not on_backend:
+        if on_backend:
+            pairs.append(("queue_seconds", predicted.queueSecondsP50, actual.queueSeconds))
+        else:
             memory = _float(actual.peakMemoryBytes)
             pairs.append(("peak_memory_bytes", float(predicted.peakMemoryBytes), memory))
         for quantity, guess, truth in pairs:
@@ -246,6 +259,27 @@ class PredictionService:
             metrics.PREDICTION_QUEUE_INTERVAL_COVERAGE.set(
                 sum(running.inside) / len(running.inside)
             )
+
+
+def backend_input(
+    backend: BackendInfo, live: MetricsView | None, waits: tuple[float, ...]
+) -> BackendInput:
+    """A backend as the predictor sees it: calibration, queue now, the queue waits the
+    operator saw its jobs take there (``waits``, oldest first)."""
+    measured = live.backends.get(backend.name) if live and live.available else None
+    if not waits and measured and measured.queue_wait_p50_seconds is not None:
+        # Nothing seen by this operator yet (a fresh start): the gateway's own median
+        # wait, as one observation.
+        waits = (measured.queue_wait_p50_seconds,)
+    return BackendInput(
+        name=backend.name,
+        num_qubits=backend.num_qubits,
+        price_per_qpu_second=backend.price_per_qpu_second,
+        calibration=CalibrationMedians.from_summary(backend.calibration),
+        history=QueueHistory(queue_length=float(backend.queue_length), recent_waits_s=waits),
+        healthy=backend.healthy,
+        ideal=backend.provider is Provider.AER,
+    )
 
 
 def _float(value: int | None) -> float | None:

@@ -528,14 +528,16 @@ def _report_predictor(cyc: _Cycle) -> None:
     report = cyc.snap.predictor
     if report is None or not report.pairs:
         return
+    was = next((c.status for c in cyc.status.conditions if c.type == "Predicted"), None)
     if report.fallbacks:
         message = f"analytic fallback for {len(report.fallbacks)} model output(s): " + "; ".join(
             report.fallbacks
         )
-        if cyc.set_condition("Predicted", "False", "AnalyticFallback", message):
+        # The message may change pass by pass (counts of pairs): warn on the change to
+        # False, not on each new message.
+        if cyc.set_condition("Predicted", "False", "AnalyticFallback", message) and was != "False":
             cyc.event("PredictorFallback", message, warning=True)
     else:
-        was = next((c.status for c in cyc.status.conditions if c.type == "Predicted"), None)
         serving = "every prediction came from a validated model"
         if cyc.set_condition("Predicted", "True", "ModelsServing", serving) and was == "False":
             cyc.event("PredictorModels", "predictions come from validated models again")

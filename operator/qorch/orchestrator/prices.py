@@ -1,7 +1,9 @@
 """Default prices, from published price lists (cited in ``models/MODEL_CARD.md``, "Prices").
 
 A QuantumBackend's ``pricePerQpuSecondUSD`` and a pool's ``pricePerHourUSD`` override them;
-these are what a workflow is charged when its resources say nothing.
+these are what costs are predicted and counted with when a resource says nothing (an IBM
+QuantumBackend without a price, a pool without one; the chart writes the IBM price into
+the QuantumBackends it creates).
 """
 
 from __future__ import annotations

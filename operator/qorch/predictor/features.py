@@ -162,8 +162,9 @@ class ParsedCircuit:
 class CircuitCache:
     """Parsed circuits by source hash, least recently used dropped beyond ``max_entries``."""
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 4096, *, keep_circuits: bool = True) -> None:
         self._max = max_entries
+        self._keep = keep_circuits  # False: counts only (no exact success estimate)
         self._entries: OrderedDict[str, ParsedCircuit] = OrderedDict()
 
     def __len__(self) -> int:
@@ -181,7 +182,9 @@ class CircuitCache:
 
         try:
             circuit = load_qasm(source)
-            parsed = ParsedCircuit(key, circuit_counts(circuit), None, circuit)
+            parsed = ParsedCircuit(
+                key, circuit_counts(circuit), None, circuit if self._keep else None
+            )
         except CircuitError as exc:
             parsed = ParsedCircuit(key, None, str(exc))
         except Exception as exc:  # counting a parsed circuit failed: say so, do not crash

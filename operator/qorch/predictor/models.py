@@ -47,6 +47,9 @@ REQUIRED_METADATA: Final = (
     META_HELDOUT_ERROR,
 )
 PROBE_ROWS: Final = 3
+# The shipped models are under 1 MB; a file far beyond that is a mistake or an attack on
+# the operator's memory (whoever can write the model ConfigMap or volume).
+MAX_MODEL_BYTES: Final = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ ChangeKind = Literal["loaded", "replaced", "refused", "rejected", "removed"]
 
 @dataclass(frozen=True)
 class StoreChange:
-    """One thing a refresh did; the operator emits an Event for each."""
+    """One thing a refresh did; the operator logs it and counts it
+    (``qorch_predictor_model_changes_total``)."""
 
     kind: ChangeKind
     path: str
@@ -697,6 +701,15 @@ class ModelStore:
                 st = path.stat()
                 signature = (st.st_mtime_ns, st.st_size, st.st_ino)
                 if known is not None and known.signature == signature and not refused_for:
+                    continue
+                if st.st_size > MAX_MODEL_BYTES:
+                    reason = (
+                        f"{st.st_size} bytes, over the {MAX_MODEL_BYTES} a model may have "
+                        "(not read: it could exhaust the operator's memory)"
+                    )
+                    rejection = Rejection(str(path), reason, *_named(path))
+                    self._files[path] = _File(signature, "", rejection)  # again only if changed
+                    changes.append(StoreChange("rejected", str(path), reason, *_named(path)))
                     continue
                 data = path.read_bytes()
             except OSError as exc:
