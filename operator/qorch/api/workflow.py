@@ -384,6 +384,16 @@ class ActualOutcome(StrictModel):
     peakMemoryBytes: int | None = Field(default=None, ge=0)
 
 
+class MoveIntent(StrictModel):
+    """A move the planner committed to: recorded before the old attempt is cancelled, so that
+    a restart between "cancel the old" and "start the new" neither loses the subtask nor
+    takes the cancelled attempt for a failure."""
+
+    to: Placement
+    reason: str = Field(default="", max_length=1024)
+    since: str
+
+
 class SubtaskStatus(StrictModel):
     name: str
     phase: SubtaskPhase = SubtaskPhase.PENDING
@@ -407,6 +417,9 @@ class SubtaskStatus(StrictModel):
         default=None, description="Since when the job's gateway has not answered."
     )
     moves: int = Field(default=0, ge=0)
+    moving: MoveIntent | None = Field(
+        default=None, description="A move under way: the old attempt is being cancelled."
+    )
     message: str = Field(default="", max_length=4096)
     predicted: PredictedOutcome | None = Field(
         default=None, description="The prediction the placement of this attempt used."

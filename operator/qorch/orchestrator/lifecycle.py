@@ -7,7 +7,8 @@ from qorch.api.workflow import SubtaskPhase as P
 VALID_TRANSITIONS: dict[P, frozenset[P]] = {
     P.PENDING: frozenset({P.LAUNCHING, P.SKIPPED, P.FAILED}),
     P.LAUNCHING: frozenset({P.SCHEDULED, P.RUNNING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
-    P.SCHEDULED: frozenset({P.RUNNING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
+    # SCHEDULED -> LAUNCHING: a move (a queued job or an unbound pod started elsewhere).
+    P.SCHEDULED: frozenset({P.LAUNCHING, P.RUNNING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
     P.RUNNING: frozenset({P.SUCCEEDED, P.RETRYING, P.FAILED}),
     P.RETRYING: frozenset({P.LAUNCHING, P.FAILED}),
     P.SUCCEEDED: frozenset(),

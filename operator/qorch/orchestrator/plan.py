@@ -21,6 +21,8 @@ from qorch.api.workflow import (
     ActualOutcome,
     HistoryEntry,
     HybridWorkflowStatus,
+    MoveIntent,
+    Placement,
     ResourceKind,
     SubtaskPhase,
     SubtaskSpec,
@@ -316,6 +318,8 @@ def _advance(
         return
     if st.placement is None:
         return
+    if (st.moving is not None or sub.name in cyc.snap.moves) and _relocate(cyc, sub, st):
+        return
     if st.placement.kind is ResourceKind.POOL:
         _track_pod(cyc, sub, st)
     else:
@@ -331,6 +335,13 @@ def _launch(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
             st.message = decision.reason
             cyc.event("Unschedulable", f"{sub.name}: {decision.reason}", warning=True)
         return
+    _start(cyc, sub, st, decision, "Placed")
+
+
+def _start(
+    cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, decision: Placement, event: str
+) -> None:
+    """A new attempt of ``sub`` on ``decision``: a gated pod, or a job at a gateway."""
     st.attempts += 1
     st.placement = decision
     # The prediction this placement was made on, kept beside the outcome to come.
@@ -358,8 +369,95 @@ def _launch(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         cyc.requeue_in(snap.config.job_poll_min)  # gateways do not call back: poll
         where = f"job {st.jobId} on quantum backend {decision.name}"
     message = f"attempt {st.attempts}: {where}"
-    cyc.move(st, SubtaskPhase.LAUNCHING, "Placed", message)
-    cyc.event("Placed", f"{sub.name} {message}")
+    cyc.move(st, SubtaskPhase.LAUNCHING, event, message)
+    cyc.event(event, f"{sub.name} {message}")
+
+
+class _Old(Enum):
+    """Where the attempt a move leaves behind stands."""
+
+    MOVABLE = "movable"  # a job still queued, a pod still gated or unbound: cancel it
+    GONE = "gone"  # cancelled, deleted, or never known: the new attempt may start
+    STARTED = "started"  # it began running (or ended) before it could be cancelled
+    UNKNOWN = "unknown"  # its gateway does not answer: wait
+
+
+def _old_attempt(cyc: _Cycle, st: SubtaskStatus) -> _Old:
+    assert st.placement is not None
+    if st.placement.kind is ResourceKind.POOL:
+        pod = cyc.snap.pods.get(st.podName or "")
+        if pod is None:
+            return _Old.GONE
+        if pod.phase is PodPhase.GATED or (pod.phase is PodPhase.PENDING and pod.node is None):
+            return _Old.MOVABLE
+        return _Old.STARTED
+    job = cyc.snap.jobs.get(st.jobId or "")
+    if job is None or job.phase in (JobPhase.CANCELLED, JobPhase.ERROR):
+        return _Old.GONE
+    if job.phase is JobPhase.QUEUED:
+        return _Old.MOVABLE
+    if job.phase is JobPhase.UNKNOWN:
+        return _Old.UNKNOWN
+    return _Old.STARTED
+
+
+def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
+    """A move in three steps, each written to the status before the next: record the
+    intent; cancel the old attempt (job still queued, pod not yet bound); once it is gone,
+    start the new one. A restart between any two steps resumes from the status: the
+    subtask is neither lost nor run twice, and a cancelled attempt is not a failure (the
+    retry budget is untouched). If the old attempt starts running first, the move is
+    dropped. True when this cycle handled the subtask."""
+    assert st.placement is not None
+    old = _old_attempt(cyc, st)
+    if st.moving is None:
+        request = cyc.snap.moves.get(sub.name)
+        limit = cyc.snap.spec.reallocation.maxMovesPerSubtask
+        if (
+            request is None
+            or old is not _Old.MOVABLE
+            or request.to == st.placement
+            or cyc.hold_launches
+            or not cyc.snap.spec.reallocation.enabled
+            or st.moves >= limit
+        ):
+            return False
+        reason = bounded(request.reason, 1024)
+        st.moving = MoveIntent(to=request.to, reason=reason, since=cyc.now)
+        cyc.event("Moving", f"{sub.name}: {st.placement.name} -> {request.to.name}: {reason}")
+        cyc.requeue_in(dt.timedelta(0))
+        return True
+    if old is _Old.STARTED:
+        cyc.event(
+            "MoveAbandoned",
+            f"{sub.name}: attempt {st.attempts} started on {st.placement.name} before it "
+            f"could be cancelled; it stays there (no move to {st.moving.to.name})",
+        )
+        st.moving = None
+        return False
+    if old is _Old.UNKNOWN:
+        return False  # the gateway's silence is handled as for any job
+    if old is _Old.MOVABLE:
+        if st.placement.kind is ResourceKind.POOL and st.podName:
+            cyc.actions.append(DeletePod(st.podName, f"moving to {st.moving.to.name}"))
+        elif st.jobId:
+            cyc.actions.append(CancelJob(st.jobId, st.placement.name, "moving"))
+        cyc.requeue_in(cyc.snap.config.job_poll_min)
+        return True
+    intent, was = st.moving, st.placement.name
+    st.moving = None
+    st.moves += 1
+    st.history = [
+        *st.history,
+        HistoryEntry(
+            time=cyc.now,
+            event="Moved",
+            message=bounded(f"from {was} to {intent.to.name}: {intent.reason}", SHORT_LIMIT),
+        ),
+    ][-MAX_HISTORY:]
+    cyc.event("Moved", f"{sub.name}: from {was} to {intent.to.name}: {intent.reason}")
+    _start(cyc, sub, st, intent.to, "Relaunched")
+    return True
 
 
 def _qubits(cyc: _Cycle, sub: SubtaskSpec) -> int | None:

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from qorch.api.backend import CalibrationSummary, Provider
-from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus
+from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, Placement
 from qorch.orchestrator.prediction import Prediction
 
 
@@ -75,6 +75,9 @@ class BackendInfo:
     queue_length: int = 0
     price_per_qpu_second: float = 0.0
     calibration: CalibrationSummary | None = None
+    # The provider's name of the backend (spec.backendName: ``fake_torino``), which the
+    # gateway labels its metrics ``backend`` with; several objects may share it.
+    backend_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,12 @@ class MetricsView:
 
     available: bool
     reason: str = ""
+    # By QuantumBackend object name: what the planner looks up. Read from the gateways'
+    # ``quantum_backend`` label, then joined by ``qorch.metrics.reader.join_backends``.
     backends: dict[str, BackendMetrics] = field(default_factory=dict)
+    # Series of gateways that did not say which QuantumBackend they serve, by the
+    # provider's backend name (``backend`` label): joined only where that is unambiguous.
+    by_backend_name: dict[str, BackendMetrics] = field(default_factory=dict)
     worker_execution_p50_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
     gpu_utilisation: float | None = None
 
@@ -133,6 +141,15 @@ class PlannerConfig:
     # How long a circuit source that cannot be read yet (a ConfigMap applied after the
     # workflow) is waited for before the spec counts as invalid.
     source_wait: dt.timedelta = dt.timedelta(seconds=120)
+
+
+@dataclass(frozen=True)
+class MoveRequest:
+    """The cluster pass wants a subtask elsewhere; ``reason`` carries the numbers behind it
+    (predicted cost here vs there, the price of moving) for the Event and the history."""
+
+    to: Placement
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -164,3 +181,5 @@ class WorkflowSnapshot:
     # they were made (None: no prediction pass ran this cycle).
     predictions: Mapping[tuple[str, str], Prediction] = field(default_factory=dict)
     predictor: PredictorReport | None = None
+    # Moves the cluster pass asks for, by subtask name (empty: none this cycle).
+    moves: Mapping[str, MoveRequest] = field(default_factory=dict)
