@@ -138,6 +138,24 @@ def test_an_ideal_simulator_backend_is_exact() -> None:
     assert predictions["a", "ibm-a"].fidelity < 1.0
 
 
+def test_the_model_directory_is_re_read_in_the_background(tmp_path: Path) -> None:
+    service = PredictionService(str(tmp_path), refresh_seconds=0.05)
+    service.refresh_models(force=True)
+    assert service.store is not None and not service.store.state().loaded
+
+    async def scenario() -> None:
+        task = asyncio.create_task(service.keep_models_fresh())
+        shutil.copy(REPO / "models" / "qpu_runtime.onnx", tmp_path / "qpu_runtime.onnx")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if service.store is not None and service.store.model("qpu_runtime", "value"):
+                break
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert service.store.model("qpu_runtime", "value") is not None
+
+
 def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
     return REGISTRY.get_sample_value(name, labels or {})
 

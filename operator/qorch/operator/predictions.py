@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from qorch.api.backend import Provider
@@ -130,7 +131,7 @@ class PredictionService:
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
-                await asyncio.to_thread(self._locked, self.refresh_models, True)
+                await asyncio.to_thread(self._locked, partial(self.refresh_models, force=True))
             except Exception:
                 log.exception("re-scanning the model directory failed; keeping what serves")
 
