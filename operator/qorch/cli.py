@@ -81,6 +81,7 @@ def _gateway(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         auth = _gateway_auth(args)
+        _check_object_name("--quantum-backend", args.quantum_backend)
     except ValueError as exc:
         print(f"qorch gateway: {exc}", file=sys.stderr)
         return 2
@@ -98,22 +99,34 @@ def _gateway(args: argparse.Namespace) -> int:
     )
     service = GatewayService(
         adapter,
-        GatewayMetrics.create(),
+        GatewayMetrics.create(quantum_backend=args.quantum_backend),
         batch_size=args.batch_size,
         price_per_qpu_second=args.price_per_qpu_second,
         max_queued=args.max_queued,
         state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     logging.getLogger("qorch.gateway").info(
-        "gateway for %s (%s, %d qubits) on %s:%d",
+        "gateway for %s (%s, %d qubits%s) on %s:%d",
         adapter.name,
         args.provider,
         adapter.num_qubits,
+        f", QuantumBackend {args.quantum_backend}" if args.quantum_backend else "",
         args.host,
         args.port,
     )
     web.run_app(make_app(service, auth=auth), host=args.host, port=args.port, print=None)
     return 0
+
+
+def _check_object_name(flag: str, value: str | None) -> None:
+    """A Kubernetes object name (DNS-1123 subdomain), or ValueError naming the flag."""
+    import re
+
+    if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+        raise ValueError(
+            f"{flag} {value!r} is not a Kubernetes object name (lower-case letters, digits, "
+            "'-' and '.'; the QuantumBackend's metadata.name, not its spec.backendName)"
+        )
 
 
 def _gateway_auth(args: argparse.Namespace) -> Middleware | None:
@@ -371,6 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("gateway", help="serve one quantum backend over HTTP")
     p.add_argument("--provider", choices=["ibm", "fake", "aer"], required=True)
     p.add_argument("--backend", help="ibm_torino, fake_perth, ... (aer: optional name)")
+    p.add_argument(
+        "--quantum-backend",
+        metavar="NAME",
+        help="the QuantumBackend object this gateway serves (its metadata.name); exported as "
+        "the quantum_backend label of every metric, so the operator joins Prometheus data to "
+        "the right object even when several share one backend name (the chart sets it)",
+    )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--token-file", help="file holding the IBM Quantum token (a mounted Secret)")

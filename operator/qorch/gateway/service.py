@@ -379,7 +379,7 @@ class GatewayService:
         self.price = price_per_qpu_second
         self.jobs: OrderedDict[str, JobRecord] = OrderedDict()
         self._wakeup = asyncio.Event()
-        self._label = {"backend": adapter.name}
+        self._label = metrics.labels_for(adapter.name)
         # A provider that queues jobs itself (IBM): the hand-off is not the start.
         self._remote = adapter.provider is Provider.IBM
         self._preparer = _Preparer(adapter)

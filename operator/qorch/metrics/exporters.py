@@ -1,9 +1,12 @@
 """Performance Monitoring Agent: the metrics gateways and workers export.
 
 Naming follows Prometheus conventions (base units in names, ``_total`` counters,
-``_seconds``). Label sets are bounded: ``backend`` is the one backend a gateway serves,
-``primitive`` and ``outcome`` are fixed vocabularies, ``method``/``device`` come from
-Aer's short lists. Each process creates the metrics it needs on its own registry.
+``_seconds``). Label sets are bounded: ``backend`` is the one backend a gateway serves (the
+provider's name, e.g. ``fake_torino``), ``quantum_backend`` the one QuantumBackend object it
+serves (only when the gateway was told, ``qorch gateway --quantum-backend``: the chart does;
+without it the label set is exactly ``backend`` as before), ``primitive`` and ``outcome``
+are fixed vocabularies, ``method``/``device`` come from Aer's short lists. Each process
+creates the metrics it needs on its own registry.
 """
 
 from __future__ import annotations
@@ -32,12 +35,18 @@ class GatewayMetrics:
     t2: Gauge
     num_qubits: Gauge
     healthy: Gauge
+    # The QuantumBackend object this gateway serves, exported as the ``quantum_backend``
+    # label: the operator's unambiguous join (two objects may share one backend name).
+    quantum_backend: str | None = None
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> GatewayMetrics:
+    def create(
+        cls, registry: CollectorRegistry | None = None, *, quantum_backend: str | None = None
+    ) -> GatewayMetrics:
         r = registry or CollectorRegistry()
-        b = ["backend"]
+        b = ["backend", "quantum_backend"] if quantum_backend else ["backend"]
         return cls(
+            quantum_backend=quantum_backend or None,
             registry=r,
             queue_length=Gauge(
                 "qorch_gateway_queue_length", "Jobs waiting in this gateway.", b, registry=r
@@ -104,6 +113,13 @@ class GatewayMetrics:
             num_qubits=Gauge("qorch_backend_qubits", "Qubits of the backend.", b, registry=r),
             healthy=Gauge("qorch_backend_up", "1 when the backend accepts jobs.", b, registry=r),
         )
+
+    def labels_for(self, backend: str) -> dict[str, str]:
+        """The identifying labels of every gateway series: ``backend`` and, when known,
+        ``quantum_backend``."""
+        if self.quantum_backend:
+            return {"backend": backend, "quantum_backend": self.quantum_backend}
+        return {"backend": backend}
 
 
 @dataclass

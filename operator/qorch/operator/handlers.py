@@ -107,6 +107,8 @@ def quantum_backends(
             queue_length=int(status.get("queueLength") or 0),
             price_per_qpu_second=_price(spec),
             calibration=_calibration(status.get("calibration")),
+            # As track_gateway_url sends it: the gateway's ``backend`` metric label.
+            backend_name=spec.get("backendName") or "aer_simulator",
         )
     }
 

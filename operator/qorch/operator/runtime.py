@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -16,9 +17,10 @@ import urllib3
 from kubernetes import client, config
 from pydantic import ValidationError
 
+from qorch.api.backend import CalibrationSummary
 from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, ResourceKind
 from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget
-from qorch.metrics.reader import MetricsReader, PrometheusReader
+from qorch.metrics.reader import MetricsReader, PrometheusReader, join_backends
 from qorch.operator.apply import Applier
 from qorch.operator.podspec import pod_state
 from qorch.operator.predictions import PredictionService
@@ -27,6 +29,7 @@ from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.placement import PlacementPolicy, RulePolicy
 from qorch.orchestrator.snapshot import (
     BackendInfo,
+    BackendMetrics,
     CircuitInfo,
     JobPhase,
     JobState,
@@ -69,6 +72,8 @@ class Runtime:
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     # Parse results by source hash; bounded, oldest entries go first.
     _circuit_cache: OrderedDict[str, CircuitInfo] = field(default_factory=OrderedDict)
+    # What the last metrics join could not use, logged once when it changes, not per cycle.
+    _join_problems: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, settings: OperatorSettings) -> Runtime:
@@ -245,6 +250,8 @@ def build_snapshot(
     created: dt.datetime | None = None,
 ) -> WorkflowSnapshot:
     if metrics is not None and metrics.available:
+        backends = list(backends)
+        metrics = _joined(runtime, metrics, backends)
         backends = [_with_live_metrics(b, metrics) for b in backends]
     return WorkflowSnapshot(
         namespace=namespace,
@@ -263,8 +270,30 @@ def build_snapshot(
     )
 
 
+def _joined(runtime: Runtime, metrics: MetricsView, backends: list[BackendInfo]) -> MetricsView:
+    """The view keyed by QuantumBackend object (``join_backends``); what it could not join
+    is logged as a warning when that changes."""
+    joined, problems = join_backends(metrics, backends)
+    current = frozenset(problems)
+    if current != runtime._join_problems:
+        for problem in sorted(current - runtime._join_problems):
+            logging.getLogger(__name__).warning("live metrics: %s", problem)
+        runtime._join_problems = current
+    return joined
+
+
+# CalibrationSummary field <- BackendMetrics field, for the medians the gateway exports.
+_LIVE_CALIBRATION = (
+    ("medianTwoQubitError", "two_qubit_error"),
+    ("medianReadoutError", "readout_error"),
+    ("medianT1Seconds", "t1_seconds"),
+    ("medianT2Seconds", "t2_seconds"),
+)
+
+
 def _with_live_metrics(backend: BackendInfo, metrics: MetricsView) -> BackendInfo:
-    """Prometheus is fresher than the QuantumBackend status: prefer it where it has data."""
+    """Prometheus is fresher than the QuantumBackend status: prefer it where it has data.
+    ``metrics`` is keyed by QuantumBackend object (``join_backends``)."""
     live = metrics.backends.get(backend.name)
     if live is None:
         return backend
@@ -272,4 +301,32 @@ def _with_live_metrics(backend: BackendInfo, metrics: MetricsView) -> BackendInf
     if live.queue_length is not None or live.pending_jobs is not None:
         queue = int(max(live.queue_length or 0, live.pending_jobs or 0))
     healthy = backend.healthy if live.up is None else live.up
-    return replace(backend, queue_length=queue, healthy=healthy)
+    return replace(
+        backend,
+        queue_length=queue,
+        healthy=healthy,
+        calibration=_live_calibration(backend.calibration, live),
+    )
+
+
+def _live_calibration(
+    status: CalibrationSummary | None, live: BackendMetrics
+) -> CalibrationSummary | None:
+    """The status' calibration with the medians Prometheus has. When they differ from the
+    status' (the gateway moved to a newer calibration the status does not show yet), the
+    status' ``updatedAt`` no longer dates them: it is dropped, so nothing cached for the old
+    calibration day is taken for the new one."""
+    update: dict[str, Any] = {
+        mine: value
+        for mine, theirs in _LIVE_CALIBRATION
+        if (value := getattr(live, theirs)) is not None
+    }
+    if not update:
+        return status
+    base = status or CalibrationSummary()
+    if any(
+        (old := getattr(base, k)) is None or not math.isclose(old, v, rel_tol=1e-9)
+        for k, v in update.items()
+    ):
+        update["updatedAt"] = None
+    return base.model_copy(update=update)
