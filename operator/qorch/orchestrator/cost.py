@@ -364,11 +364,19 @@ class WorkflowCost:
 
     # -- the workflow under an assignment ------------------------------------------------
 
-    def _resolve(self, assignment: Mapping[str, str]) -> dict[str, Prediction | None]:
+    def _resolve(
+        self, assignment: Mapping[str, str], placed: Mapping[str, Prediction] | None = None
+    ) -> dict[str, Prediction | None]:
         chosen: dict[str, Prediction | None] = {}
         for n in self._options:
             wanted = assignment.get(n)
             match = self._by_resource[n].get(wanted) if wanted is not None else None
+            if match is not None and placed:
+                # The figures the caller placed it with (e.g. a queue wait adjusted for
+                # what was placed before it), for a resource it may use.
+                given = placed.get(n)
+                if given is not None and given.resource == match.resource and usable(given):
+                    match = given
             chosen[n] = match if match is not None else self._fastest[n]
         return chosen
 
@@ -409,18 +417,25 @@ class WorkflowCost:
             path.append(node)
         return tuple(reversed(path))
 
-    def estimate(self, assignment: Mapping[str, str]) -> WorkflowEstimate:
-        """The workflow's predicted completion (P50 and P90), total USD and error."""
-        chosen = self._resolve(assignment)
+    def estimate(
+        self, assignment: Mapping[str, str], *, placed: Mapping[str, Prediction] | None = None
+    ) -> WorkflowEstimate:
+        """The workflow's predicted completion (P50 and P90), total USD and error.
+
+        ``placed``: per subtask, the prediction to count for its assigned resource instead
+        of the stored one (same resource, other figures); ignored where it names another
+        resource than ``assignment`` or is unusable.
+        """
+        chosen = self._resolve(assignment, placed)
         f50 = self._finish(self._durations(chosen, _p50))
         f90 = self._finish(self._durations(chosen, _p90))
-        placed = [p for p in chosen.values() if p is not None]
+        counted = [p for p in chosen.values() if p is not None]
         elapsed = self.objective.elapsed_seconds
         return WorkflowEstimate(
             completion_p50=elapsed + max(f50.values(), default=0.0),
             completion_p90=elapsed + max(f90.values(), default=0.0),
-            usd=self._fixed_usd + sum(_usd(p) for p in placed),
-            error=_error(sum(_fidelity(p) for p in placed), len(placed)),
+            usd=self._fixed_usd + sum(_usd(p) for p in counted),
+            error=_error(sum(_fidelity(p) for p in counted), len(counted)),
             critical_path=self._critical_path(f50),
             assumed=tuple(
                 n for n, p in chosen.items() if p is not None and assignment.get(n) != p.resource
@@ -428,14 +443,37 @@ class WorkflowCost:
             unplaceable=tuple(n for n, p in chosen.items() if p is None),
         )
 
+    def upward_ranks(
+        self, assignment: Mapping[str, str], *, placed: Mapping[str, Prediction] | None = None
+    ) -> dict[str, float]:
+        """HEFT's upward rank of every step: its P50 duration plus the longest P50 path
+        after it to the workflow's end (seconds). A step with a long tail holds up more
+        of the workflow; a decision pass places such steps first."""
+        durations = self._durations(self._resolve(assignment, placed), _p50)
+        tails = self._tails(durations)
+        return {n: durations[n] + tails[n] for n in self._order}
+
     # -- scoring the candidates of one subtask -------------------------------------------
 
-    def rank(self, subtask: str, assignment: Mapping[str, str]) -> Ranking:
+    def rank(
+        self,
+        subtask: str,
+        assignment: Mapping[str, str],
+        *,
+        candidates: Iterable[Prediction] | None = None,
+        placed: Mapping[str, Prediction] | None = None,
+    ) -> Ranking:
         """Score every usable resource for ``subtask``, the others held at ``assignment``.
 
         A candidate's completion is ``max(M0, start + d + tail)``: M0 the workflow's
         longest path with the subtask taking no time, ``start`` the longest path into it,
         ``tail`` the longest path out of it; so one pass serves every candidate.
+
+        ``candidates``: score these predictions for ``subtask`` instead of the stored
+        ones: other figures for resources it may use (a cluster pass adjusts queue waits
+        for what it placed before, and adds the price of moving); those for a resource
+        without a usable stored prediction are dropped, so an adjustment never makes an
+        infeasible pair rankable. ``placed``: as for :meth:`estimate`, for the others.
         """
         if subtask not in self._options:
             return Ranking(
@@ -450,8 +488,22 @@ class WorkflowCost:
             return Ranking(
                 subtask, (), reason=_no_resource(subtask, infeasible), infeasible=infeasible
             )
+        if candidates is not None:
+            allowed = self._by_resource[subtask]
+            offered: dict[str, Prediction] = {}
+            for p in candidates:
+                if p.resource in allowed and usable(p):
+                    offered.setdefault(p.resource, p)
+            options = tuple(offered.values())
+            if not options:
+                return Ranking(
+                    subtask,
+                    (),
+                    reason=f"none of the resources {subtask!r} may use is available now",
+                    infeasible=infeasible,
+                )
 
-        chosen = self._resolve(assignment)
+        chosen = self._resolve(assignment, placed)
         chosen[subtask] = None  # takes no time: M0, and its start, come out of one pass
         d50 = self._durations(chosen, _p50)
         d90 = self._durations(chosen, _p90)
