@@ -38,6 +38,12 @@ RECONCILE_SECONDS = Histogram(
 )
 
 
+CLUSTER_PASS_SECONDS = Histogram(
+    "qorch_operator_cluster_pass_duration_seconds",
+    "Time of one cluster-wide decision pass over every workflow this operator drives.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
 # The predictor (``operator/predictions.py``): which models serve, when it falls back, and
 # how far the predictions the placements used were from what happened.
 PREDICTOR_MODEL_SERVING = Gauge(

@@ -30,6 +30,7 @@ from qorch.gateway.base import GatewayError, GatewayTarget
 from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.apply import record_worker_usage, refused_pod_states
+from qorch.operator.cluster_loop import ClusterLoop
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER, WorkflowObject, has_gateway_jobs
 from qorch.operator.podspec import (
     ANNOTATION_WORKFLOW_NAME,
@@ -40,10 +41,11 @@ from qorch.operator.podspec import (
 )
 from qorch.operator.runtime import Runtime, build_snapshot, parse_spec
 from qorch.operator.settings import OperatorSettings
+from qorch.orchestrator.cluster_view import requests_for
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import SubmitJob, plan
 from qorch.orchestrator.prices import IBM_PAY_AS_YOU_GO_USD_PER_QPU_SECOND
-from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, PodState
+from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, PodState, WorkflowSnapshot
 from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -70,6 +72,8 @@ async def configure(
     settings.watching.server_timeout = 120
     memo.runtime = Runtime.build(ours)
     memo.model_refresh = asyncio.create_task(memo.runtime.predictions.keep_models_fresh())
+    if memo.runtime.cluster is not None:
+        memo.cluster_pass = asyncio.create_task(memo.runtime.cluster.run())
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
     logger.info(
@@ -79,11 +83,12 @@ async def configure(
 
 @kopf.on.cleanup()
 async def stop_background_tasks(memo: kopf.Memo, **_: Any) -> None:
-    task = getattr(memo, "model_refresh", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("model_refresh", "cluster_pass"):
+        task = getattr(memo, name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @kopf.index("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
@@ -277,6 +282,8 @@ async def drive_workflow(
                     snapshot = dataclasses.replace(
                         snapshot, predictions=predictions, predictor=report
                     )
+                if runtime.cluster is not None:
+                    snapshot = await _with_cluster_decision(runtime.cluster, ns, name, snapshot)
                 decided = plan(snapshot, runtime.policy)
                 if any(isinstance(a, SubmitJob) for a in decided.actions):
                     # Before the job exists, so that deleting the workflow cancels it.
@@ -325,6 +332,22 @@ async def drive_workflow(
                 await asyncio.wait_for(wake.wait(), timeout=delay)
     finally:
         runtime.wakeups.pop((ns, name), None)
+        if runtime.cluster is not None:
+            runtime.cluster.withdraw(f"{ns}/{name}")
+
+
+async def _with_cluster_decision(
+    cluster: ClusterLoop, namespace: str, name: str, snapshot: WorkflowSnapshot
+) -> WorkflowSnapshot:
+    """The snapshot with the word of a cluster pass that saw it: where to start subtasks,
+    which to move, which to hold (unchanged when no pass answered in time: the rule)."""
+    key = f"{namespace}/{name}"
+    cluster.publish(key, snapshot)
+    decision = await cluster.decision_after_publish(key)
+    if decision is None:
+        return snapshot
+    places, moves, held = requests_for(decision, key)
+    return dataclasses.replace(snapshot, placements=places, moves=moves, held=held)
 
 
 def _short(exc: BaseException) -> str:

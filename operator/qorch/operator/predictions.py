@@ -290,11 +290,17 @@ def _float(value: int | None) -> float | None:
 def _placeable(
     spec: HybridWorkflowSpec, status: HybridWorkflowStatus, sources: Mapping[str, str]
 ) -> list[tuple[str, int]]:
-    """Circuit subtasks (name, shots) that may be placed in this cycle: not started (or
-    waiting to retry), their source read, no dependency failed. A dependency that is still
-    running counts: the plan may see it finish and place its dependents in the same cycle."""
+    """Circuit subtasks (name, shots) that may be placed or moved in this cycle: not started
+    (or waiting to retry), or launched but not running (a queued job, an unbound pod: the
+    cluster pass weighs moving them); their source read, no dependency failed. A dependency
+    still running counts: the plan may see it finish and place its dependents at once."""
     phases = {s.name: s.phase for s in status.subtasks}
-    waiting = (SubtaskPhase.PENDING, SubtaskPhase.RETRYING)
+    waiting = (
+        SubtaskPhase.PENDING,
+        SubtaskPhase.RETRYING,
+        SubtaskPhase.LAUNCHING,
+        SubtaskPhase.SCHEDULED,
+    )
     dead = (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
     out = []
     for sub in spec.subtasks:

@@ -22,11 +22,12 @@ from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, Resourc
 from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget
 from qorch.metrics.reader import MetricsReader, PrometheusReader, join_backends
 from qorch.operator.apply import Applier
+from qorch.operator.cluster_loop import ClusterLoop
 from qorch.operator.podspec import pod_state
 from qorch.operator.predictions import PredictionService
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.lifecycle import ACTIVE
-from qorch.orchestrator.placement import PlacementPolicy, RulePolicy
+from qorch.orchestrator.placement import DecidedPolicy, PlacementPolicy, RulePolicy
 from qorch.orchestrator.snapshot import (
     BackendInfo,
     BackendMetrics,
@@ -65,6 +66,7 @@ class Runtime:
     gateway_targets: dict[str, GatewayTarget]
     metrics_reader: MetricsReader | None = None
     predictions: PredictionService = field(default_factory=lambda: PredictionService(None))
+    cluster: ClusterLoop | None = None  # the cluster-wide pass (QORCH_CLUSTER_PASS)
     _metrics: tuple[float, MetricsView] | None = None
     # One Prometheus query round at a time: when the cached view expires, the first
     # daemon refreshes it and the others wait for that reading instead of querying too.
@@ -91,8 +93,10 @@ class Runtime:
             settings.models_dir, refresh_seconds=settings.model_refresh_seconds
         )
         predictions.refresh_models(force=True)
+        cluster = ClusterLoop() if settings.cluster_pass else None
+        policy: PlacementPolicy = DecidedPolicy(RulePolicy()) if cluster else RulePolicy()
         return cls(
-            settings, core, custom, gateway, applier, RulePolicy(), targets, reader, predictions
+            settings, core, custom, gateway, applier, policy, targets, reader, predictions, cluster
         )
 
     async def metrics_view(self) -> MetricsView | None:

@@ -21,6 +21,17 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
 
 
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "on", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"environment variable {name}={raw!r} is not on/off")
+
+
 def _start_priority() -> int:
     return int(time.time() * 1000) * 1000 + random.randint(0, 999)
 
@@ -48,6 +59,10 @@ class OperatorSettings:
     # None: analytic predictions only (the workflows' Predicted condition says so).
     models_dir: str | None = None
     model_refresh_seconds: float = 30.0  # how often the directory is re-scanned (hot reload)
+    # The cluster-wide decision pass places (and moves) circuit subtasks by predicted cost;
+    # off: each workflow places by the static rule (the default until the pass is proven
+    # against the rule on the replayed traces, issue 14).
+    cluster_pass: bool = False
     planner: PlannerConfig = field(default_factory=PlannerConfig)
 
     @classmethod
@@ -70,6 +85,7 @@ class OperatorSettings:
             metrics_refresh_seconds=_float("QORCH_METRICS_REFRESH_SECONDS", 15.0),
             peering_lifetime_seconds=int(_float("QORCH_PEERING_LIFETIME_SECONDS", 60)),
             models_dir=os.environ.get("QORCH_MODELS_DIR") or None,
+            cluster_pass=_flag("QORCH_CLUSTER_PASS", False),
             model_refresh_seconds=_float("QORCH_MODEL_REFRESH_SECONDS", 30.0),
             planner=PlannerConfig(
                 retry_backoff_base=dt.timedelta(seconds=_float("QORCH_RETRY_BACKOFF_SECONDS", 10)),

@@ -27,6 +27,23 @@ def _pool_fits(pool: ClassicalPool, subtask: SubtaskSpec, qubits: int | None) ->
     return qubits is None or qubits <= pool.maxQubits
 
 
+class DecidedPolicy:
+    """The cluster pass's placements (``snapshot.placements``); a subtask it held back
+    waits with its reason; one it did not decide (no pass yet) falls back to ``fallback``."""
+
+    def __init__(self, fallback: PlacementPolicy) -> None:
+        self.fallback = fallback
+
+    def place(self, subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> Placement | Infeasible:
+        chosen = snapshot.placements.get(subtask.name)
+        if chosen is not None:
+            return chosen
+        held = snapshot.held.get(subtask.name)
+        if held is not None:
+            return Infeasible(held)
+        return self.fallback.place(subtask, snapshot)
+
+
 class RulePolicy:
     """Static rules, the baseline the predictive policy must beat.
 

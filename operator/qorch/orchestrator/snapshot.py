@@ -181,5 +181,8 @@ class WorkflowSnapshot:
     # they were made (None: no prediction pass ran this cycle).
     predictions: Mapping[tuple[str, str], Prediction] = field(default_factory=dict)
     predictor: PredictorReport | None = None
-    # Moves the cluster pass asks for, by subtask name (empty: none this cycle).
+    # The cluster pass's word for this workflow (empty: no pass ran, or it is not used):
+    # where to start subtasks, which to move, which to hold back (and why).
     moves: Mapping[str, MoveRequest] = field(default_factory=dict)
+    placements: Mapping[str, Placement] = field(default_factory=dict)
+    held: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,79 @@
+"""The cluster-wide decision pass in a running operator (QORCH_CLUSTER_PASS=on): twenty
+workflows applied at once are placed by one pass that sees them all, so they spread over
+the backends instead of all taking the shortest queue (which the static rule does)."""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_trust import BELL, phase, workflow
+from tests.harness.cluster import Cluster, wait_for
+
+pytestmark = pytest.mark.controlplane
+WORKFLOWS = 20
+
+
+@pytest.fixture
+def three_backends(cluster: Cluster, namespace: str) -> Iterator[list[str]]:
+    names = [f"qb{i}-{namespace}"[:63].rstrip("-") for i in range(3)]
+    for name in names:
+        manifest = {
+            "apiVersion": "qorch.io/v1alpha1",
+            "kind": "QuantumBackend",
+            "metadata": {"name": name},
+            "spec": {"provider": "aer", "numQubits": 4, "gateway": {"url": "http://127.0.0.1:9"}},
+        }
+        cluster.apply(json.dumps(manifest))
+    yield names
+    for name in names:
+        cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
+
+
+def placements(cluster: Cluster, namespace: str) -> collections.Counter[str]:
+    where: collections.Counter[str] = collections.Counter()
+    for i in range(WORKFLOWS):
+        wf = cluster.get("hwf", f"burst-{i}", namespace) or {}
+        for st in (wf.get("status") or {}).get("subtasks") or []:
+            if st.get("placement"):
+                where[st["placement"]["name"]] += 1
+    return where
+
+
+def test_twenty_workflows_at_once_spread_over_the_backends(
+    cluster: Cluster, namespace: str, own_operator: Any, three_backends: list[str]
+) -> None:
+    # Scripted gateway jobs take long enough that the queues matter.
+    own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="1",
+                 QORCH_SCRIPTED_RUN_SECONDS="3")  # fmt: skip
+    manifests = [
+        json.loads(
+            workflow(
+                f"burst-{i}",
+                {"name": "q", "circuit": {"qasm": BELL, "shots": 1000}},
+                quantumBackends=three_backends,
+                classicalPools=[],
+            )
+        )
+        for i in range(WORKFLOWS)
+    ]
+    cluster.apply("\n---\n".join(json.dumps(m) for m in manifests), namespace)
+    wait_for(
+        "all placed",
+        lambda: sum(placements(cluster, namespace).values()) == WORKFLOWS,
+        120,
+    )
+    where = placements(cluster, namespace)
+    assert len(where) == 3, where  # every backend took some
+    assert max(where.values()) <= 10, where  # none took most of them
+    wait_for(
+        "all succeeded",
+        lambda: all(
+            phase(cluster, f"burst-{i}", namespace) == "Succeeded" for i in range(WORKFLOWS)
+        ),
+        180,
+    )

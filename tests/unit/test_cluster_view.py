@@ -1,0 +1,72 @@
+"""What a workflow's cycle tells the cluster pass, and what it gets back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qorch.api.backend import Provider
+from qorch.api.workflow import Placement, PredictedOutcome, ResourceKind
+from qorch.orchestrator import BackendInfo, JobPhase, JobState, RulePolicy
+from qorch.orchestrator.cluster import ClusterDecision, Move, Place, Stage, Wait
+from qorch.orchestrator.cluster_view import backend_loads, requests_for, workflow_entry
+from qorch.orchestrator.placement import DecidedPolicy, Infeasible
+from qorch.orchestrator.prediction import MODEL, QPU, Prediction
+from tests.unit.test_plan import World, circuit, spec
+
+B = Placement(kind=ResourceKind.BACKEND, name="qpu-b")
+
+
+def world() -> World:
+    backends = {
+        "qpu-a": BackendInfo("qpu-a", Provider.FAKE, 27),
+        "qpu-b": BackendInfo("qpu-b", Provider.FAKE, 27),
+    }
+    s = spec(circuit("q"), circuit("r", "q"), resources={"quantumBackends": ["qpu-a", "qpu-b"]})
+    return World(s, backends)
+
+
+def test_a_new_workflow_is_all_there_before_its_first_plan() -> None:
+    entry = workflow_entry(world().snapshot(), "ns/wf")
+    assert {n: e.stage for n, e in entry.subtasks.items()} == {
+        "q": Stage.READY,
+        "r": Stage.BLOCKED,
+    }
+
+
+def test_stages_follow_jobs_and_queued_jobs_count_as_load() -> None:
+    w = world()
+    w.step()
+    w.step()
+    st = w.sub("q")
+    st.predicted = PredictedOutcome(
+        source="model", queueSecondsP10=1, queueSecondsP50=2, queueSecondsP90=3,
+        runSeconds=40, fidelity=0.9, costUSD=1,
+    )  # fmt: skip
+    snap = w.snapshot()
+    entry = workflow_entry(snap, "ns/wf")
+    assert entry.subtasks["q"].stage is Stage.QUEUED and entry.subtasks["q"].resource == "qpu-a"
+    loads = backend_loads([snap])
+    assert (loads["qpu-a"].qorch_jobs, loads["qpu-a"].qorch_run_seconds) == (1, 40.0)
+    assert loads["qpu-b"].qorch_jobs == 0
+    w.jobs["ns.wf.q.1"] = JobState("ns.wf.q.1", JobPhase.RUNNING)
+    assert workflow_entry(w.snapshot(), "ns/wf").subtasks["q"].stage is Stage.RUNNING
+
+
+def test_the_decision_reaches_the_planner_through_the_policy() -> None:
+    p = Prediction("r", "qpu-b", QPU, True, 1, 2, 3, 0, 0, 0, 1, 0.9, 1.0, 0, MODEL)
+    decision = ClusterDecision(
+        places=(Place("ns/wf", "q", B, 0.1, None, "soonest"), Place("x/y", "q", B, 0, None, "")),
+        moves=(Move("ns/wf", "r", B, B, "cancel-job", 1.0, 0.5, 0.5, 0.2, 5.0, p, "why"),),
+        waits=(Wait("ns/wf", "s", "pool full"),),
+    )
+    places, moves, held = requests_for(decision, "ns/wf")
+    assert places == {"q": B} and set(moves) == {"r"} and held == {"s": "pool full"}
+    w = world()
+    snap = dataclasses.replace(w.snapshot(), placements=places, held=held)
+    policy = DecidedPolicy(RulePolicy())
+    subs = {s.name: s for s in w.spec.subtasks}
+    assert policy.place(subs["q"], snap) == B  # the rule would take qpu-a (name order)
+    assert RulePolicy().place(subs["q"], snap) == Placement(kind=ResourceKind.BACKEND, name="qpu-a")
+    held_sub = subs["r"].model_copy(update={"name": "s"})
+    assert policy.place(held_sub, snap) == Infeasible("pool full")
+    assert policy.place(subs["r"], snap) == RulePolicy().place(subs["r"], snap)  # undecided
