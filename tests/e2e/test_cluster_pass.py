@@ -77,3 +77,25 @@ def test_twenty_workflows_at_once_spread_over_the_backends(
         ),
         180,
     )
+
+
+def test_a_stationary_run_makes_no_moves(
+    cluster: Cluster, namespace: str, own_operator: Any, three_backends: list[str]
+) -> None:
+    own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="2",
+                 QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+    subtasks = [{"name": f"c{i}", "circuit": {"qasm": BELL, "shots": 500}} for i in range(6)]
+    subtasks.append({"name": "last", "dependsOn": [f"c{i}" for i in range(6)],
+                     "circuit": {"qasm": BELL}})  # fmt: skip
+    cluster.apply(
+        workflow("steady", *subtasks, quantumBackends=three_backends, classicalPools=[]),
+        namespace,
+    )
+    wait_for("steady succeeded", lambda: phase(cluster, "steady", namespace) == "Succeeded", 120)
+    wf = cluster.get("hwf", "steady", namespace)
+    assert wf is not None and wf["status"]["moves"] == 0, wf["status"]
+    reasons = {e["reason"] for e in cluster.events(namespace, "steady")}
+    assert not reasons & {"Moving", "Moved", "MoveAbandoned"}, reasons
+    # The pass did decide: the six parallel circuits did not all queue on one backend.
+    used = {s["placement"]["name"] for s in wf["status"]["subtasks"]}
+    assert len(used) >= 2, used
