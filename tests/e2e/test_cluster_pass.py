@@ -99,3 +99,44 @@ def test_a_stationary_run_makes_no_moves(
     # The pass did decide: the six parallel circuits did not all queue on one backend.
     used = {s["placement"]["name"] for s in wf["status"]["subtasks"]}
     assert len(used) >= 2, used
+
+
+def test_a_queue_spike_moves_queued_jobs_away_with_the_numbers_in_events(
+    cluster: Cluster, namespace: str, own_operator: Any, three_backends: list[str]
+) -> None:
+    # Jobs wait 25 s in the (scripted) gateways' queues: long enough to be moved.
+    own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="25",
+                 QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+    subtasks = [{"name": f"c{i}", "circuit": {"qasm": BELL, "shots": 500}} for i in range(6)]
+    cluster.apply(
+        workflow("spike", *subtasks, quantumBackends=three_backends, classicalPools=[]),
+        namespace,
+    )
+
+    def on(backend: str) -> list[str]:
+        wf = cluster.get("hwf", "spike", namespace) or {}
+        return [
+            s["name"]
+            for s in (wf.get("status") or {}).get("subtasks") or []
+            if (s.get("placement") or {}).get("name") == backend
+        ]
+
+    busy = three_backends[0]
+    wait_for(f"jobs queued on {busy}", lambda: on(busy), 60)
+    # Other clients fill that backend's queue: 500 jobs ahead of ours.
+    cluster.plane.kubectl(
+        "patch", "qb", busy, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"queueLength": 500}}),
+    )  # fmt: skip
+    wait_for(f"every job moved off {busy}", lambda: not on(busy), 60)
+    wait_for("spike succeeded", lambda: phase(cluster, "spike", namespace) == "Succeeded", 120)
+    wf = cluster.get("hwf", "spike", namespace)
+    assert wf is not None
+    status = wf["status"]
+    assert status["moves"] >= 1
+    assert all(s["failures"] == 0 for s in status["subtasks"])  # a move is not a failure
+    moved = [e for e in cluster.events(namespace, "spike") if e["reason"] == "Moved"]
+    assert moved, [e["reason"] for e in cluster.events(namespace, "spike")]
+    assert any(
+        f"from {busy}" in e["message"] and "price of moving" in e["message"] for e in moved
+    ), [e["message"] for e in moved]

@@ -4,6 +4,7 @@ its fallback when the model directory is broken, and the running error it export
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -91,6 +92,20 @@ def test_every_placeable_pair_is_predicted_by_the_shipped_models() -> None:
     assert qpu.usd == pytest.approx(qpu.run_seconds * 1.6)
     assert 0.5 < qpu.fidelity < 1.0  # a 3-qubit GHZ under a good calibration
     assert predictions["a", "ibm-b"].fidelity < 1.0  # noisy hardware, even uncalibrated
+    # 40 jobs ahead at ibm-b: the median wait is at least 40 typical jobs (66 s each, the
+    # analytic service time), whatever the recent waits say (none here); the interval moves
+    # with it and does not cross.
+    busy = predictions["a", "ibm-b"]
+    assert busy.queue_seconds_p50 >= 40 * 66 * 0.999
+    assert busy.queue_seconds_p10 <= busy.queue_seconds_p50 <= busy.queue_seconds_p90
+    spiked = [BACKENDS[0], dataclasses.replace(BACKENDS[1], queue_length=400)]
+    again, _ = asyncio.run(
+        service.predict(spec, status, {s.name: GHZ for s in spec.subtasks}, spiked, None)
+    )
+    after = again["a", "ibm-b"]
+    assert after.queue_seconds_p50 >= 400 * 66 * 0.999
+    assert after.queue_seconds_p50 > 2 * busy.queue_seconds_p50  # the spike shows at once
+    assert after.queue_seconds_p10 <= after.queue_seconds_p50 <= after.queue_seconds_p90
     pool = predictions["a", "cpu"]
     assert pool.kind == "pool" and pool.fidelity == 1.0 and pool.peak_memory_bytes > 0
 

@@ -125,13 +125,18 @@ def subtask(name: str, n: int = 5, shots: int = 1000, **kw: Any) -> SubtaskInput
     return SubtaskInput(name, ParsedCircuit(f"key-{name}", counts(n, **kw)), shots)
 
 
-def backend(name: str, qubits: int = 27, price: float = 1.6, queue: float = 10.0) -> BackendInput:
+def backend(
+    name: str, qubits: int = 27, price: float = 1.6, queue: float = 10.0, service: float = 0.0
+) -> BackendInput:
+    """``service``: seconds a job ahead holds the device (0: no queue-length floor, so the
+    figures here are the models' own)."""
     return BackendInput(
         name,
         qubits,
         price,
         CalibrationMedians(0.01, 0.02, 3e-4, 150.0, 110.0, day="2026-01-05"),
         QueueHistory(queue, queue, queue * 2, queue - 1, (30.0, 60.0, 90.0)),
+        service_seconds=service,
     )
 
 
@@ -466,6 +471,33 @@ def test_quantiles_never_cross_even_when_the_models_do(tmp_path: Path) -> None:
                 500.0,
             )
             assert p.seconds_p50 == pytest.approx(300.0 + p.run_seconds)
+
+
+def test_the_queue_length_is_a_floor_under_the_median_wait(tmp_path: Path) -> None:
+    for output, value in (("p10", 10.0), ("p50", 20.0), ("p90", 40.0)):
+        data = onnx_bytes("queue_wait", output, ("queue_length",), bias=value)
+        write(tmp_path, f"queue_wait_{output}.onnx", data)
+    ctx = context(
+        backends=[
+            backend("q1", queue=0.0, service=60.0),
+            backend("q2", queue=50.0, service=60.0),
+            backend("q3", queue=50.0, service=0.1),
+        ]
+    )
+    preds = {
+        (p.subtask, p.resource): p
+        for p in Predictor(store_for(tmp_path)).predict(all_pairs(ctx), ctx)
+    }
+    idle, busy, fast = preds["a", "q1"], preds["a", "q2"], preds["a", "q3"]
+    assert (idle.queue_seconds_p10, idle.queue_seconds_p50, idle.queue_seconds_p90) == (
+        10.0, 20.0, 40.0,
+    )  # fmt: skip
+    # 50 jobs of 60 s ahead: the median is 3,000 s, the interval shifted with it.
+    assert (busy.queue_seconds_p10, busy.queue_seconds_p50, busy.queue_seconds_p90) == (
+        pytest.approx(2990.0), pytest.approx(3000.0), pytest.approx(3020.0),
+    )  # fmt: skip
+    # 50 jobs of 0.1 s ahead: 5 s, below what the model says: the model stands.
+    assert fast.queue_seconds_p50 == 20.0
 
 
 def test_batch_predictions_equal_row_by_row(tmp_path: Path) -> None:

@@ -80,6 +80,15 @@ class ClusterLoop:
                 log.exception("cluster pass failed; workflows fall back to the static rule")
                 continue
             metrics.CLUSTER_PASS_SECONDS.observe(time.perf_counter() - started)
+            log.debug(
+                "cluster pass over %d workflow(s): %d placed, %d moved, %d held",
+                len(snaps),
+                len(decision.places),
+                len(decision.moves),
+                len(decision.waits),
+            )
+            for move in decision.moves:
+                log.info("move %s/%s: %s", move.workflow, move.subtask, move.reason)
             async with self._done:
                 self._decision = decision
                 self._passes = self._started

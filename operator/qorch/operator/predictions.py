@@ -280,6 +280,7 @@ def backend_input(
         history=QueueHistory(queue_length=float(backend.queue_length), recent_waits_s=waits),
         healthy=backend.healthy,
         ideal=backend.provider is Provider.AER,
+        service_seconds=measured.execution_p50_seconds if measured else None,
     )
 
 

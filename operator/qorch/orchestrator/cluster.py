@@ -459,12 +459,14 @@ class _Pass:
         )
         for s in e.subtasks.values():
             p = predictions.get((s.name, s.resource)) if s.resource is not None else None
-            if p is None or not _usable(p) or s.stage in (Stage.READY, Stage.BLOCKED):
+            # Only running work is fixed. What the pass decides (holders included) enters
+            # the assignment as it is decided; until then the cost function assumes it on
+            # its fastest resource, so that two queued jobs stuck behind one spike do not
+            # each find moving pointless because the other still holds the path.
+            if p is None or not _usable(p) or s.stage is not Stage.RUNNING:
                 continue
             flow.assignment[s.name] = s.resource or ""
-            if s.stage is Stage.RUNNING:
-                p = _remaining(p, _seconds_since(self.now, s.since))
-            flow.placed[s.name] = p  # queued: set again once its queue position is known
+            flow.placed[s.name] = _remaining(p, _seconds_since(self.now, s.since))
         return flow
 
     def _request(self, flow: _Flow, s: SubtaskEntry, pool: str) -> PodRequest | None:

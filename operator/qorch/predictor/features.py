@@ -324,6 +324,9 @@ class BackendInput:
     # An ideal (noise-free) simulator behind a gateway (provider aer): its results are
     # exact, so its expected fidelity is 1 whatever the model says of a missing calibration.
     ideal: bool = False
+    # Seconds a job holds this backend (its measured median execution); None: the analytic
+    # service time. The queue length times this is a floor under the median wait.
+    service_seconds: float | None = None
 
     @classmethod
     def from_resource(
