@@ -207,8 +207,15 @@ def test_hybrid_workflow_computes_on_gateway_and_worker_pods(
     assert st["ghz-sim"]["predicted"]["peakMemoryBytes"] > 0
     assert st["ghz-sim"]["actual"]["peakMemoryBytes"] > 0
     assert "predicted" not in st["prepare"]  # a classical step has no circuit to predict
-    # ... and the operator exports how far off those predictions were.
-    text = operator_metrics(stack["operator"].metrics_port)
+    # ... and the operator exports how far off those predictions were (recorded once the
+    # status that says so is stored: just after the status this test read).
+    port = stack["operator"].metrics_port
+
+    def exported() -> str | None:
+        text = operator_metrics(port)
+        return text if 'quantity="simulation_seconds"' in text else None
+
+    text = wait_for("the prediction error exported", exported, 10)
     for quantity in ("qpu_run_seconds", "simulation_seconds", "peak_memory_bytes"):
         assert f'qorch_prediction_median_relative_error{{quantity="{quantity}"}}' in text, quantity
     assert "qorch_prediction_queue_interval_coverage " in text
