@@ -140,3 +140,72 @@ def test_a_queue_spike_moves_queued_jobs_away_with_the_numbers_in_events(
     assert any(
         f"from {busy}" in e["message"] and "price of moving" in e["message"] for e in moved
     ), [e["message"] for e in moved]
+
+
+GOOD = {
+    "medianTwoQubitError": 0.007,
+    "medianSingleQubitError": 0.0003,
+    "medianReadoutError": 0.015,
+    "medianT1Seconds": 0.00015,
+    "medianT2Seconds": 0.0001,
+    "updatedAt": "2026-11-26T00:00:00Z",
+}
+BAD = {
+    **GOOD,
+    "medianTwoQubitError": 0.2,
+    "medianReadoutError": 0.3,
+    "updatedAt": "2026-11-26T06:00:00Z",
+}
+
+
+def test_a_degraded_calibration_moves_queued_jobs_when_accuracy_matters(
+    cluster: Cluster, namespace: str, own_operator: Any
+) -> None:
+    # Two noisy (fake) devices with the same good calibration; jobs wait 25 s in the queues.
+    names = [f"dev{i}-{namespace}"[:63].rstrip("-") for i in range(2)]
+    for name in names:
+        cluster.apply(json.dumps({
+            "apiVersion": "qorch.io/v1alpha1", "kind": "QuantumBackend", "metadata": {"name": name},
+            "spec": {"provider": "fake", "backendName": "fake_manila", "numQubits": 5,
+                     "gateway": {"url": "http://127.0.0.1:9"}},
+        }))  # fmt: skip
+        cluster.plane.kubectl(
+            "patch", "qb", name, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"calibration": GOOD}}),
+        )  # fmt: skip
+    try:
+        own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="25",
+                     QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+        subtasks = [{"name": f"c{i}", "circuit": {"qasm": BELL, "shots": 500}} for i in range(4)]
+        manifest = json.loads(
+            workflow("drift", *subtasks, quantumBackends=names, classicalPools=[])
+        )
+        manifest["spec"]["objective"] = {"preset": "accuracy"}
+        cluster.apply(json.dumps(manifest), namespace)
+
+        def on(backend: str) -> list[str]:
+            wf = cluster.get("hwf", "drift", namespace) or {}
+            return [
+                s["name"]
+                for s in (wf.get("status") or {}).get("subtasks") or []
+                if (s.get("placement") or {}).get("name") == backend
+            ]
+
+        worse = names[0]
+        wait_for(f"jobs queued on {worse}", lambda: on(worse), 60)
+        # The device's next calibration is far worse (a drift day of the same device).
+        cluster.plane.kubectl(
+            "patch", "qb", worse, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"calibration": BAD}}),
+        )  # fmt: skip
+        wait_for(f"every job moved off {worse}", lambda: not on(worse), 60)
+        wait_for("drift succeeded", lambda: phase(cluster, "drift", namespace) == "Succeeded", 120)
+        wf = cluster.get("hwf", "drift", namespace)
+        assert wf is not None and wf["status"]["moves"] >= 1
+        moved = [e["message"] for e in cluster.events(namespace, "drift") if e["reason"] == "Moved"]
+        assert moved and all(f"from {worse}" in m for m in moved), moved
+        fidelity = {s["name"]: s["predicted"]["fidelity"] for s in wf["status"]["subtasks"]}
+        assert all(f > 0.5 for f in fidelity.values()), fidelity  # placed on the good device
+    finally:
+        for name in names:
+            cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
