@@ -21,8 +21,6 @@ import os
 import platform
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -36,7 +34,7 @@ from predictor_latency import latency_rows  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from qorch.predictor.training import EVALUATIONS  # noqa: E402
+from qorch.predictor.training import EVALUATIONS, evaluation_steps, run_steps  # noqa: E402
 from qorch.traces import default_traces_dir  # noqa: E402
 
 START = "<!-- results:start -->"
@@ -64,37 +62,11 @@ def run(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Every evaluation's rows, then (``latency_of``: a model directory) the serving pass's
     latency rows, timed after the training is over so that it has the cores to itself."""
-    steps: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = [
-        (f"{e.__module__}.{e.__name__}", partial(e, traces_dir, quick, export_to))
-        for e in EVALUATIONS
-    ]
+    steps = evaluation_steps(EVALUATIONS, traces_dir, quick, export_to)
     if latency_of is not None:
         steps.append(("predictor_latency.latency_rows", partial(latency_rows, latency_of, quick)))
-    rows: list[dict[str, Any]] = []
-    ok = True
-    for name, step in steps:
-        started = time.monotonic()
-        try:
-            got = step()
-        except Exception as exc:  # one failing model must not hide the others' figures
-            ok = False
-            traceback.print_exc()
-            got = [
-                {
-                    "model": name,
-                    "method": "-",
-                    "metric": "FAILED",
-                    "split": "-",
-                    "value": float("nan"),
-                    "baselines": {},
-                    "goal": "",
-                    "note": f"{type(exc).__name__}: {exc}",
-                }
-            ]
-        for r in got:
-            r.setdefault("seconds", round(time.monotonic() - started, 1))
-        rows.extend(got)
-    return rows, ok
+    rows, failed = run_steps(steps)
+    return rows, not failed
 
 
 def table(rows: list[dict[str, Any]], quick: bool) -> Table:

@@ -231,7 +231,6 @@ def _results_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def _train(args: argparse.Namespace) -> int:
     import json
     import time
-    import traceback
     from datetime import UTC, datetime
 
     from qorch.traces import ENV_TRACES_DIR, default_traces_dir
@@ -269,6 +268,7 @@ def _train(args: argparse.Namespace) -> int:
         )
         return 2
 
+    from qorch.predictor.training import evaluation_steps, run_steps
     from qorch.predictor.training.prometheus_history import (
         PrometheusHistory,
         PrometheusHistoryError,
@@ -304,32 +304,10 @@ def _train(args: argparse.Namespace) -> int:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"training on {traces_dir} into {output_dir}{' (quick)' if args.quick else ''}")
-    rows: list[dict[str, Any]] = []
-    failed: list[str] = []
     started = time.monotonic()
-    for evaluate in evaluations(history):
-        name = getattr(evaluate, "__module__", "?") + "." + getattr(evaluate, "__name__", "?")
-        t0 = time.monotonic()
-        try:
-            got = evaluate(traces_dir, args.quick, output_dir)
-        except Exception as exc:  # one failing model must not hide the others' figures
-            traceback.print_exc()
-            failed.append(name)
-            got = [
-                {
-                    "model": name,
-                    "method": "-",
-                    "metric": "FAILED",
-                    "split": "-",
-                    "value": float("nan"),
-                    "baselines": {},
-                    "goal": "",
-                    "note": f"{type(exc).__name__}: {exc}",
-                }
-            ]
-        for r in got:
-            r.setdefault("seconds", round(time.monotonic() - t0, 1))
-        rows.extend(got)
+    rows, failed = run_steps(
+        evaluation_steps(evaluations(history), traces_dir, args.quick, output_dir)
+    )
     seconds = time.monotonic() - started
 
     print()

@@ -51,16 +51,26 @@ def own_operator(
         op.stop()
 
 
+def scripted_backend(name: str, **spec: Any) -> dict[str, Any]:
+    """A QuantumBackend manifest for the operator's scripted gateway (which ignores the
+    URL): an aer backend of 4 qubits unless ``spec`` says otherwise."""
+    return {
+        "apiVersion": "qorch.io/v1alpha1",
+        "kind": "QuantumBackend",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": "aer",
+            "numQubits": 4,
+            "gateway": {"url": "http://127.0.0.1:9"},
+            **spec,
+        },
+    }
+
+
 @pytest.fixture
 def backend(cluster: Cluster, namespace: str) -> Iterator[str]:
     """A QuantumBackend for the operator's scripted gateway (which ignores the URL)."""
     name = f"qb-{namespace}"[:63].rstrip("-")
-    manifest = {
-        "apiVersion": "qorch.io/v1alpha1",
-        "kind": "QuantumBackend",
-        "metadata": {"name": name},
-        "spec": {"provider": "aer", "numQubits": 4, "gateway": {"url": "http://127.0.0.1:9"}},
-    }
-    cluster.apply(json.dumps(manifest))
+    cluster.apply(json.dumps(scripted_backend(name)))
     yield name
     cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)

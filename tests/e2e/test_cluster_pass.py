@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import scripted_backend
 from tests.e2e.test_trust import BELL, phase, workflow
 from tests.harness.cluster import Cluster, wait_for
 
@@ -22,16 +23,20 @@ WORKFLOWS = 20
 def three_backends(cluster: Cluster, namespace: str) -> Iterator[list[str]]:
     names = [f"qb{i}-{namespace}"[:63].rstrip("-") for i in range(3)]
     for name in names:
-        manifest = {
-            "apiVersion": "qorch.io/v1alpha1",
-            "kind": "QuantumBackend",
-            "metadata": {"name": name},
-            "spec": {"provider": "aer", "numQubits": 4, "gateway": {"url": "http://127.0.0.1:9"}},
-        }
-        cluster.apply(json.dumps(manifest))
+        cluster.apply(json.dumps(scripted_backend(name)))
     yield names
     for name in names:
         cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
+
+
+def placed_on(cluster: Cluster, namespace: str, workflow_name: str, backend: str) -> list[str]:
+    """The subtasks of a workflow whose current attempt is on ``backend``."""
+    wf = cluster.get("hwf", workflow_name, namespace) or {}
+    return [
+        s["name"]
+        for s in (wf.get("status") or {}).get("subtasks") or []
+        if (s.get("placement") or {}).get("name") == backend
+    ]
 
 
 def placements(cluster: Cluster, namespace: str) -> collections.Counter[str]:
@@ -114,12 +119,7 @@ def test_a_queue_spike_moves_queued_jobs_away_with_the_numbers_in_events(
     )
 
     def on(backend: str) -> list[str]:
-        wf = cluster.get("hwf", "spike", namespace) or {}
-        return [
-            s["name"]
-            for s in (wf.get("status") or {}).get("subtasks") or []
-            if (s.get("placement") or {}).get("name") == backend
-        ]
+        return placed_on(cluster, namespace, "spike", backend)
 
     busy = three_backends[0]
     wait_for(f"jobs queued on {busy}", lambda: on(busy), 60)
@@ -164,11 +164,8 @@ def test_a_degraded_calibration_moves_queued_jobs_when_accuracy_matters(
     # Two noisy (fake) devices with the same good calibration; jobs wait 25 s in the queues.
     names = [f"dev{i}-{namespace}"[:63].rstrip("-") for i in range(2)]
     for name in names:
-        cluster.apply(json.dumps({
-            "apiVersion": "qorch.io/v1alpha1", "kind": "QuantumBackend", "metadata": {"name": name},
-            "spec": {"provider": "fake", "backendName": "fake_manila", "numQubits": 5,
-                     "gateway": {"url": "http://127.0.0.1:9"}},
-        }))  # fmt: skip
+        manifest = scripted_backend(name, provider="fake", backendName="fake_manila", numQubits=5)
+        cluster.apply(json.dumps(manifest))
         cluster.plane.kubectl(
             "patch", "qb", name, "--subresource=status", "--type=merge",
             "-p", json.dumps({"status": {"calibration": GOOD}}),
@@ -184,12 +181,7 @@ def test_a_degraded_calibration_moves_queued_jobs_when_accuracy_matters(
         cluster.apply(json.dumps(manifest), namespace)
 
         def on(backend: str) -> list[str]:
-            wf = cluster.get("hwf", "drift", namespace) or {}
-            return [
-                s["name"]
-                for s in (wf.get("status") or {}).get("subtasks") or []
-                if (s.get("placement") or {}).get("name") == backend
-            ]
+            return placed_on(cluster, namespace, "drift", backend)
 
         worse = names[0]
         wait_for(f"jobs queued on {worse}", lambda: on(worse), 60)
