@@ -207,9 +207,15 @@ def test_outcomes_feed_the_queue_history_and_the_running_error() -> None:
         "qorch_prediction_median_relative_error", {"quantity": "qpu_run_seconds"}
     ) == pytest.approx(0.2)
     assert sample("qorch_prediction_queue_interval_coverage") == 1.0  # 30 s within 10-40 s
-    # Seen once: the same plan again (a resync) does not count it twice.
+    # Counted once: the same plan again (a resync, or a write refused and re-planned) does
+    # not count it twice ...
+    service.record_outcomes(snap, Plan(status=after))
     service.record_outcomes(WorkflowSnapshot("ns", "wf", 1, spec, after, snap.now), Plan(after))
     assert list(service.recent_waits["ibm-a"]) == [30.0]
+    # ... and a success somebody else stored (seen only as already Succeeded) still counts.
+    other = PredictionService(None)
+    other.record_outcomes(WorkflowSnapshot("ns", "wf", 1, spec, after, snap.now), Plan(after))
+    assert list(other.recent_waits["ibm-a"]) == [30.0]
     # The waits it saw become the backend's history in the next pass.
     seen: list[tuple[float, ...]] = []
     service._predict = lambda *args: seen.append(args[-1]["ibm-a"]) or ({}, None)  # type: ignore[method-assign]

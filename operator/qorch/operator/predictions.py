@@ -14,7 +14,7 @@ import math
 import statistics
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -65,6 +65,8 @@ WORKER_CORES = 1.0
 RECENT_WAITS = 20
 # Outcomes per quantity the running error is computed over.
 ERROR_WINDOW = 256
+# Outcomes remembered as counted (a finished workflow's daemon stops, so old keys only age).
+COUNTED_MAX = 100_000
 
 
 @dataclass
@@ -95,6 +97,8 @@ class PredictionService:
         # the history window of the queue-wait model (cluster-wide, all workflows).
         self.recent_waits: dict[str, deque[float]] = {}
         self._running: dict[str, _RunningError] = {}
+        # Outcomes already counted by this process, oldest first (bounded).
+        self._counted: OrderedDict[tuple[str, str, int], None] = OrderedDict()
 
     # -- models ------------------------------------------------------------------------------
     def refresh_models(self, *, force: bool = False) -> tuple[StoreChange, ...]:
@@ -205,14 +209,23 @@ class PredictionService:
 
     # -- outcomes ----------------------------------------------------------------------------
     def record_outcomes(self, snapshot: WorkflowSnapshot, decided: Plan) -> None:
-        """For each subtask that succeeded in this plan: remember its queue wait (history
-        features) and export how far the prediction its placement used was off."""
-        before = {s.name: s.phase for s in snapshot.status.subtasks}
+        """For each succeeded subtask this process has not yet counted: remember its queue
+        wait (history features) and export how far the prediction its placement used was
+        off. Keyed by (workflow, subtask, attempt), not by the transition in this plan: the
+        transition may have been stored by another writer (a replica that led before, a
+        write whose answer was lost), and each process counts each outcome once (its
+        metrics start from zero, so a restarted operator counts the running workflows'
+        finished subtasks again, into its own fresh counters)."""
+        workflow = f"{snapshot.namespace}/{snapshot.name}"
         for st in decided.status.subtasks:
-            if st.phase is not SubtaskPhase.SUCCEEDED or before.get(st.name) is (
-                SubtaskPhase.SUCCEEDED
-            ):
+            if st.phase is not SubtaskPhase.SUCCEEDED:
                 continue
+            key = (workflow, st.name, st.attempts)
+            if key in self._counted:
+                continue
+            self._counted[key] = None
+            while len(self._counted) > COUNTED_MAX:
+                self._counted.popitem(last=False)
             self._remember_wait(st)
             self._compare(st)
 
