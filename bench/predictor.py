@@ -35,23 +35,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from qorch.predictor.training import EVALUATIONS, evaluation_steps, run_steps  # noqa: E402
+from qorch.predictor.training.common import format_figure as fmt  # noqa: E402
 from qorch.traces import default_traces_dir  # noqa: E402
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
-
-
-def fmt(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return str(value)
-    v = float(value)
-    if v != v:  # NaN
-        return "n/a"
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 1:
-        return f"{v:.2f}"
-    return f"{v:.4f}"
 
 
 def run(

@@ -194,16 +194,9 @@ def _duration(text: str) -> timedelta:
 
 
 def _fmt(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return str(value)
-    v = float(value)
-    if v != v:  # NaN
-        return "n/a"
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 1:
-        return f"{v:.2f}"
-    return f"{v:.4f}"
+    from qorch.predictor.training.common import format_figure
+
+    return format_figure(value)
 
 
 def _results_table(rows: Sequence[Mapping[str, Any]]) -> str:

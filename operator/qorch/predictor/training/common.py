@@ -334,3 +334,18 @@ def models_dir() -> Path:
 
 def finite(value: float) -> float:
     return value if math.isfinite(value) else float("nan")
+
+
+def format_figure(value: Any) -> str:
+    """A results-table cell: thousands separators from 100, 2 decimals from 1, else 4;
+    NaN as "n/a"; anything not a number as text."""
+    if not isinstance(value, int | float):
+        return str(value)
+    v = float(value)
+    if v != v:  # NaN
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.4f}"
