@@ -8,6 +8,13 @@ way a kubelet does: Running, then Succeeded/Failed with the exit code and the
 termination message read from the file the container wrote. Deleted pods are killed
 and removed.
 
+Like a kubelet it also gives each pod its own IP (a loopback address 127.0.0.N, passed
+as ``QORCH_METRICS_ADDR`` so the worker listens there) and materialises the pod's
+volumes under its run directory: emptyDir, downwardAPI (annotations, rewritten when
+they change) and projected/configMap volumes (ConfigMap keys; ServiceAccount tokens are
+not minted). Environment values that name a path under a volume's mountPath are
+rewritten to the materialised path.
+
     python -m tests.harness.nodeagent --kubeconfig K --node agent-0 --pool local --workdir D
 """
 
@@ -17,6 +24,7 @@ import argparse
 import datetime as dt
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +53,8 @@ class NodeAgent:
         self.workdir = workdir
         self.bin_dir = bin_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.mounts: dict[str, Path] = {}  # pod key -> its materialised volumes
+        self.next_ip = 2
         self.stopping = threading.Event()
         self.lock = threading.Lock()
 
@@ -147,6 +157,8 @@ class NodeAgent:
                     raise
             return
         if (pod.status.phase or "Pending") != "Pending":
+            if key in self.mounts and key in self.procs:
+                self._downward(pod, self.mounts[key])  # annotations may have changed
             return
         with self.lock:
             if key in self.procs:
@@ -159,17 +171,29 @@ class NodeAgent:
         run_dir = self.workdir / pod.metadata.uid
         run_dir.mkdir(parents=True, exist_ok=True)
         result_file = run_dir / "termination-log"
+        ip = f"127.0.0.{self.next_ip}"
+        self.next_ip = self.next_ip % 250 + 2
         env = {
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "HOME": str(run_dir),
             "PYTHONUNBUFFERED": "1",
             "QORCH_RESULT_PATH": str(result_file),
+            "QORCH_METRICS_ADDR": ip,
         }
+        mounts = run_dir / "volumes"
         try:
-            env.update(self._env(pod, container))
-        except client.ApiException as exc:
-            self._finish(pod, 1, f"CreateContainerConfigError: {exc.reason}", "Error")
+            own = self._env(pod, container)
+            paths = self._volumes(pod, container, mounts)
+        except (client.ApiException, KeyError) as exc:
+            why = exc.reason if isinstance(exc, client.ApiException) else f"missing key {exc}"
+            self._finish(pod, 1, f"CreateContainerConfigError: {why}", "Error")
             return
+        for name, value in own.items():  # the pod's own paths, not the agent's
+            for mount_path, local in paths.items():
+                if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                    own[name] = str(local) + value[len(mount_path.rstrip("/")) :]
+        env.update(own)
+        self.mounts[key] = mounts
         if not command:
             self._finish(pod, 1, "the test node agent needs an explicit command", "Error")
             return
@@ -195,7 +219,8 @@ class NodeAgent:
             {
                 "status": {
                     "phase": "Running",
-                    "podIP": "127.0.0.1",
+                    "podIP": ip,
+                    "podIPs": [{"ip": ip}],
                     "hostIP": "127.0.0.1",
                     "startTime": started,
                     "conditions": [
@@ -230,6 +255,56 @@ class NodeAgent:
                 env[var.name] = (cm.data or {})[ref.key]
         return env
 
+    def _volumes(
+        self, pod: client.V1Pod, container: client.V1Container, root: Path
+    ) -> dict[str, Path]:
+        """Materialise the container's volumes; returns mountPath -> local directory."""
+        by_name = {v.name: v for v in pod.spec.volumes or []}
+        paths: dict[str, Path] = {}
+        for mount in container.volume_mounts or []:
+            volume = by_name.get(mount.name)
+            if volume is None:
+                continue
+            where = root / mount.name
+            where.mkdir(parents=True, exist_ok=True)
+            sources = []
+            if volume.config_map is not None:
+                sources.append(volume.config_map)
+            if volume.projected is not None:
+                sources.extend(
+                    src.config_map for src in volume.projected.sources or [] if src.config_map
+                )
+            for cm_ref in sources:
+                cm = self.core.read_namespaced_config_map(cm_ref.name, pod.metadata.namespace)
+                data = cm.data or {}
+                items = cm_ref.items or [client.V1KeyToPath(key=k, path=k) for k in sorted(data)]
+                for item in items:
+                    (where / item.path).write_text(data[item.key])
+            paths[mount.mount_path] = where
+        self._downward(pod, root)
+        return paths
+
+    def _downward(self, pod: client.V1Pod, root: Path) -> None:
+        """downwardAPI files of annotations, written atomically as the kubelet does."""
+        annotations = pod.metadata.annotations or {}
+        for volume in pod.spec.volumes or []:
+            if volume.downward_api is None:
+                continue
+            where = root / volume.name
+            where.mkdir(parents=True, exist_ok=True)
+            for item in volume.downward_api.items or []:
+                field = item.field_ref.field_path if item.field_ref else ""
+                match = re.fullmatch(r"metadata\.annotations\['(.+)'\]", field)
+                if not match:
+                    continue
+                text = annotations.get(match.group(1), "")
+                target = where / item.path
+                if target.exists() and target.read_text() == text:
+                    continue
+                tmp = target.with_suffix(".tmp")
+                tmp.write_text(text)
+                tmp.replace(target)
+
     def _wait(
         self,
         pod: client.V1Pod,
@@ -240,6 +315,7 @@ class NodeAgent:
     ) -> None:
         code = proc.wait()
         with self.lock:
+            self.mounts.pop(key, None)
             if self.procs.pop(key, None) is None:
                 return  # killed by a deletion
         message = (
@@ -293,6 +369,7 @@ class NodeAgent:
     def kill(self, key: str) -> None:
         with self.lock:
             proc = self.procs.pop(key, None)
+            self.mounts.pop(key, None)
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)

@@ -27,10 +27,12 @@ from qorch.api.workflow import (
     HybridWorkflowStatus,
     ObjectivePreset,
     ObjectiveSpec,
+    PauliTerm,
     ReallocationSpec,
     ResourceKind,
     ResourcesSpec,
     SubtaskSpec,
+    VariationalSpec,
 )
 from qorch.orchestrator.cluster import (
     CANCEL_ROUND_TRIP_SECONDS,
@@ -699,3 +701,39 @@ def test_placing_then_deciding_again_never_moves(waits: list[float], n: int) -> 
     apply(jobs, decide(world(jobs, external)))
     assert all(j.stage is Stage.QUEUED for j in jobs.values())
     assert decide(world(jobs, external)).moves == ()
+
+
+def test_a_pool_is_never_chosen_for_a_circuit_larger_than_its_max_qubits() -> None:
+    # The GPU pool is by far the fastest, but simulates at most 16 qubits: the 20-qubit
+    # circuit goes to the CPU pool (28) instead.
+    small_gpu = ClassicalPool(name="gpu", gpu=True, maxQubits=16)
+    roomy = {"cpu": ROOMY, "gpu": PoolCapacity(64, 256 * GIB, 4)}
+    decision = decide(pool_world({"ns/w": (Stage.READY, None)}, roomy, pools=(CPU, small_gpu)))
+    assert [p.placement.name for p in decision.places] == ["cpu"]
+
+
+def test_a_running_variational_loop_is_rerouted_only_to_a_backend_or_its_own_pool() -> None:
+    loop = SubtaskSpec(
+        name="a",
+        variational=VariationalSpec(qasm=QASM, hamiltonian=[PauliTerm(pauli="ZZ", coefficient=1)]),
+    )
+    wf = spec([loop], backends=("qa", "qb"), pools=(CPU, CPU2), preset=ObjectivePreset.SPEED)
+    roomy = {"cpu": ROOMY, "cpu2": PoolCapacity(0.1, GIB)}  # cpu2: no room for another pod
+
+    def decide_for(waits: dict[str, float], pool_seconds: dict[str, float]) -> ClusterDecision:
+        predictions: Predictions = {("a", b): qpu("a", b, w) for b, w in waits.items()}
+        predictions.update({("a", p): sim("a", p, s) for p, s in pool_seconds.items()})
+        # Its batches go to qa; its optimizer pod runs on cpu (it is already there).
+        sub = SubtaskEntry("a", Stage.QUEUED, "qa", since=NOW, num_qubits=2, pod_pool="cpu")
+        snap = ClusterSnapshot(
+            NOW, [entry("ns/w", wf, [sub], predictions)], {b: load(b) for b in waits}, roomy
+        )
+        return decide(snap)
+
+    # qa's queue spikes: the next batches go to qb.
+    moved = decide_for({"qa": 5000.0, "qb": 10.0}, {"cpu": 9000.0, "cpu2": 1.0})
+    assert [(m.source.name, m.target.name) for m in moved.moves] == [("qa", "qb")]
+    # Both queues spike; cpu2 would be fastest but needs another pod: simulate on cpu,
+    # whose pod exists already (its requests are not charged twice).
+    local = decide_for({"qa": 5000.0, "qb": 5000.0}, {"cpu": 5.0, "cpu2": 1.0})
+    assert [m.target.name for m in local.moves] == ["cpu"]

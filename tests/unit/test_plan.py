@@ -35,7 +35,7 @@ from qorch.orchestrator import (
     WorkflowSnapshot,
     plan,
 )
-from qorch.orchestrator.snapshot import MetricsView
+from qorch.orchestrator.snapshot import MetricsView, MoveRequest
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 GHZ = "OPENQASM 3.0; qubit[3] q; h q[0]; cx q[0], q[1]; cx q[1], q[2];"
@@ -82,6 +82,7 @@ class World:
         self.metrics: MetricsView | None = None
         self.generation = 1
         self.created: dt.datetime | None = None
+        self.moves: dict[str, MoveRequest] = {}  # the cluster pass's move requests
 
     def snapshot(self) -> WorkflowSnapshot:
         return WorkflowSnapshot(
@@ -98,6 +99,7 @@ class World:
             metrics=self.metrics,
             config=self.config,
             created=self.created,
+            moves=dict(self.moves),
         )
 
     def step(self) -> Plan:

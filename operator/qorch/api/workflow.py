@@ -136,14 +136,80 @@ class ClassicalSpec(StrictModel):
     )
 
 
+class Optimizer(StrEnum):
+    COBYLA = "COBYLA"
+    SPSA = "SPSA"
+
+
+class PauliTerm(StrictModel):
+    pauli: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[IXYZ]+$",
+        description="Pauli string, one letter per qubit (leftmost = highest qubit).",
+    )
+    coefficient: float = Field(description="Real coefficient of the term.")
+
+
+class VariationalSpec(StrictModel):
+    """A variational loop (VQE, QAOA): an optimizer in a worker pod on a classical pool that
+    sends one batch of circuits per evaluation to the resource Qorch currently routes it
+    to, and minimises the energy of ``hamiltonian`` over the ansatz's parameters."""
+
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": schema_extra(
+            **{
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "has(self.qasm) != has(self.configMapRef)",
+                        "message": "give exactly one of qasm or configMapRef",
+                    },
+                ]
+            }
+        )
+    }
+
+    qasm: str | None = Field(
+        default=None,
+        max_length=MAX_QASM_BYTES,
+        description="OpenQASM 3 source of the ansatz; its parameters are `input float[64]` "
+        "declarations, ordered by name.",
+    )
+    configMapRef: ConfigMapKeyRef | None = Field(
+        default=None, description="ConfigMap key holding the ansatz source instead of qasm."
+    )
+    hamiltonian: list[PauliTerm] = Field(
+        min_length=1, max_length=256, description="The observable to minimise, a sum of terms."
+    )
+    optimizer: Optimizer = Field(default=Optimizer.COBYLA)
+    maxIterations: int = Field(default=100, ge=1, le=10000)
+    tolerance: float = Field(default=1e-4, ge=1e-12, le=1, description="Convergence tolerance.")
+    initialPoint: list[float] | None = Field(
+        default=None, max_length=1000, description="Start parameters (default 0.1 each)."
+    )
+    shots: int = Field(
+        default=4096, ge=1, le=1_000_000, description="Shots per batch on a quantum backend."
+    )
+    resources: ClassicalResources = Field(
+        default_factory=ClassicalResources, description="The optimizer pod's requests."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VariationalSpec:
+        if (self.qasm is None) == (self.configMapRef is None):
+            raise ValueError("give exactly one of qasm or configMapRef")
+        return self
+
+
 class SubtaskSpec(StrictModel):
     model_config = StrictModel.model_config | {
         "json_schema_extra": schema_extra(
             **{
                 "x-kubernetes-validations": [
                     {
-                        "rule": "has(self.circuit) != has(self.classical)",
-                        "message": "a subtask is exactly one of circuit or classical",
+                        "rule": "(has(self.circuit) ? 1 : 0) + (has(self.classical) ? 1 : 0)"
+                        " + (has(self.variational) ? 1 : 0) == 1",
+                        "message": "a subtask is exactly one of circuit, classical or variational",
                     },
                 ]
             }
@@ -159,15 +225,22 @@ class SubtaskSpec(StrictModel):
     )
     circuit: CircuitSpec | None = None
     classical: ClassicalSpec | None = None
+    variational: VariationalSpec | None = None
     maxRetries: int = Field(
         default=2, ge=0, le=10, description="Relaunches after a failed attempt before giving up."
     )
 
     @model_validator(mode="after")
     def _one_kind(self) -> SubtaskSpec:
-        if (self.circuit is None) == (self.classical is None):
-            raise ValueError("a subtask is exactly one of circuit or classical")
+        kinds = (self.circuit, self.classical, self.variational)
+        if sum(k is not None for k in kinds) != 1:
+            raise ValueError("a subtask is exactly one of circuit, classical or variational")
         return self
+
+    @property
+    def source(self) -> CircuitSpec | VariationalSpec | None:
+        """Where the subtask's circuit (or ansatz) comes from; None for classical steps."""
+        return self.circuit if self.circuit is not None else self.variational
 
 
 class Toleration(StrictModel):
@@ -394,6 +467,20 @@ class MoveIntent(StrictModel):
     since: str
 
 
+class VariationalProgress(StrictModel):
+    """How far a variational loop got, as its worker last reported."""
+
+    optimizer: str = Field(default="", max_length=16)
+    iterations: int = Field(default=0, ge=0)
+    evaluations: int = Field(default=0, ge=0, description="Batches sent so far.")
+    energy: float | None = Field(default=None, description="Energy of the last batch.")
+    bestEnergy: float | None = None
+    batches: dict[str, int] = Field(
+        default_factory=dict, max_length=64, description="Batches run per resource."
+    )
+    updatedAt: str | None = None
+
+
 class SubtaskStatus(StrictModel):
     name: str
     phase: SubtaskPhase = SubtaskPhase.PENDING
@@ -417,6 +504,12 @@ class SubtaskStatus(StrictModel):
         default=None, description="Since when the job's gateway has not answered."
     )
     moves: int = Field(default=0, ge=0)
+    route: Placement | None = Field(
+        default=None,
+        description="Variational subtasks: where the next batch goes (a backend, or the "
+        "pod's own pool to simulate it there); moves change it without a restart.",
+    )
+    progress: VariationalProgress | None = None
     moving: MoveIntent | None = Field(
         default=None, description="A move under way: the old attempt is being cancelled."
     )

@@ -10,8 +10,14 @@ from typing import Any
 
 from kubernetes.client import ApiException, CoreV1Api, CustomObjectsApi
 
-from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, SubtaskPhase
-from qorch.gateway.base import GatewayClient, GatewayError, JobRequest
+from qorch.api.workflow import (
+    HybridWorkflowSpec,
+    HybridWorkflowStatus,
+    Placement,
+    ResourceKind,
+    SubtaskPhase,
+)
+from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget, JobRequest
 from qorch.gateway.client import GatewayResponseError
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.podspec import (
@@ -19,6 +25,7 @@ from qorch.operator.podspec import (
     LABEL_MANAGED_BY,
     LABEL_SUBTASK,
     LABEL_WORKFLOW,
+    ROUTE_ANNOTATION,
     build_pod,
     owner_reference,
     release_patch,
@@ -32,8 +39,11 @@ from qorch.orchestrator.plan import (
     Event,
     Plan,
     ReleasePod,
+    RoutePod,
     StoreResult,
     SubmitJob,
+    inputs_config_map,
+    job_id,
 )
 from qorch.orchestrator.snapshot import PodPhase, PodState, WorkflowSnapshot
 from qorch.orchestrator.text import SHORT_LIMIT, bounded
@@ -48,12 +58,20 @@ class ResultConflictError(Exception):
 
 class Applier:
     def __init__(
-        self, core: CoreV1Api, custom: CustomObjectsApi, gateway: GatewayClient, worker_image: str
+        self,
+        core: CoreV1Api,
+        custom: CustomObjectsApi,
+        gateway: GatewayClient,
+        worker_image: str,
+        targets: dict[str, GatewayTarget] | None = None,
     ) -> None:
         self.core = core
         self.custom = custom
         self.gateway = gateway
         self.worker_image = worker_image
+        # Where each QuantumBackend's gateway answers (kept current by the handlers):
+        # variational pods are told the URL of the backend their batches go to.
+        self.targets: dict[str, GatewayTarget] = targets if targets is not None else {}
         # Submissions a gateway refused for good (4xx): job id -> its reason.
         self.rejected: dict[str, str] = {}
         # Gateways that answered 429 (queue full): no submission to them before this
@@ -82,6 +100,9 @@ class Applier:
         for action in plan.actions:
             try:
                 if isinstance(action, CreatePod):
+                    inputs_cm = inputs_config_map(action.pod_name)
+                    if any(i.config_map is None for i in action.inputs):
+                        await self._store_inputs(body, inputs_cm, action)
                     manifest = build_pod(
                         workflow=dict(body),
                         subtask=subtasks[action.subtask],
@@ -90,6 +111,10 @@ class Applier:
                         worker_image=self.worker_image,
                         pool=pools[action.pool],
                         num_qubits=action.num_qubits,
+                        route=self._route(action.route) if action.route else None,
+                        job_prefix=job_id(namespace, name, action.subtask, action.attempt),
+                        inputs=action.inputs,
+                        inputs_config_map=inputs_cm,
                     )
                     await self._create_pod(namespace, manifest)
                 elif isinstance(action, ReleasePod):
@@ -118,6 +143,14 @@ class Applier:
                     await self.gateway.cancel(action.backend, action.job_id)
                 elif isinstance(action, StoreResult):
                     await self._store_result(body, action)
+                elif isinstance(action, RoutePod):
+                    patch = {
+                        "metadata": {"annotations": {ROUTE_ANNOTATION: self._route(action.route)}}
+                    }
+                    await asyncio.to_thread(
+                        self.core.patch_namespaced_pod, action.pod_name, namespace, patch
+                    )
+                    metrics.placements(action.route.name, action.route.kind.value)
             except (ApiException, GatewayError, ResultConflictError) as exc:
                 if (
                     isinstance(exc, ApiException)
@@ -148,6 +181,46 @@ class Applier:
         for ev in events:
             metrics.decisions(ev.reason)
         return events
+
+    def _route(self, route: Placement) -> str:
+        """The ``qorch.io/route`` annotation (``qorch.worker.variational.Route``): a
+        backend's route names its gateway, as the operator itself reaches it."""
+        doc = {"kind": route.kind.value, "name": route.name}
+        target = self.targets.get(route.name) if route.kind is ResourceKind.BACKEND else None
+        if target is not None:
+            doc.update(url=target.url, backendName=target.backend_name)
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+    async def _store_inputs(self, body: dict[str, Any], name: str, action: CreatePod) -> None:
+        """The ConfigMap of a pod's inline dependency results, written before the pod (its
+        volume needs it). Its content follows from the status, so one that exists already
+        (a replayed plan) is the same and stays."""
+        meta = body["metadata"]
+        data = {
+            f"{i.subtask}.json": json.dumps(i.result, separators=(",", ":"))
+            for i in action.inputs
+            if i.config_map is None
+        }
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": meta["namespace"],
+                "labels": {
+                    LABEL_MANAGED_BY: "qorch",
+                    LABEL_WORKFLOW: workflow_label(meta["name"]),
+                    LABEL_SUBTASK: action.subtask,
+                },
+                "ownerReferences": [owner_reference(body)],
+            },
+            "data": data,
+        }
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_config_map, meta["namespace"], cm)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
 
     async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:

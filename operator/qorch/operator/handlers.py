@@ -261,6 +261,7 @@ async def drive_workflow(
                 refused = refused_pod_states(runtime.applier, ns, status, pods)
                 refused_names = {p.name for p in refused}
                 pods = [p for p in pods if p.name not in refused_names] + refused
+                pods = await runtime.with_progress(pods)
                 snapshot = build_snapshot(
                     namespace=ns,
                     name=name,

@@ -8,7 +8,9 @@ import re
 from typing import Any
 
 from qorch.api.meta import API_VERSION
-from qorch.api.workflow import ClassicalPool, SubtaskSpec
+from qorch.api.workflow import ClassicalPool, ConfigMapKeyRef, SubtaskSpec
+from qorch.orchestrator.cluster import quantity
+from qorch.orchestrator.plan import DependencyResult
 from qorch.orchestrator.simulation import (
     TERMINATION_MESSAGE_LIMIT_BYTES,
     memory_quantity,
@@ -27,6 +29,11 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_WORKFLOW_NAME = "qorch.io/workflow-name"
 RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
 METRICS_PORT = 9090  # `qorch worker` serves /metrics here (QORCH_METRICS_PORT)
+ROUTE_ANNOTATION = "qorch.io/route"  # where a variational pod sends its next batch
+ROUTE_DIR = "/etc/qorch/route"
+GATEWAY_TOKEN_DIR = "/var/run/secrets/qorch/gateway"
+GATEWAY_AUDIENCE = "qorch-gateway"
+INPUTS_DIR = "/var/run/qorch/inputs"  # <dependency>.json: what each dependency produced
 LABEL_VALUE_MAX = 63
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_HASH_CHARS = 10  # 40 bits of sha256: collisions need ~10^6 names sharing a prefix
@@ -54,12 +61,25 @@ def build_pod(
     worker_image: str,
     pool: ClassicalPool,
     num_qubits: int | None = None,
+    route: str | None = None,
+    job_prefix: str | None = None,
+    inputs: tuple[DependencyResult, ...] = (),
+    inputs_config_map: str | None = None,
 ) -> dict[str, Any]:
     """A gated pod: it carries no placement until ``release_patch`` narrows it to ``pool``.
 
     A circuit pod runs ``qorch worker``; its memory is sized from the method the worker
     will use for ``num_qubits`` (None: unknown, so the most any method may take), and on
     a GPU pool it gets one GPU when that method runs on one.
+
+    A variational pod runs ``qorch worker`` in its variational mode: ``route`` (JSON, see
+    ``qorch.worker.variational``) is its ``qorch.io/route`` annotation, which the pod reads
+    through a downward-API volume before each batch, and ``job_prefix`` names its gateway
+    jobs. It gets a projected ServiceAccount token for the gateways' audience.
+
+    Every pod of a subtask with dependencies reads their results as files
+    ``$QORCH_INPUTS_DIR/<dependency>.json``: inline results from ``inputs_config_map``
+    (which the applier writes first), large ones from the ConfigMap they were stored in.
     """
     meta = workflow["metadata"]
     labels = {
@@ -69,6 +89,8 @@ def build_pod(
         LABEL_MANAGED_BY: "qorch",
     }
     annotations: dict[str, str] = {}
+    extra_mounts: list[dict[str, Any]] = []
+    extra_volumes: list[dict[str, Any]] = []
     env: list[dict[str, Any]] = [
         {"name": "QORCH_WORKFLOW", "value": meta["name"]},
         {"name": "QORCH_SUBTASK", "value": subtask.name},
@@ -87,25 +109,74 @@ def build_pod(
         limits: dict[str, str] = {"memory": spec.resources.memory}
         if spec.resources.gpu:
             requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.resources.gpu)
+    elif subtask.variational is not None:
+        var = subtask.variational
+        container = {"name": "subtask", "image": worker_image, "command": ["qorch", "worker"]}
+        env.append(_qasm_env(var.qasm, var.configMapRef))
+        settings = var.model_dump(
+            mode="json",
+            include={"hamiltonian", "optimizer", "maxIterations", "tolerance", "initialPoint",
+                     "shots"},
+        )  # fmt: skip
+        env.extend(
+            [
+                {"name": "QORCH_VARIATIONAL", "value": json.dumps(settings, sort_keys=True)},
+                {"name": "QORCH_JOB_PREFIX", "value": job_prefix or pod_name},
+                {"name": "QORCH_ROUTE_FILE", "value": f"{ROUTE_DIR}/route"},
+                {"name": "QORCH_GATEWAY_TOKEN_FILE", "value": f"{GATEWAY_TOKEN_DIR}/token"},
+                {"name": "QORCH_METRICS_PORT", "value": str(METRICS_PORT)},
+            ]
+        )
+        # The optimizer may simulate its batches here (a pool route): room for the state.
+        room = max(worker_memory_bytes(num_qubits), int(quantity(var.resources.memory)))
+        requests = {"cpu": var.resources.cpu, "memory": memory_quantity(room)}
+        limits = {"memory": requests["memory"]}
+        container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+        annotations.update(
+            {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+                ROUTE_ANNOTATION: route or "",
+            }
+        )
+        extra_mounts = [
+            {"name": "route", "mountPath": ROUTE_DIR, "readOnly": True},
+            {"name": "gateway-token", "mountPath": GATEWAY_TOKEN_DIR, "readOnly": True},
+        ]
+        extra_volumes = [
+            {
+                "name": "route",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": "route",
+                            "fieldRef": {
+                                "fieldPath": f"metadata.annotations['{ROUTE_ANNOTATION}']"
+                            },
+                        }
+                    ]
+                },
+            },
+            {
+                "name": "gateway-token",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": GATEWAY_AUDIENCE,
+                                "expirationSeconds": 3600,
+                                "path": "token",
+                            }
+                        }
+                    ]
+                },
+            },
+        ]
     else:
         circuit = subtask.circuit
         assert circuit is not None
         container = {"name": "subtask", "image": worker_image, "command": ["qorch", "worker"]}
-        if circuit.qasm is not None:
-            env.append({"name": "QORCH_QASM", "value": circuit.qasm})
-        else:
-            assert circuit.configMapRef is not None
-            env.append(
-                {
-                    "name": "QORCH_QASM",
-                    "valueFrom": {
-                        "configMapKeyRef": {
-                            "name": circuit.configMapRef.name,
-                            "key": circuit.configMapRef.key,
-                        }
-                    },
-                }
-            )
+        env.append(_qasm_env(circuit.qasm, circuit.configMapRef))
         env.extend(
             [
                 {"name": "QORCH_PRIMITIVE", "value": circuit.primitive.value},
@@ -136,6 +207,12 @@ def build_pod(
             {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
         )
     annotations[ANNOTATION_WORKFLOW_NAME] = meta["name"]
+    if inputs:
+        env.append({"name": "QORCH_INPUTS_DIR", "value": INPUTS_DIR})
+        extra_mounts.append({"name": "inputs", "mountPath": INPUTS_DIR, "readOnly": True})
+        extra_volumes.append(
+            {"name": "inputs", "projected": {"sources": _input_sources(inputs, inputs_config_map)}}
+        )
     container.update(
         {
             "env": env,
@@ -147,7 +224,7 @@ def build_pod(
                 "capabilities": {"drop": ["ALL"]},
             },
             # A read-only root filesystem, but a writable /tmp: most images expect one.
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *extra_mounts],
         }
     )
     return {
@@ -172,8 +249,34 @@ def build_pod(
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [container],
-            "volumes": [{"name": "tmp", "emptyDir": {}}],
+            "volumes": [{"name": "tmp", "emptyDir": {}}, *extra_volumes],
         },
+    }
+
+
+def _input_sources(
+    inputs: tuple[DependencyResult, ...], inline_config_map: str | None
+) -> list[dict[str, Any]]:
+    inline = [i for i in inputs if i.config_map is None]
+    sources: list[dict[str, Any]] = []
+    if inline:
+        assert inline_config_map is not None
+        items = [{"key": f"{i.subtask}.json", "path": f"{i.subtask}.json"} for i in inline]
+        sources.append({"configMap": {"name": inline_config_map, "items": items}})
+    for i in inputs:
+        if i.config_map is not None:
+            items = [{"key": "result.json", "path": f"{i.subtask}.json"}]
+            sources.append({"configMap": {"name": i.config_map, "items": items}})
+    return sources
+
+
+def _qasm_env(qasm: str | None, ref: ConfigMapKeyRef | None) -> dict[str, Any]:
+    if qasm is not None:
+        return {"name": "QORCH_QASM", "value": qasm}
+    assert ref is not None
+    return {
+        "name": "QORCH_QASM",
+        "valueFrom": {"configMapKeyRef": {"name": ref.name, "key": ref.key}},
     }
 
 
@@ -257,6 +360,8 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         result=result,
         deleting=bool(meta.get("deletionTimestamp")),
         usage=usage,
+        ip=status.get("podIP") or None,
+        variational=ROUTE_ANNOTATION in (meta.get("annotations") or {}),
     )
 
 

@@ -304,7 +304,8 @@ def _float(value: int | None) -> float | None:
 def _placeable(
     spec: HybridWorkflowSpec, status: HybridWorkflowStatus, sources: Mapping[str, str]
 ) -> list[tuple[str, int]]:
-    """Circuit subtasks (name, shots) that may be placed or moved in this cycle: not started
+    """Circuit and variational subtasks (name, shots per batch) that may be placed or moved
+    in this cycle (a variational loop also while it runs: its batches move): not started
     (or waiting to retry), or launched but not running (a queued job, an unbound pod: the
     cluster pass weighs moving them); their source read, no dependency failed. A dependency
     still running counts: the plan may see it finish and place its dependents at once."""
@@ -318,9 +319,15 @@ def _placeable(
     dead = (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
     out = []
     for sub in spec.subtasks:
-        if sub.circuit is None or sub.name not in sources:
+        if sub.name not in sources:
             continue
-        if phases.get(sub.name, SubtaskPhase.PENDING) not in waiting:
+        phase = phases.get(sub.name, SubtaskPhase.PENDING)
+        if sub.variational is not None:
+            # A running loop's next batches may be re-routed: the pass weighs them too.
+            if phase in waiting or phase is SubtaskPhase.RUNNING:
+                out.append((sub.name, sub.variational.shots))
+            continue
+        if sub.circuit is None or phase not in waiting:
             continue
         if not any(phases.get(d) in dead for d in sub.dependsOn):
             out.append((sub.name, sub.circuit.shots))

@@ -13,17 +13,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiohttp
 import urllib3
 from kubernetes import client, config
 from pydantic import ValidationError
 
 from qorch.api.backend import CalibrationSummary
-from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, ResourceKind
+from qorch.api.workflow import (
+    HybridWorkflowSpec,
+    HybridWorkflowStatus,
+    ResourceKind,
+    VariationalProgress,
+)
 from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget
 from qorch.metrics.reader import MetricsReader, PrometheusReader, join_backends
 from qorch.operator.apply import Applier
 from qorch.operator.cluster_loop import ClusterLoop
-from qorch.operator.podspec import pod_state
+from qorch.operator.podspec import METRICS_PORT, pod_state
 from qorch.operator.predictions import PredictionService
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.lifecycle import ACTIVE
@@ -35,6 +41,7 @@ from qorch.orchestrator.snapshot import (
     JobPhase,
     JobState,
     MetricsView,
+    PodPhase,
     PodState,
     WorkflowSnapshot,
 )
@@ -76,6 +83,7 @@ class Runtime:
     _circuit_cache: OrderedDict[str, CircuitInfo] = field(default_factory=OrderedDict)
     # What the last metrics join could not use, logged once when it changes, not per cycle.
     _join_problems: frozenset[str] = frozenset()
+    _progress_session: aiohttp.ClientSession | None = None
 
     @classmethod
     def build(cls, settings: OperatorSettings) -> Runtime:
@@ -87,7 +95,7 @@ class Runtime:
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         targets: dict[str, GatewayTarget] = {}
         gateway = make_gateway(settings, targets)
-        applier = Applier(core, custom, gateway, settings.worker_image)
+        applier = Applier(core, custom, gateway, settings.worker_image, targets)
         reader = PrometheusReader(settings.prometheus_url) if settings.prometheus_url else None
         predictions = PredictionService(
             settings.models_dir, refresh_seconds=settings.model_refresh_seconds
@@ -125,16 +133,18 @@ class Runtime:
     async def load_sources(
         self, namespace: str, spec: HybridWorkflowSpec
     ) -> tuple[dict[str, str], dict[str, CircuitInfo]]:
-        """QASM source and parse result of every circuit subtask (ConfigMaps read here)."""
+        """QASM source and parse result of every circuit subtask and variational ansatz
+        (ConfigMaps read here)."""
         sources: dict[str, str] = {}
         infos: dict[str, CircuitInfo] = {}
         for sub in spec.subtasks:
-            if sub.circuit is None:
+            given = sub.source
+            if given is None:
                 continue
-            if sub.circuit.qasm is not None:
-                source = sub.circuit.qasm
+            if given.qasm is not None:
+                source = given.qasm
             else:
-                ref = sub.circuit.configMapRef
+                ref = given.configMapRef
                 assert ref is not None
                 # A ConfigMap may be applied after the workflow (GitOps applies in any
                 # order) or the apiserver may blip: unreadable is ``transient``; the
@@ -192,6 +202,33 @@ class Runtime:
                     raise
                 found.append(pod_state(self.core.api_client.sanitize_for_serialization(pod)))
         return found
+
+    async def with_progress(self, pods: list[PodState]) -> list[PodState]:
+        """Running variational pods with the progress their worker serves (``/progress``
+        on its metrics port); a pod that does not answer within a second keeps none, and
+        the status keeps what it last showed."""
+
+        async def read(pod: PodState) -> PodState:
+            if not (pod.variational and pod.ip and pod.phase is PodPhase.RUNNING):
+                return pod
+            url = f"http://{pod.ip}:{METRICS_PORT}/progress"
+            try:
+                if self._progress_session is None or self._progress_session.closed:
+                    self._progress_session = aiohttp.ClientSession(
+                        timeout=aiohttp.ClientTimeout(total=1.0)
+                    )
+                async with self._progress_session.get(url) as resp:
+                    if resp.status != 200:
+                        return pod
+                    doc = await resp.json(content_type=None)
+                progress = VariationalProgress.model_validate(
+                    {k: v for k, v in doc.items() if k in VariationalProgress.model_fields}
+                )
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+                return pod
+            return replace(pod, progress=progress)
+
+        return list(await asyncio.gather(*(read(p) for p in pods)))
 
     async def job_states(self, status: HybridWorkflowStatus) -> dict[str, JobState]:
         by_backend: dict[str, list[str]] = {}

@@ -134,6 +134,9 @@ class SubtaskEntry:
     moves: int = 0
     last_moved: dt.datetime | None = None
     moved_from: str | None = None
+    # A variational loop: the pool its optimizer pod runs on, the one pool its batches
+    # may be simulated on (its ``resource`` is its route).
+    pod_pool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,10 @@ def pod_request(sub: SubtaskSpec, pool: ClassicalPool, num_qubits: int | None) -
     if sub.classical is not None:
         r = sub.classical.resources
         return PodRequest(quantity(r.cpu), quantity(r.memory), float(r.gpu))
+    if sub.variational is not None:
+        r = sub.variational.resources
+        memory = max(quantity(r.memory), float(worker_memory_bytes(num_qubits)))
+        return PodRequest(quantity(r.cpu), memory, 0.0)
     gpu = pool.gpu and (num_qubits is None or runs_on_gpu(simulation_method(num_qubits)))
     return PodRequest(1.0, float(worker_memory_bytes(num_qubits)), 1.0 if gpu else 0.0)
 
@@ -591,10 +598,15 @@ class _Pass:
                 else:
                     p = _queue_shifted(p, self._arrival(r))
             else:
+                if s.pod_pool is not None and r != s.pod_pool:
+                    continue  # another pool would need another pod
+                pool = flow.pools.get(r)
+                if pool is not None and s.num_qubits is not None and s.num_qubits > pool.maxQubits:
+                    continue  # the pool's maxQubits: larger circuits are not simulated there
                 req = self._request(flow, s, r)
                 if req is None:
                     continue
-                already_charged = s.stage is Stage.RELEASED and r == current
+                already_charged = (s.stage is Stage.RELEASED and r == current) or r == s.pod_pool
                 if not already_charged and not self._fits(r, req):
                     no_room = no_room or r == current
                     continue
@@ -689,7 +701,7 @@ class _Pass:
             if not (s.stage is Stage.QUEUED and r == s.resource):  # a resident that stays
                 self.tail[r] = self.tail.get(r, 0.0) + _run_seconds(p)
                 self.tail_n[r] = self.tail_n.get(r, 0) + 1
-        elif not (s.stage is Stage.RELEASED and r == s.resource):
+        elif not (s.stage is Stage.RELEASED and r == s.resource) and r != s.pod_pool:
             self._charge(r, self._request(flow, s, r))
         if s.stage is Stage.RELEASED and s.resource is not None and r != s.resource:
             self._charge(s.resource, self._request(flow, s, s.resource), sign=-1.0)

@@ -25,6 +25,7 @@ from qorch.orchestrator.snapshot import (
 
 _WAITING = (SubtaskPhase.PENDING, SubtaskPhase.RETRYING)
 _DONE = (SubtaskPhase.SUCCEEDED, SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
+_LOOPING = (SubtaskPhase.LAUNCHING, SubtaskPhase.SCHEDULED, SubtaskPhase.RUNNING)
 
 
 def _time(stamp: str | None) -> dt.datetime | None:
@@ -46,6 +47,10 @@ def stage_of(snap: WorkflowSnapshot, st: SubtaskStatus, deps: Iterable[str]) -> 
         if st.phase is SubtaskPhase.RETRYING and retry is not None and retry > snap.now:
             return Stage.BLOCKED
         return Stage.READY
+    if st.route is not None and st.placement is not None and st.phase in _LOOPING:
+        # A variational loop: its next batches may go elsewhere without a restart, as a
+        # queued job may (its resource is its route).
+        return Stage.QUEUED
     if st.placement is None or st.phase is SubtaskPhase.RUNNING or st.moving is not None:
         return Stage.RUNNING  # nothing the pass may decide about now
     if st.placement.kind is ResourceKind.POOL:
@@ -76,12 +81,14 @@ def workflow_entry(snap: WorkflowSnapshot, key: str) -> WorkflowEntry:
         sub = specs[st.name]
         if st.phase in _DONE:
             continue
-        info = snap.circuits.get(st.name) if sub.circuit is not None else None
+        info = snap.circuits.get(st.name) if sub.source is not None else None
         stage = stage_of(snap, st, sub.dependsOn)
+        where = st.route or st.placement
         entries[st.name] = SubtaskEntry(
             name=st.name,
             stage=stage,
-            resource=st.placement.name if st.placement and stage is not Stage.READY else None,
+            resource=where.name if where and stage is not Stage.READY else None,
+            pod_pool=st.placement.name if st.route and st.placement else None,
             since=_time(st.startedAt or st.launchedAt),
             num_qubits=info.num_qubits if info else None,
             moves=st.moves,

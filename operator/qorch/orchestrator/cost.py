@@ -170,7 +170,7 @@ class Workflow:
                 depends_on=tuple(s.dependsOn),
                 seconds=(
                     None
-                    if s.circuit is not None
+                    if s.source is not None
                     else measured.get(s.name, DEFAULT_CLASSICAL_SECONDS)
                 ),
             )

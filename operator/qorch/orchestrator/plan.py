@@ -27,6 +27,7 @@ from qorch.api.workflow import (
     SubtaskPhase,
     SubtaskSpec,
     SubtaskStatus,
+    VariationalProgress,
     WorkflowPhase,
 )
 from qorch.orchestrator.lifecycle import ACTIVE, TERMINAL, check_transition
@@ -59,6 +60,29 @@ class CreatePod:
     pod_name: str
     pool: str
     num_qubits: int | None = None  # circuits: sizes the pod's memory for the simulation
+    route: Placement | None = None  # variational: where its first batch goes
+    # The results of the subtasks it depends on, mounted as files <dependency>.json.
+    inputs: tuple[DependencyResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class DependencyResult:
+    """One dependency's result for a pod to read: inline (from the status), or the
+    ConfigMap a large result was stored in (key ``result.json``)."""
+
+    subtask: str
+    result: dict[str, Any] | None = None
+    config_map: str | None = None
+
+
+@dataclass(frozen=True)
+class RoutePod:
+    """Re-route a running variational loop: its next batches go to ``route``. One patch
+    of the pod's ``qorch.io/route`` annotation, which the worker reads before each batch;
+    nothing restarts."""
+
+    pod_name: str
+    route: Placement
 
 
 @dataclass(frozen=True)
@@ -101,7 +125,7 @@ class StoreResult:
     result: dict[str, Any]
 
 
-Action = CreatePod | ReleasePod | DeletePod | SubmitJob | CancelJob | StoreResult
+Action = CreatePod | ReleasePod | DeletePod | SubmitJob | CancelJob | StoreResult | RoutePod
 
 
 @dataclass(frozen=True)
@@ -318,6 +342,9 @@ def _advance(
         return
     if st.placement is None:
         return
+    if sub.variational is not None:
+        _track_variational(cyc, sub, st)
+        return
     if (st.moving is not None or sub.name in cyc.snap.moves) and _relocate(cyc, sub, st):
         return
     if st.placement.kind is ResourceKind.POOL:
@@ -341,11 +368,19 @@ def _launch(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
 def _start(
     cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, decision: Placement, event: str
 ) -> None:
-    """A new attempt of ``sub`` on ``decision``: a gated pod, or a job at a gateway."""
+    """A new attempt of ``sub`` on ``decision``: a gated pod, or a job at a gateway. For a
+    variational subtask ``decision`` is its route; its pod runs on that pool (simulating
+    there), or on the first CPU pool when the batches go to a quantum backend."""
     st.attempts += 1
+    route = None
+    if sub.variational is not None:
+        route = decision
+        st.route = decision
+        if decision.kind is ResourceKind.BACKEND:
+            decision = Placement(kind=ResourceKind.POOL, name=_optimizer_pool(cyc))
     st.placement = decision
     # The prediction this placement was made on, kept beside the outcome to come.
-    st.predicted = predicted_outcome(cyc.snap.predictions.get((sub.name, decision.name)))
+    st.predicted = predicted_outcome(cyc.snap.predictions.get((sub.name, (route or decision).name)))
     st.actual = None
     st.launchedAt = cyc.now
     st.startedAt = None
@@ -357,11 +392,11 @@ def _start(
     if decision.kind is ResourceKind.POOL:
         st.podName = pod_name(snap.name, sub.name, st.attempts)
         st.jobId = None
-        cyc.actions.append(
-            CreatePod(sub.name, st.attempts, st.podName, decision.name, _qubits(cyc, sub))
-        )
+        cyc.actions.append(_create_pod(cyc, sub, st, decision.name, route))
         cyc.actions.append(ReleasePod(st.podName, decision.name))
         where = f"pod {st.podName} on pool {decision.name}"
+        if route is not None:
+            where += f", batches to {route.kind.value} {route.name}"
     else:
         st.jobId = job_id(snap.namespace, snap.name, sub.name, st.attempts)
         st.podName = None
@@ -461,8 +496,110 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
 
 
 def _qubits(cyc: _Cycle, sub: SubtaskSpec) -> int | None:
-    info = cyc.snap.circuits.get(sub.name) if sub.circuit is not None else None
+    info = cyc.snap.circuits.get(sub.name) if sub.source is not None else None
     return info.num_qubits if info else None
+
+
+def _create_pod(
+    cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, pool: str, route: Placement | None
+) -> CreatePod:
+    assert st.podName is not None
+    return CreatePod(
+        sub.name, st.attempts, st.podName, pool, _qubits(cyc, sub), route, _inputs(cyc, sub)
+    )
+
+
+def _inputs(cyc: _Cycle, sub: SubtaskSpec) -> tuple[DependencyResult, ...]:
+    """What each dependency produced, for the pod to read as files (they all succeeded)."""
+    by_name = {s.name: s for s in cyc.status.subtasks}
+    out = []
+    for dep in sub.dependsOn:
+        st = by_name.get(dep)
+        result = st.result if st is not None else None
+        ref = result.get("configMapRef") if isinstance(result, dict) else None
+        if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+            out.append(DependencyResult(dep, config_map=ref["name"]))
+        else:
+            out.append(DependencyResult(dep, result=result))
+    return tuple(out)
+
+
+def inputs_config_map(pod: str) -> str:
+    return bounded_name(pod, NAME_LIMIT, "-inputs")
+
+
+def _optimizer_pool(cyc: _Cycle) -> str:
+    """Where a variational loop's optimizer runs when its batches go to a QPU: the first
+    CPU pool (validation guarantees there is a pool)."""
+    pools = cyc.snap.spec.resources.classicalPools
+    return sorted(pools, key=lambda p: p.gpu)[0].name
+
+
+def _track_variational(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
+    """A variational loop's pod is tracked like any pod; what it reported of its progress
+    is copied into the status, and a move the pass asks for re-routes its next batches
+    (the pod keeps running: no lost progress, no new attempt)."""
+    pod = cyc.snap.pods.get(st.podName or "")
+    if pod is not None and pod.phase is PodPhase.RUNNING:
+        if pod.progress is not None:
+            st.progress = pod.progress
+        cyc.requeue_in(cyc.snap.config.progress_poll)
+    request = cyc.snap.moves.get(sub.name)
+    if (
+        request is not None
+        and pod is not None
+        and pod.phase in (PodPhase.GATED, PodPhase.PENDING, PodPhase.RUNNING)
+        and request.to != st.route
+        and _routable(cyc, st, request.to)
+        and cyc.snap.spec.reallocation.enabled
+        and not cyc.hold_launches
+        and st.moves < cyc.snap.spec.reallocation.maxMovesPerSubtask
+    ):
+        was = st.route.name if st.route else "?"
+        st.route = request.to
+        st.moves += 1
+        reason = bounded(request.reason, 1024)
+        st.history = [
+            *st.history,
+            HistoryEntry(
+                time=cyc.now,
+                event="Rerouted",
+                message=bounded(
+                    f"next batches from {was} to {request.to.name}: {reason}", SHORT_LIMIT
+                ),
+            ),
+        ][-MAX_HISTORY:]
+        cyc.actions.append(RoutePod(pod.name, request.to))
+        cyc.event("Rerouted", f"{sub.name}: next batches from {was} to {request.to.name}: {reason}")
+    _track_pod(cyc, sub, st)
+    if st.phase is SubtaskPhase.SUCCEEDED and isinstance(st.result, dict):
+        st.progress = _final_progress(st.result, st.progress)
+
+
+def _routable(cyc: _Cycle, st: SubtaskStatus, to: Placement) -> bool:
+    """A running loop's batches may go to any allowed backend, or be simulated in its own
+    pod (its pool): another pool would need another pod."""
+    if to.kind is ResourceKind.BACKEND:
+        return to.name in cyc.snap.spec.resources.quantumBackends
+    return st.placement is not None and to.name == st.placement.name
+
+
+def _final_progress(
+    result: dict[str, Any], last: VariationalProgress | None
+) -> VariationalProgress | None:
+    """The progress the finished loop reported in its result (the last poll may be older)."""
+    try:
+        return VariationalProgress(
+            optimizer=str(result.get("optimizer", "")),
+            iterations=int(result.get("iterations", 0)),
+            evaluations=int(result.get("evaluations", 0)),
+            energy=result.get("lastEnergy"),
+            bestEnergy=result.get("energy"),
+            batches={str(k): int(v) for k, v in (result.get("batches") or {}).items()},
+            updatedAt=last.updatedAt if last else None,
+        )
+    except (TypeError, ValueError):
+        return last
 
 
 def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
@@ -474,9 +611,7 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
             _fail_attempt(cyc, sub, st, f"pod {st.podName} disappeared")
         else:
             # Not in the cache yet, or the create never happened: creating again is harmless.
-            cyc.actions.append(
-                CreatePod(sub.name, st.attempts, st.podName, st.placement.name, _qubits(cyc, sub))
-            )
+            cyc.actions.append(_create_pod(cyc, sub, st, st.placement.name, st.route))
             cyc.actions.append(ReleasePod(st.podName, st.placement.name))
             cyc.requeue_in(dt.timedelta(seconds=2))
         return

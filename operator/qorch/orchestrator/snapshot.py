@@ -9,7 +9,12 @@ from enum import StrEnum
 from typing import Any
 
 from qorch.api.backend import CalibrationSummary, Provider
-from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus, Placement
+from qorch.api.workflow import (
+    HybridWorkflowSpec,
+    HybridWorkflowStatus,
+    Placement,
+    VariationalProgress,
+)
 from qorch.orchestrator.prediction import Prediction
 
 
@@ -37,6 +42,10 @@ class PodState:
     # What the worker reported using (wallSeconds, cpuSeconds, peakMemoryBytes, method,
     # device), apart from the result; None when it reported nothing.
     usage: dict[str, float | str] | None = None
+    # A variational loop's progress as its worker serves it (None: not read / not one).
+    progress: VariationalProgress | None = None
+    ip: str | None = None  # status.podIP
+    variational: bool = False  # runs a variational loop (serves /progress)
 
 
 class JobPhase(StrEnum):
@@ -141,6 +150,8 @@ class PlannerConfig:
     # How long a circuit source that cannot be read yet (a ConfigMap applied after the
     # workflow) is waited for before the spec counts as invalid.
     source_wait: dt.timedelta = dt.timedelta(seconds=120)
+    # A running variational loop's progress is read (and the status updated) this often.
+    progress_poll: dt.timedelta = dt.timedelta(seconds=5)
 
 
 @dataclass(frozen=True)

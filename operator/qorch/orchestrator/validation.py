@@ -145,6 +145,66 @@ def validate(
                             "from IXYZ",
                         )
                     )
+    errors.extend(_variational(spec, circuits, max(largest_classical, largest_quantum)))
+    return errors
+
+
+def _variational(
+    spec: HybridWorkflowSpec, circuits: Mapping[str, CircuitInfo], largest: int
+) -> list[SpecError]:
+    """An ansatz must parse, have parameters, fit a resource; the Hamiltonian's terms and
+    the initial point must match it."""
+    errors: list[SpecError] = []
+    for i, sub in enumerate(spec.subtasks):
+        var = sub.variational
+        if var is None:
+            continue
+        at = f"spec.subtasks[{i}].variational"
+        if not spec.resources.classicalPools:
+            errors.append(
+                SpecError(
+                    "spec.resources.classicalPools",
+                    f"subtask {sub.name!r} is variational: its optimizer runs in a pod, which "
+                    "needs a classical pool",
+                )
+            )
+        where = f"{at}.{'qasm' if var.qasm is not None else 'configMapRef'}"
+        info = circuits.get(sub.name)
+        if info is None or info.error:
+            errors.append(SpecError(where, (info.error if info else None) or "ansatz not parsed"))
+            continue
+        if not info.parameters:
+            errors.append(
+                SpecError(
+                    where,
+                    "the ansatz has no parameters to optimise (declare them as "
+                    "`input float[64] theta;`)",
+                )
+            )
+        elif var.initialPoint is not None and len(var.initialPoint) != len(info.parameters):
+            errors.append(
+                SpecError(
+                    f"{at}.initialPoint",
+                    f"has {len(var.initialPoint)} values; the "
+                    f"ansatz has {len(info.parameters)} parameters",
+                )
+            )
+        qubits = info.num_qubits
+        if qubits is not None and qubits > largest:
+            errors.append(
+                SpecError(
+                    where,
+                    f"ansatz needs {qubits} qubits but the largest allowed resource has {largest}",
+                )
+            )
+        for k, term in enumerate(var.hamiltonian):
+            if qubits is not None and len(term.pauli) != qubits:
+                errors.append(
+                    SpecError(
+                        f"{at}.hamiltonian[{k}].pauli",
+                        f"{term.pauli!r} must have one letter per qubit of the ansatz ({qubits})",
+                    )
+                )
     return errors
 
 

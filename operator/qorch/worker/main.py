@@ -5,7 +5,8 @@ method from the circuit (statevector up to ``simulation.STATEVECTOR_MAX_QUBITS``
 matrix_product_state; the operator sizes the pod by the same rule and sets
 ``QORCH_METHOD``) and the device from the node (GPU when Aer sees one and the method
 runs there). Command mode (``qorch worker -- CMD ...``): run the user's command and
-report on it.
+report on it. Variational mode (``QORCH_VARIATIONAL`` set): optimise a parametrised
+ansatz, batch by batch, on the route the operator assigns (``qorch.worker.variational``).
 
 The result goes to the termination message (``QORCH_RESULT_PATH``, default
 ``/dev/termination-log``), which Kubernetes caps at 4096 bytes: the operator copies it
@@ -25,12 +26,14 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qorch.metrics.exporters import WorkerMetrics
 from qorch.orchestrator.simulation import (
@@ -40,14 +43,12 @@ from qorch.orchestrator.simulation import (
     runs_on_gpu,
     simulation_method,
 )
+from qorch.worker.errors import BadInputError
+from qorch.worker.variational import Evaluator, Progress, VariationalTask, optimise
 
 RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
 EXIT_BAD_INPUT = 2
 EXIT_SIMULATION_FAILED = 3
-
-
-class BadInputError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -280,15 +281,59 @@ def _record_usage(metrics: WorkerMetrics) -> Usage:
     return usage
 
 
-def _serve_metrics(port: int, addr: str, metrics: WorkerMetrics) -> bool:
-    """Serve /metrics; a port that is taken costs the scrape, never the run (the result
-    carries the usage anyway)."""
+class _Handler(BaseHTTPRequestHandler):
+    """/metrics for Prometheus, /progress (JSON) for the operator (variational loops)."""
+
+    metrics: WorkerMetrics
+    progress: Progress | None = None
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, kind = generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
+        elif path == "/progress" and self.progress is not None:
+            body = json.dumps(self.progress.snapshot()).encode()
+            kind = "application/json"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # one line per scrape would drown the pod's log
+
+
+def _serve(port: int, addr: str, metrics: WorkerMetrics, progress: Progress | None) -> bool:
+    """Serve /metrics (and /progress); a port that is taken costs the scrape, never the run
+    (the result carries the usage anyway)."""
+    handler = type("Handler", (_Handler,), {"metrics": metrics, "progress": progress})
     try:
-        start_http_server(port, addr=addr, registry=metrics.registry)
+        server = ThreadingHTTPServer((addr, port), handler)
     except OSError as exc:
         print(f"not serving metrics on {addr}:{port}: {exc}", file=sys.stderr)
         return False
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     return True
+
+
+def run_variational(env: dict[str, str], progress: Progress) -> dict[str, Any]:
+    task = VariationalTask.from_env(env)
+    progress.optimizer = task.optimizer
+    evaluator = Evaluator(task)
+    # The pod's projected token for the gateways' audience; where none is mounted (a
+    # gateway that checks no tokens, a local run) batches go without one.
+    token = env.get("QORCH_GATEWAY_TOKEN_FILE") or ""
+    evaluator.token_file = token if token and os.path.exists(token) else None
+    try:
+        result = optimise(task, evaluator, progress)
+    finally:
+        evaluator.close()
+    return {**result, "method": "variational", "device": "CPU"}
 
 
 def main(command: list[str], env: dict[str, str] | None = None) -> int:
@@ -296,7 +341,10 @@ def main(command: list[str], env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     metrics = WorkerMetrics.create()
     port = int(env.get("QORCH_METRICS_PORT", "0") or 0)
-    serving = bool(port) and _serve_metrics(port, env.get("QORCH_METRICS_ADDR", "0.0.0.0"), metrics)
+    variational = not command and bool(env.get("QORCH_VARIATIONAL"))
+    progress = Progress(optimizer="") if variational else None
+    addr = env.get("QORCH_METRICS_ADDR", "0.0.0.0")
+    serving = bool(port) and _serve(port, addr, metrics, progress)
     if env.get("QORCH_NODE_PRICE_USD_PER_SECOND"):
         metrics.cost_per_second.set(float(env["QORCH_NODE_PRICE_USD_PER_SECOND"]))
     if env.get("QORCH_GATEWAY_URL"):
@@ -307,6 +355,8 @@ def main(command: list[str], env: dict[str, str] | None = None) -> int:
     try:
         if command:
             code, result = run_command(command, metrics)
+        elif progress is not None:
+            result = run_variational(env, progress)
         else:
             result = simulate(CircuitTask.from_env(env), metrics)
     except BadInputError as exc:

@@ -1,0 +1,134 @@
+"""The planner's side of variational subtasks: the optimizer pod, its route, re-routing a
+running loop without a restart, its progress in the status, and dependency inputs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from qorch.api.backend import Provider
+from qorch.api.workflow import Placement, ResourceKind, SubtaskPhase, VariationalProgress
+from qorch.orchestrator import BackendInfo, CircuitInfo, CreatePod, PodPhase, ReleasePod
+from qorch.orchestrator.plan import DependencyResult, RoutePod
+from qorch.orchestrator.snapshot import MoveRequest
+from tests.unit.test_plan import World, classical, spec
+
+ANSATZ = "OPENQASM 3.0; input float[64] t; qubit[2] q; ry(t) q[0]; cx q[0], q[1];"
+BACKENDS = {
+    "qa": BackendInfo("qa", Provider.AER, 4, queue_length=0),
+    "qb": BackendInfo("qb", Provider.AER, 4, queue_length=5),
+}
+
+
+def vqe(name: str = "vqe", *deps: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "dependsOn": list(deps),
+        "variational": {
+            "qasm": ANSATZ,
+            "hamiltonian": [{"pauli": "ZZ", "coefficient": 1.0}],
+            **extra,
+        },
+    }
+
+
+def world(*subtasks: dict[str, Any], pool_qubits: int = 1) -> World:
+    s = spec(
+        *subtasks,
+        resources={
+            "quantumBackends": ["qa", "qb"],
+            "classicalPools": [
+                {"name": "gpu", "gpu": True, "maxQubits": 30},
+                {"name": "cpu", "maxQubits": pool_qubits},
+            ],
+        },
+    )
+    circuits = {"vqe": CircuitInfo(num_qubits=2, depth=2, parameters=("t",))}
+    return World(s, BACKENDS, circuits)
+
+
+def backend(name: str) -> Placement:
+    return Placement(kind=ResourceKind.BACKEND, name=name)
+
+
+def test_the_optimizer_runs_on_a_cpu_pool_and_its_batches_go_to_the_chosen_backend() -> None:
+    w = world(vqe())
+    p = w.step()
+    create = next(a for a in p.actions if isinstance(a, CreatePod))
+    assert create.pool == "cpu" and create.route == backend("qa")  # the shortest queue
+    assert ReleasePod(create.pod_name, "cpu") in p.actions
+    st = w.sub("vqe")
+    assert st.placement == Placement(kind=ResourceKind.POOL, name="cpu")
+    assert st.route == backend("qa")
+
+
+def test_a_loop_whose_batches_fit_no_backend_is_simulated_in_its_own_pod() -> None:
+    w = world(vqe(), pool_qubits=28)
+    w.backends = {n: replace(b, healthy=False) for n, b in BACKENDS.items()}
+    create = next(a for a in w.step().actions if isinstance(a, CreatePod))
+    assert create.pool == "cpu" and create.route == Placement(kind=ResourceKind.POOL, name="cpu")
+
+
+def test_a_running_loop_is_rerouted_by_one_patch_and_shows_its_progress() -> None:
+    w = world(vqe())
+    w.step()
+    pod = w.sub("vqe").podName
+    progress = VariationalProgress(optimizer="COBYLA", iterations=4, evaluations=4, energy=-0.5,
+                                   bestEnergy=-0.6, batches={"qa": 4})  # fmt: skip
+    w.pod_phase(pod, PodPhase.RUNNING, progress=progress)
+    p = w.step()
+    st = w.sub("vqe")
+    assert st.phase is SubtaskPhase.RUNNING and st.progress == progress
+    assert p.requeue_after is not None  # progress is read again soon
+
+    w.moves = {"vqe": MoveRequest(backend("qb"), "cost here 1.0 vs there 0.2")}
+    p = w.step()
+    assert p.actions == (RoutePod(pod, backend("qb")),)
+    st = w.sub("vqe")
+    assert st.route == backend("qb") and st.moves == 1 and st.attempts == 1
+    assert st.history[-1].event == "Rerouted"
+    assert any(e.reason == "Rerouted" and "from qa to qb" in e.message for e in p.events)
+    # Asked again (the pass has not seen the new route yet): nothing more happens.
+    assert not any(isinstance(a, RoutePod) for a in w.step().actions)
+    # A pool other than its pod's would need another pod: not a re-route.
+    w.moves = {"vqe": MoveRequest(Placement(kind=ResourceKind.POOL, name="gpu"), "faster")}
+    assert not any(isinstance(a, RoutePod) for a in w.step().actions)
+
+
+def test_reroutes_respect_the_move_cap_and_disabled_reallocation() -> None:
+    w = world(vqe())
+    w.spec = w.spec.model_copy(
+        update={"reallocation": w.spec.reallocation.model_copy(update={"enabled": False})}
+    )
+    w.step()
+    w.pod_phase(w.sub("vqe").podName, PodPhase.RUNNING)
+    w.moves = {"vqe": MoveRequest(backend("qb"), "cheaper")}
+    assert not any(isinstance(a, RoutePod) for a in w.step().actions)
+    assert w.sub("vqe").moves == 0
+
+
+def test_the_final_progress_comes_from_the_result_and_dependents_get_it_as_input() -> None:
+    w = world(vqe(), classical("report", "vqe"))
+    w.step()
+    pod = w.sub("vqe").podName
+    result = {"energy": -1.85, "lastEnergy": -1.84, "optimizer": "COBYLA", "iterations": 40,
+              "evaluations": 40, "batches": {"qa": 30, "qb": 10}}  # fmt: skip
+    w.pod_phase(pod, PodPhase.SUCCEEDED, result=result)
+    p = w.step()
+    st = w.sub("vqe")
+    assert st.phase is SubtaskPhase.SUCCEEDED
+    assert st.progress is not None and st.progress.bestEnergy == -1.85
+    assert st.progress.batches == {"qa": 30, "qb": 10}
+    create = next(a for a in p.actions if isinstance(a, CreatePod))
+    assert create.subtask == "report"
+    assert create.inputs == (DependencyResult("vqe", result=result),)
+
+
+def test_a_large_dependency_result_is_read_from_its_config_map() -> None:
+    w = world(vqe(), classical("report", "vqe"))
+    w.step()
+    big = {"energy": -1.0, "energies": list(range(2000))}
+    w.pod_phase(w.sub("vqe").podName, PodPhase.SUCCEEDED, result=big)
+    p = w.step()
+    create = next(a for a in p.actions if isinstance(a, CreatePod))
+    assert create.inputs == (DependencyResult("vqe", config_map="wf-vqe-result"),)
