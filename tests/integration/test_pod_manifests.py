@@ -8,6 +8,7 @@ import pytest
 
 from qorch.api.workflow import SubtaskSpec, default_pools
 from qorch.operator.podspec import ANNOTATION_WORKFLOW_NAME, LABEL_WORKFLOW, build_pod
+from qorch.orchestrator.plan import DependencyResult
 from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
@@ -20,7 +21,21 @@ SUBTASKS = {
     "classical": SubtaskSpec.model_validate(
         {"name": "c", "classical": {"image": "busybox", "command": ["true"]}}
     ),
+    "variational": SubtaskSpec.model_validate(
+        {
+            "name": "v",
+            "dependsOn": ["c", "q"],
+            "variational": {
+                "qasm": "OPENQASM 3.0; input float[64] t; qubit[1] q; rx(t) q[0];",
+                "hamiltonian": [{"pauli": "Z", "coefficient": 1.0}],
+            },
+        }
+    ),
 }
+ROUTE = json.dumps({"kind": "backend", "name": "qb", "url": "http://gw:8080", "backendName": "b"})
+# The circuit's result is inline (a ConfigMap of the pod's inputs), the classical one's
+# was large (its own result ConfigMap): the pod reads both as files.
+INPUTS = (DependencyResult("c", config_map="w-c-result"), DependencyResult("q", result={"x": 1}))
 
 
 @pytest.mark.parametrize("kind", sorted(SUBTASKS))
@@ -39,6 +54,9 @@ def test_a_200_character_workflow_name_gives_a_pod_the_apiserver_accepts(
         worker_image="qorch:test",
         pool=GPU,
         num_qubits=27,
+        route=ROUTE if sub.variational else None,
+        inputs=INPUTS if sub.dependsOn else (),
+        inputs_config_map=f"{name}-{sub.name}-1-inputs"[:253],
     )
     out = control_plane.kubectl(
         "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(pod), check=False
@@ -50,3 +68,6 @@ def test_a_200_character_workflow_name_gives_a_pod_the_apiserver_accepts(
     )
     assert created["metadata"]["annotations"][ANNOTATION_WORKFLOW_NAME] == name
     assert created["spec"]["schedulingGates"] == pod["spec"]["schedulingGates"]
+    volumes = {v["name"] for v in created["spec"]["volumes"]}
+    expected = {"tmp"} | ({"route", "gateway-token", "inputs"} if kind == "variational" else set())
+    assert volumes == expected

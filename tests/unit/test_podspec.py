@@ -13,13 +13,17 @@ from qorch.operator import handlers
 from qorch.operator.podspec import (
     ANNOTATION_WORKFLOW_NAME,
     GATE,
+    INPUTS_DIR,
     LABEL_VALUE,
     LABEL_WORKFLOW,
+    ROUTE_ANNOTATION,
+    ROUTE_DIR,
     build_pod,
     pod_state,
     release_patch,
     workflow_label,
 )
+from qorch.orchestrator.plan import DependencyResult
 from qorch.orchestrator.simulation import (
     GIB,
     MPS_STATE_BYTES,
@@ -322,3 +326,50 @@ def test_pod_state_takes_the_usage_apart_from_the_result() -> None:
         },
     }
     assert pod_state(plain).usage is None
+
+
+def test_a_variational_pod_reads_its_route_and_inputs_from_volumes() -> None:
+    sub = SubtaskSpec.model_validate(
+        {
+            "name": "vqe",
+            "dependsOn": ["prep", "big"],
+            "variational": {
+                "qasm": "OPENQASM 3.0; input float[64] t; qubit[2] q; ry(t) q[0];",
+                "hamiltonian": [{"pauli": "ZZ", "coefficient": -1.0}],
+                "optimizer": "SPSA",
+                "resources": {"cpu": "250m", "memory": "256Mi"},
+            },
+        }
+    )
+    route = '{"kind":"pool","name":"cpu"}'
+    inputs = (DependencyResult("prep", result={"theta": 0.5}),
+              DependencyResult("big", config_map="wf-big-result"))  # fmt: skip
+    pod = build_pod(workflow=WORKFLOW, subtask=sub, attempt=2, pod_name="wf-vqe-2",
+                    worker_image="img", pool=CPU, num_qubits=2, route=route,
+                    job_prefix="ns.wf.vqe.2", inputs=inputs,
+                    inputs_config_map="wf-vqe-2-inputs")  # fmt: skip
+    env = env_of(pod)
+    assert json.loads(env["QORCH_VARIATIONAL"])["optimizer"] == "SPSA"
+    assert env["QORCH_JOB_PREFIX"] == "ns.wf.vqe.2"
+    assert pod["metadata"]["annotations"][ROUTE_ANNOTATION] == route
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    field = volumes["route"]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"]
+    assert field == f"metadata.annotations['{ROUTE_ANNOTATION}']"
+    assert env["QORCH_ROUTE_FILE"].startswith(ROUTE_DIR + "/")
+    token = volumes["gateway-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "qorch-gateway"
+    sources = volumes["inputs"]["projected"]["sources"]
+    assert sources == [
+        {"configMap": {"name": "wf-vqe-2-inputs",
+                       "items": [{"key": "prep.json", "path": "prep.json"}]}},
+        {"configMap": {"name": "wf-big-result",
+                       "items": [{"key": "result.json", "path": "big.json"}]}},
+    ]  # fmt: skip
+    assert env["QORCH_INPUTS_DIR"] == INPUTS_DIR
+    container = pod["spec"]["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert all(mounts[n]["readOnly"] for n in ("route", "gateway-token", "inputs"))
+    # Its own requests, at least what simulating its batches in the pod needs.
+    assert container["resources"]["requests"]["cpu"] == "250m"
+    assert memory_bytes(container["resources"]["requests"]["memory"]) >= 256 << 20
+    assert pod["spec"]["automountServiceAccountToken"] is False  # no apiserver token
