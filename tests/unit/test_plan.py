@@ -12,6 +12,7 @@ from qorch.api.backend import Provider
 from qorch.api.workflow import (
     HybridWorkflowSpec,
     HybridWorkflowStatus,
+    Placement,
     ResourceKind,
     SubtaskPhase,
     WorkflowPhase,
@@ -82,7 +83,11 @@ class World:
         self.metrics: MetricsView | None = None
         self.generation = 1
         self.created: dt.datetime | None = None
-        self.moves: dict[str, MoveRequest] = {}  # the cluster pass's move requests
+        # The cluster pass's word, stood in for: moves, placements, held, whether it ran.
+        self.moves: dict[str, MoveRequest] = {}
+        self.placements: dict[str, Placement] = {}
+        self.held: dict[str, str] = {}
+        self.cluster_pass = False
 
     def snapshot(self) -> WorkflowSnapshot:
         return WorkflowSnapshot(
@@ -100,6 +105,9 @@ class World:
             config=self.config,
             created=self.created,
             moves=dict(self.moves),
+            placements=dict(self.placements),
+            held=dict(self.held),
+            cluster_pass=self.cluster_pass,
         )
 
     def step(self) -> Plan:

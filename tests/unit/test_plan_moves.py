@@ -16,33 +16,25 @@ from qorch.orchestrator import (
     JobPhase,
     JobState,
     Plan,
+    PodPhase,
+    ReleasePod,
     SubmitJob,
-    WorkflowSnapshot,
 )
 from qorch.orchestrator.snapshot import MoveRequest
-from tests.unit.test_plan import World, circuit, spec
+from tests.unit.test_plan import World, circuit, classical, spec
 
 TO_B = MoveRequest(
     Placement(kind=ResourceKind.BACKEND, name="qpu-b"), "queue spiked: 900 s here vs 40 s there"
 )
 
 
-class MovingWorld(World):
-    """The planner's fake cluster, with the cluster pass's move requests stood in for."""
-
-    moves: dict[str, MoveRequest] = {}
-
-    def snapshot(self) -> WorkflowSnapshot:
-        return dataclasses.replace(super().snapshot(), moves=dict(self.moves))
-
-
-def two_backends(**spec_extra: Any) -> MovingWorld:
+def two_backends(**spec_extra: Any) -> World:
     backends = {
         "qpu-a": BackendInfo("qpu-a", Provider.FAKE, 27),
         "qpu-b": BackendInfo("qpu-b", Provider.FAKE, 27, queue_length=5),
     }
     s = spec(circuit("q"), resources={"quantumBackends": ["qpu-a", "qpu-b"]}, **spec_extra)
-    return MovingWorld(s, backends)
+    return World(s, backends)
 
 
 def actions(p: Plan, kind: type) -> list[Any]:
@@ -105,7 +97,7 @@ def test_a_job_that_starts_before_it_is_cancelled_stays_where_it_is() -> None:
 
 
 def test_an_unbound_pod_moves_to_another_pool() -> None:
-    w = MovingWorld(spec(circuit("q")))
+    w = World(spec(circuit("q")))
     w.step()
     pod = w.sub("q").podName
     assert w.sub("q").placement.name == "cpu" and pod in w.pods
@@ -148,3 +140,54 @@ def test_the_move_cap_holds_over_several_requests() -> None:
     for _ in range(4):
         w.step()
     assert w.sub("q").placement.name == "qpu-b" and w.sub("q").moves == 1
+
+
+def pool(name: str) -> Placement:
+    return Placement(kind=ResourceKind.POOL, name=name)
+
+
+def test_under_a_cluster_pass_a_pod_leaves_the_gate_only_where_the_pass_commits_it() -> None:
+    w = World(spec(classical("c")))
+    w.cluster_pass = True
+    w.placements = {"c": pool("cpu")}  # the pass placed it: created and released at once
+    first = w.step()
+    pod = w.sub("c").podName
+    assert actions(first, ReleasePod) == [ReleasePod(pod, "cpu")]
+
+    # A pod found still gated (its release failed) while the pass holds it back (its pool
+    # has no room now): it stays gated, saying why, once.
+    w.pods[pod] = dataclasses.replace(w.pods[pod], phase=PodPhase.GATED)
+    w.placements = {}
+    w.held = {"c": "no allowed pool has room for the pod"}
+    held = w.step()
+    assert actions(held, ReleasePod) == []
+    assert "kept gated: no allowed pool has room" in w.sub("c").message
+    assert [e.reason for e in held.events] == ["Held"]
+    assert [e.reason for e in w.step().events] == []  # said once
+    # The pass commits it: released.
+    w.held, w.placements = {}, {"c": pool("cpu")}
+    assert actions(w.step(), ReleasePod) == [ReleasePod(pod, "cpu")]
+    # Without a pass (the rule) a gated pod is released straight away.
+    w.pods[pod] = dataclasses.replace(w.pods[pod], phase=PodPhase.GATED)
+    w.cluster_pass, w.placements = False, {}
+    assert actions(w.step(), ReleasePod) == [ReleasePod(pod, "cpu")]
+
+
+def test_a_gated_pod_whose_requests_fit_the_new_pool_is_narrowed_not_replaced() -> None:
+    w = World(spec(classical("c")))
+    w.cluster_pass = True
+    w.held = {"c": "waiting for room"}
+    w.step()  # placed by the rule fallback, not committed by the pass: created gated
+    pod = w.sub("c").podName
+    assert w.pods[pod].phase is PodPhase.GATED
+    w.moves = {"c": MoveRequest(pool("cpu2"), "cpu2 has room sooner", how="narrow")}
+    w.spec = spec(
+        classical("c"),
+        resources={"classicalPools": [{"name": "cpu"}, {"name": "cpu2"}]},
+    )
+    p = w.step()
+    assert actions(p, ReleasePod) == [ReleasePod(pod, "cpu2")]
+    assert actions(p, DeletePod) == [] and actions(p, CreatePod) == []
+    st = w.sub("c")
+    assert st.placement == pool("cpu2") and st.moves == 1 and st.attempts == 1
+    assert st.history[-1].event == "Moved" and "narrowed" in st.history[-1].message

@@ -348,7 +348,9 @@ async def _with_cluster_decision(
     if decision is None:
         return snapshot
     places, moves, held = requests_for(decision, key)
-    return dataclasses.replace(snapshot, placements=places, moves=moves, held=held)
+    return dataclasses.replace(
+        snapshot, placements=places, moves=moves, held=held, cluster_pass=True
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from qorch.orchestrator.snapshot import (
 )
 
 _WAITING = (SubtaskPhase.PENDING, SubtaskPhase.RETRYING)
+_LAUNCHED = (SubtaskPhase.LAUNCHING, SubtaskPhase.SCHEDULED, SubtaskPhase.RUNNING)
 _DONE = (SubtaskPhase.SUCCEEDED, SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
 _LOOPING = (SubtaskPhase.LAUNCHING, SubtaskPhase.SCHEDULED, SubtaskPhase.RUNNING)
 
@@ -37,11 +38,27 @@ def _time(stamp: str | None) -> dt.datetime | None:
         return None
 
 
+def _succeeded(snap: WorkflowSnapshot, st: SubtaskStatus) -> bool:
+    """Whether the subtask has succeeded, or will in this cycle's plan: its current attempt's
+    pod or job has finished well in the snapshot though the status does not say so yet. The
+    plan records that and starts the dependents at once, on the pass's placements for them;
+    a dependent the pass had taken for blocked would be placed by the static rule instead."""
+    if st.phase is SubtaskPhase.SUCCEEDED:
+        return True
+    if st.phase not in _LAUNCHED or st.placement is None or st.moving is not None:
+        return False
+    if st.placement.kind is ResourceKind.POOL:
+        pod = snap.pods.get(st.podName or "")
+        return pod is not None and pod.phase is PodPhase.SUCCEEDED and not pod.permanent
+    job = snap.jobs.get(st.jobId or "")
+    return job is not None and job.phase is JobPhase.DONE
+
+
 def stage_of(snap: WorkflowSnapshot, st: SubtaskStatus, deps: Iterable[str]) -> Stage:
     """Where a subtask's current attempt stands, in the cluster pass's terms."""
-    phases = {s.name: s.phase for s in snap.status.subtasks}
+    known = {s.name: s for s in snap.status.subtasks}
     if st.phase in _WAITING:
-        if any(phases.get(d, SubtaskPhase.PENDING) is not SubtaskPhase.SUCCEEDED for d in deps):
+        if not all(d in known and _succeeded(snap, known[d]) for d in deps):
             return Stage.BLOCKED
         retry = _time(st.retryAfter)
         if st.phase is SubtaskPhase.RETRYING and retry is not None and retry > snap.now:
@@ -135,7 +152,9 @@ def requests_for(
     the numbers behind it), and which to hold back and why."""
     places = {p.subtask: p.placement for p in decision.places if p.workflow == key}
     moves = {
-        m.subtask: MoveRequest(m.target, m.reason) for m in decision.moves if m.workflow == key
+        m.subtask: MoveRequest(m.target, m.reason, m.how)
+        for m in decision.moves
+        if m.workflow == key
     }
     held = {w.subtask: w.reason for w in decision.waits if w.workflow == key}
     return places, moves, held

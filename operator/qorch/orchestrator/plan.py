@@ -393,7 +393,8 @@ def _start(
         st.podName = pod_name(snap.name, sub.name, st.attempts)
         st.jobId = None
         cyc.actions.append(_create_pod(cyc, sub, st, decision.name, route))
-        cyc.actions.append(ReleasePod(st.podName, decision.name))
+        if _committed(cyc, sub, st):
+            cyc.actions.append(ReleasePod(st.podName, decision.name))
         where = f"pod {st.podName} on pool {decision.name}"
         if route is not None:
             where += f", batches to {route.kind.value} {route.name}"
@@ -458,6 +459,10 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
         ):
             return False
         reason = bounded(request.reason, 1024)
+        pod = cyc.snap.pods.get(st.podName or "")
+        if request.how == "narrow" and pod is not None and pod.phase is PodPhase.GATED:
+            _narrow(cyc, sub, st, request.to, reason)
+            return True
         st.moving = MoveIntent(to=request.to, reason=reason, since=cyc.now)
         cyc.event("Moving", f"{sub.name}: {st.placement.name} -> {request.to.name}: {reason}")
         cyc.requeue_in(dt.timedelta(0))
@@ -493,6 +498,23 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
     cyc.event("Moved", f"{sub.name}: from {was} to {intent.to.name}: {intent.reason}")
     _start(cyc, sub, st, intent.to, "Relaunched")
     return True
+
+
+def _narrow(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, to: Placement, reason: str) -> None:
+    """A gated pod whose requests fit the new pool as they are: released there, the same
+    pod (nothing to cancel or recreate). Its scheduling directives are only added at
+    release, so this narrows a pod that was never bound anywhere."""
+    assert st.placement is not None and st.podName is not None
+    was = st.placement.name
+    st.placement = to
+    st.moves += 1
+    st.predicted = predicted_outcome(cyc.snap.predictions.get((sub.name, to.name)))
+    message = bounded(f"from {was} to {to.name} (the gated pod, narrowed): {reason}", SHORT_LIMIT)
+    st.history = [*st.history, HistoryEntry(time=cyc.now, event="Moved", message=message)][
+        -MAX_HISTORY:
+    ]
+    cyc.event("Moved", f"{sub.name}: {message}")
+    cyc.actions.append(ReleasePod(st.podName, to.name))
 
 
 def _qubits(cyc: _Cycle, sub: SubtaskSpec) -> int | None:
@@ -612,14 +634,15 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         else:
             # Not in the cache yet, or the create never happened: creating again is harmless.
             cyc.actions.append(_create_pod(cyc, sub, st, st.placement.name, st.route))
-            cyc.actions.append(ReleasePod(st.podName, st.placement.name))
+            if _committed(cyc, sub, st):
+                cyc.actions.append(ReleasePod(st.podName, st.placement.name))
             cyc.requeue_in(dt.timedelta(seconds=2))
         return
     if pod.permanent:
         _fail_attempt(cyc, sub, st, f"{pod.message} (permanent: not retried)", final=True)
         return
     if pod.phase is PodPhase.GATED:
-        cyc.actions.append(ReleasePod(pod.name, st.placement.name))
+        _release_when_committed(cyc, sub, st, pod.name)
         return
     observed = {
         PodPhase.PENDING: (_Seen.WAITING, f"pod {pod.name} released to pool {st.placement.name}"),
@@ -639,6 +662,31 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
         if actual.costUSD:
             cyc.status.costUSD = round(cyc.status.costUSD + actual.costUSD, 6)
     _observe(cyc, sub, st, *observed, result=pod.result, waiting_event="Released", actual=actual)
+
+
+def _committed(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
+    """Whether the subtask's pod may leave the gate: always under the rule; under a
+    cluster pass once the pass commits it to that pool. A variational loop's optimizer
+    pod goes at once (the pass decides where its batches go, not where it runs)."""
+    snap = cyc.snap
+    if not snap.cluster_pass or sub.variational is not None:
+        return True
+    return snap.placements.get(sub.name) == st.placement
+
+
+def _release_when_committed(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, pod: str) -> None:
+    """A gated pod is released to its pool once that is decided: by the rule (no cluster
+    pass), or when the cluster pass commits it there. A pod the pass holds back stays
+    gated, out of the scheduler's way, and its message says why."""
+    assert st.placement is not None
+    if _committed(cyc, sub, st):
+        cyc.actions.append(ReleasePod(pod, st.placement.name))
+        return
+    why = cyc.snap.held.get(sub.name) or "waiting for the cluster pass to commit it to a pool"
+    message = bounded(f"pod {pod} kept gated: {why}", MESSAGE_LIMIT)
+    if st.message != message:
+        st.message = message
+        cyc.event("Held", f"{sub.name}: {message}")
 
 
 def _track_job(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:

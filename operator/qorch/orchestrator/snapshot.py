@@ -161,6 +161,9 @@ class MoveRequest:
 
     to: Placement
     reason: str
+    # How the pass means it done ("narrow": a gated pod whose requests fit the new pool
+    # as they are is released there instead of being replaced).
+    how: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,3 +200,6 @@ class WorkflowSnapshot:
     moves: Mapping[str, MoveRequest] = field(default_factory=dict)
     placements: Mapping[str, Placement] = field(default_factory=dict)
     held: Mapping[str, str] = field(default_factory=dict)
+    # A cluster pass decided for this cycle: a gated pod is released only where the pass
+    # commits it (a pass may hold it back, e.g. while its pool has no room).
+    cluster_pass: bool = False
