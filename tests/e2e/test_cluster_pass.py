@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import scripted_backend
-from tests.e2e.test_trust import BELL, phase, workflow
+from tests.e2e.test_trust import BELL, phase, slow_step, workflow
 from tests.harness.cluster import Cluster, wait_for
+from tests.harness.nodes import NodeSpec, node_manifest
 
 pytestmark = pytest.mark.controlplane
 WORKFLOWS = 20
@@ -201,3 +203,37 @@ def test_a_degraded_calibration_moves_queued_jobs_when_accuracy_matters(
     finally:
         for name in names:
             cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
+
+
+def test_pods_start_only_as_the_pools_nodes_have_room_for_them(
+    cluster: Cluster, namespace: str, own_operator: Any
+) -> None:
+    # One 2-CPU node in pool "tiny"; four steps of 1 CPU each (5 s of work).
+    node = f"kwok-tiny-{namespace}"[:63].rstrip("-")
+    cluster.apply(node_manifest(NodeSpec(node, "tiny", cpu="2", memory="8Gi")))
+    try:
+        own_operator(QORCH_CLUSTER_PASS="on")
+        steps = [slow_step(f"s{i}", "5s") for i in range(4)]
+        for s in steps:
+            s["classical"]["resources"] = {"cpu": "1", "memory": "1Gi"}
+        tiny = {"name": "tiny", "nodeSelector": {"qorch.io/pool": "tiny"}}
+        cluster.apply(workflow("room", *steps, classicalPools=[tiny]), namespace)
+
+        most = 0
+        held_seen = False
+        deadline = time.monotonic() + 120
+        while phase(cluster, "room", namespace) != "Succeeded" and time.monotonic() < deadline:
+            pods = cluster.list("pods", namespace)
+            live = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")]
+            out_of_gate = [p for p in live if not p["spec"].get("schedulingGates")]
+            most = max(most, len(out_of_gate))
+            wf = cluster.get("hwf", "room", namespace) or {}
+            messages = [s.get("message", "") for s in wf.get("status", {}).get("subtasks", [])]
+            held_seen = held_seen or any("room" in m for m in messages)
+            time.sleep(0.2)
+        assert phase(cluster, "room", namespace) == "Succeeded"
+        # Never more pods let into the scheduler than the node holds; the others waited,
+        # saying why, instead of piling up Pending.
+        assert most == 2 and held_seen
+    finally:
+        cluster.plane.kubectl("delete", "node", node, "--wait=false", check=False)

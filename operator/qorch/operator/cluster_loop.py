@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from qorch.metrics import operator_metrics as metrics
+from qorch.orchestrator.capacity import NodeInfo, PodUsage, pool_capacity
 from qorch.orchestrator.cluster import ClusterDecision, ClusterSnapshot, decide
 from qorch.orchestrator.cluster_view import backend_loads, workflow_entry
 from qorch.orchestrator.snapshot import WorkflowSnapshot
@@ -34,6 +35,15 @@ class ClusterLoop:
         self._decision = ClusterDecision()
         self._wanted = asyncio.Event()
         self._done = asyncio.Condition()
+        # Kopf's live indexes of nodes and of the pods bound to them (None: not given).
+        self._nodes: Mapping[str, Iterable[NodeInfo]] | None = None
+        self._pods: Mapping[str, Iterable[PodUsage]] | None = None
+
+    def watch_capacity(
+        self, nodes: Mapping[str, Iterable[NodeInfo]], pods: Mapping[str, Iterable[PodUsage]]
+    ) -> None:
+        """Where the pass reads each pool's free capacity from (the indexes by node)."""
+        self._nodes, self._pods = nodes, pods
 
     @property
     def decision(self) -> ClusterDecision:
@@ -73,9 +83,12 @@ class ClusterLoop:
             self._wanted.clear()
             self._started += 1
             snaps = dict(self._published)
+            # Read on the event loop, where Kopf updates the indexes; decided in a thread.
+            nodes = [n for store in self._nodes.values() for n in store] if self._nodes else None
+            pods = [p for store in self._pods.values() for p in store] if self._pods else []
             started = time.perf_counter()
             try:
-                decision = await asyncio.to_thread(_decide, snaps)
+                decision = await asyncio.to_thread(_decide, snaps, nodes, pods)
             except Exception:
                 log.exception("cluster pass failed; workflows fall back to the static rule")
                 continue
@@ -95,14 +108,22 @@ class ClusterLoop:
                 self._done.notify_all()
 
 
-def _decide(snaps: Mapping[str, WorkflowSnapshot]) -> ClusterDecision:
+def _decide(
+    snaps: Mapping[str, WorkflowSnapshot],
+    nodes: list[NodeInfo] | None = None,
+    pods: list[PodUsage] | None = None,
+) -> ClusterDecision:
+    """One pass. ``nodes`` None: capacity not known (no node is visible), pools are not
+    limited; otherwise each pool's free capacity is what its nodes still hold."""
     if not snaps:
         return ClusterDecision()
     now = max(s.now for s in snaps.values())
+    pools = [p for _, s in sorted(snaps.items()) for p in s.spec.resources.classicalPools]
     return decide(
         ClusterSnapshot(
             now=now,
             workflows=[workflow_entry(s, key) for key, s in sorted(snaps.items())],
             backends=backend_loads(snaps.values()),
+            pools=pool_capacity(pools, nodes, pods or []) if nodes is not None else {},
         )
     )

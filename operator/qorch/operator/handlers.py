@@ -31,6 +31,7 @@ from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.apply import record_worker_usage, refused_pod_states
 from qorch.operator.cluster_loop import ClusterLoop
+from qorch.operator.nodes import node_info, pod_usage
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER, WorkflowObject, has_gateway_jobs
 from qorch.operator.podspec import (
     ANNOTATION_WORKFLOW_NAME,
@@ -41,6 +42,7 @@ from qorch.operator.podspec import (
 )
 from qorch.operator.runtime import Runtime, build_snapshot, parse_spec
 from qorch.operator.settings import OperatorSettings
+from qorch.orchestrator.capacity import NodeInfo, PodUsage
 from qorch.orchestrator.cluster_view import requests_for
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import SubmitJob, plan
@@ -97,6 +99,21 @@ def workflow_pods(
 ) -> dict[tuple[str, str], PodState]:
     # Keyed by the label value, which is ``workflow_label(name)``, not always the name.
     return {(_namespaced(namespace), labels[LABEL_WORKFLOW]): pod_state(_plain(body))}
+
+
+@kopf.index("nodes")
+def cluster_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
+    """Every node, for the cluster pass's free capacity per pool."""
+    return {name: node_info(_plain(body))}
+
+
+@kopf.index("pods")
+def bound_pods(body: kopf.Body, **_: Any) -> dict[str, PodUsage]:
+    """The requests of every running pod, by node (anyone's: they all take room). An
+    unbound or finished pod indexes nothing (an empty mapping drops what it held; None
+    would keep it)."""
+    usage = pod_usage(_plain(body))
+    return {usage.node: usage} if usage is not None else {}
 
 
 @kopf.index(GROUP, VERSION, "quantumbackends")
@@ -227,6 +244,8 @@ async def drive_workflow(
     workflow_pods: kopf.Index[tuple[str, str], PodState] = kwargs["workflow_pods"]
     quantum_backends: kopf.Index[str, BackendInfo] = kwargs["quantum_backends"]
     runtime: Runtime = memo.runtime
+    if runtime.cluster is not None:  # live views: the pass reads them when it runs
+        runtime.cluster.watch_capacity(kwargs["cluster_nodes"], kwargs["bound_pods"])
     ns = _namespaced(namespace)
     wake = runtime.wakeup(ns, name)
     # The daemon plans on what it last wrote (the watched body lags), writes with the
