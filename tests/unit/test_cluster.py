@@ -737,3 +737,30 @@ def test_a_running_variational_loop_is_rerouted_only_to_a_backend_or_its_own_poo
     # whose pod exists already (its requests are not charged twice).
     local = decide_for({"qa": 5000.0, "qb": 5000.0}, {"cpu": 5.0, "cpu2": 1.0})
     assert [m.target.name for m in local.moves] == ["cpu"]
+
+
+def test_a_running_simulation_is_relaunched_only_when_the_gain_pays_for_lost_progress() -> None:
+    roomy = {"cpu": ROOMY, "gpu": PoolCapacity(64, 256 * GIB, 4)}
+
+    def running_for(seconds: float, stage: Stage = Stage.RUNNING) -> ClusterDecision:
+        snap = pool_world({"ns/w": (stage, "cpu")}, roomy, backends={})
+        (e,) = snap.workflows
+        sub = dataclasses.replace(e.subtasks["a"], since=NOW - dt.timedelta(seconds=seconds))
+        return decide(
+            dataclasses.replace(snap, workflows=[dataclasses.replace(e, subtasks={"a": sub})])
+        )
+
+    # 600 s on the CPU pool, 30 s on a free GPU: 10 s in, relaunching saves ~9 minutes.
+    early = running_for(10)
+    assert [(m.source.name, m.target.name, m.how) for m in early.moves] == [
+        ("cpu", "gpu", "relaunch")
+    ]
+    assert "10s progress lost + 15s pod restart" in early.moves[0].reason
+    # 590 s in, 10 s are left: the lost progress is not worth it.
+    assert running_for(590).moves == ()
+    # Nothing moves that is not a running simulation pod: a classical step, a QPU job.
+    classical = SubtaskSpec(name="a", classical={"image": "busybox"})
+    snap = pool_world({"ns/w": (Stage.RUNNING, "cpu")}, roomy, backends={})
+    (e,) = snap.workflows
+    steps = dataclasses.replace(e, spec=e.spec.model_copy(update={"subtasks": [classical]}))
+    assert decide(dataclasses.replace(snap, workflows=[steps])).moves == ()

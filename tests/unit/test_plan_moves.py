@@ -191,3 +191,43 @@ def test_a_gated_pod_whose_requests_fit_the_new_pool_is_narrowed_not_replaced() 
     st = w.sub("c")
     assert st.placement == pool("cpu2") and st.moves == 1 and st.attempts == 1
     assert st.history[-1].event == "Moved" and "narrowed" in st.history[-1].message
+
+
+def test_a_running_simulation_is_relaunched_without_counting_a_failure() -> None:
+    w = World(spec(circuit("q")))  # no backends: simulated on the cpu pool
+    w.step()
+    pod = w.sub("q").podName
+    w.pod_phase(pod, PodPhase.RUNNING)
+    w.step()
+    assert w.sub("q").phase is SubtaskPhase.RUNNING
+    w.moves = {"q": MoveRequest(pool("gpu"), "600 s here vs 30 s there", how="relaunch")}
+    w.step()  # the intent, stored first
+    assert w.sub("q").moving is not None and w.sub("q").moving.relaunch
+    running = w.pods[pod]
+    stop = w.step()
+    assert actions(stop, DeletePod) == [DeletePod(pod, "moving to gpu")]
+    # The kubelet stops it: Failed while its deletion completes. Not a failed attempt.
+    w.pods[pod] = dataclasses.replace(running, phase=PodPhase.FAILED, deleting=True)
+    again = w.step()
+    assert actions(again, DeletePod) == [] and w.sub("q").failures == 0
+    w.pods.pop(pod)
+    start = w.step()
+    assert [(a.pod_name, a.pool) for a in actions(start, CreatePod)] == [("wf-q-2", "gpu")]
+    st = w.sub("q")
+    assert st.moves == 1 and st.failures == 0 and st.attempts == 2 and st.moving is None
+
+
+def test_a_simulation_that_finishes_before_its_relaunch_keeps_its_result() -> None:
+    w = World(spec(circuit("q")))
+    w.step()
+    pod = w.sub("q").podName
+    w.pod_phase(pod, PodPhase.RUNNING)
+    w.step()
+    w.moves = {"q": MoveRequest(pool("gpu"), "faster there", how="relaunch")}
+    w.step()
+    w.pod_phase(pod, PodPhase.SUCCEEDED, result={"counts": {"000": 1}})
+    p = w.step()
+    assert [e.reason for e in p.events if e.reason.startswith("Move")] == ["MoveAbandoned"]
+    w.step()
+    st = w.sub("q")
+    assert st.phase is SubtaskPhase.SUCCEEDED and st.attempts == 1 and st.moves == 0

@@ -465,6 +465,10 @@ class MoveIntent(StrictModel):
     to: Placement
     reason: str = Field(default="", max_length=1024)
     since: str
+    relaunch: bool = Field(
+        default=False,
+        description="The old attempt runs (a simulation pod): it is stopped, its progress lost.",
+    )
 
 
 class VariationalProgress(StrictModel):

@@ -113,7 +113,7 @@ class Stage(StrEnum):
     GATED = "gated"  # pod created with Qorch's scheduling gate: the pass commits or moves it
     RELEASED = "released"  # pod released, not running yet (a pending simulation): movable
     QUEUED = "queued"  # job queued at a gateway: movable
-    RUNNING = "running"  # pod or job running: not moved by this pass
+    RUNNING = "running"  # pod or job running: only a running simulation pod is relaunched
 
 
 HOLDING: Final = frozenset({Stage.GATED, Stage.RELEASED, Stage.QUEUED})
@@ -195,14 +195,15 @@ class Place:
     reason: str
 
 
-MoveHow = Literal["narrow", "replace-pod", "cancel-job"]
+MoveHow = Literal["narrow", "replace-pod", "cancel-job", "relaunch"]
 
 
 @dataclass(frozen=True)
 class Move:
     """Move ``subtask`` from ``source`` to ``target``. ``how``: narrow a gated pod to
     another pool; delete a pod (gated or released) and start the new attempt; cancel a
-    queued job and start the new attempt. Scores are the workflow's (lower is better);
+    queued job and start the new attempt; relaunch: delete a running simulation pod (its
+    progress is lost) and start the new attempt. Scores are the workflow's (lower is better);
     ``gain`` is relative to ``here`` (inf: staying was not possible). ``price_seconds``:
     the price of moving, the queue position given up (counted by scoring ``here`` on the
     wait left) plus the round trip (added to ``there``'s predicted seconds)."""
@@ -512,9 +513,11 @@ class _Pass:
             todo = [
                 s
                 for s in e.subtasks.values()
-                if s.stage in DECIDED
-                and s.name in flow.specs
-                and (s.stage is Stage.READY or s.resource is not None)
+                if s.name in flow.specs
+                and (
+                    (s.stage in DECIDED and (s.stage is Stage.READY or s.resource is not None))
+                    or self._relaunchable(flow, s)
+                )
             ]
             if not todo:
                 continue
@@ -576,9 +579,23 @@ class _Pass:
         why = "no allowed pool has room for the pod" if options else "no allowed pool can run it"
         self.waits.append(Wait(key, s.name, why))
 
+    @staticmethod
+    def _relaunchable(flow: _Flow, s: SubtaskEntry) -> bool:
+        """A circuit simulated by a running pod: it may be relaunched elsewhere when the
+        gain pays for the progress it loses (a running QPU job, a classical step or a
+        variational loop is never relaunched)."""
+        spec = flow.specs.get(s.name)
+        return (
+            s.stage is Stage.RUNNING
+            and s.resource in flow.pools
+            and spec is not None
+            and spec.circuit is not None
+            and s.pod_pool is None
+        )
+
     def _circuit(self, flow: _Flow, s: SubtaskEntry) -> None:
         key, name, current = flow.entry.key, s.name, s.resource
-        holding = s.stage in HOLDING
+        holding = s.stage in HOLDING or s.stage is Stage.RUNNING
         price_of: dict[str, float] = {}
         credit = 0.0
         no_room = False  # a gated pod's pool cannot take it now
@@ -606,7 +623,10 @@ class _Pass:
                 req = self._request(flow, s, r)
                 if req is None:
                     continue
-                already_charged = (s.stage is Stage.RELEASED and r == current) or r == s.pod_pool
+                bound = s.stage in (Stage.RELEASED, Stage.RUNNING) and r == current
+                already_charged = bound or r == s.pod_pool
+                if s.stage is Stage.RUNNING and r == current:
+                    p = _remaining(p, _seconds_since(self.now, s.since))
                 if not already_charged and not self._fits(r, req):
                     no_room = no_room or r == current
                     continue
@@ -701,9 +721,15 @@ class _Pass:
             if not (s.stage is Stage.QUEUED and r == s.resource):  # a resident that stays
                 self.tail[r] = self.tail.get(r, 0.0) + _run_seconds(p)
                 self.tail_n[r] = self.tail_n.get(r, 0) + 1
-        elif not (s.stage is Stage.RELEASED and r == s.resource) and r != s.pod_pool:
+        elif not (s.stage in (Stage.RELEASED, Stage.RUNNING) and r == s.resource) and (
+            r != s.pod_pool
+        ):
             self._charge(r, self._request(flow, s, r))
-        if s.stage is Stage.RELEASED and s.resource is not None and r != s.resource:
+        if (
+            s.stage in (Stage.RELEASED, Stage.RUNNING)
+            and s.resource is not None
+            and (r != s.resource and s.resource in flow.pools)
+        ):
             self._charge(s.resource, self._request(flow, s, s.resource), sign=-1.0)
         if s.stage is Stage.QUEUED and s.resource is not None and r != s.resource:
             ident = (flow.entry.key, s.name)
@@ -716,13 +742,15 @@ class _Pass:
     def _price(self, flow: _Flow, s: SubtaskEntry, target: str) -> float:
         if s.stage is Stage.QUEUED:
             return CANCEL_ROUND_TRIP_SECONDS
-        if s.stage is Stage.RELEASED:
+        if s.stage in (Stage.RELEASED, Stage.RUNNING):
             return POD_RESTART_SECONDS
         return 0.0 if self._how(flow, s, target) == "narrow" else GATED_REPLACE_SECONDS
 
     def _how(self, flow: _Flow, s: SubtaskEntry, target: str) -> MoveHow:
         if s.stage is Stage.QUEUED:
             return "cancel-job"
+        if s.stage is Stage.RUNNING:
+            return "relaunch"
         if s.stage is Stage.GATED and s.resource is not None and target in flow.pools:
             old, new = self._request(flow, s, s.resource), self._request(flow, s, target)
             if old is not None and old == new:
@@ -796,11 +824,15 @@ class _Pass:
         what = {
             Stage.QUEUED: "cancel round trip",
             Stage.RELEASED: "pod restart",
+            Stage.RUNNING: "pod restart",
             Stage.GATED: "pod replacement" if price else "narrowing",
         }.get(s.stage, "move")
+        given_up = "queue position given up"
+        if s.stage is Stage.RUNNING:  # the run so far is lost: there starts from nothing
+            credit, given_up = _seconds_since(self.now, s.since), "progress lost"
         there_text = (
             f"there {there.score:.3f} on {there.resource} ({_figures(there)}); "
-            f"price of moving {price + credit:.0f}s: {credit:.0f}s queue position given up "
+            f"price of moving {price + credit:.0f}s: {credit:.0f}s {given_up} "
             f"+ {price:.0f}s {what}"
         )
         if here is None:

@@ -9,7 +9,8 @@ VALID_TRANSITIONS: dict[P, frozenset[P]] = {
     P.LAUNCHING: frozenset({P.SCHEDULED, P.RUNNING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
     # SCHEDULED -> LAUNCHING: a move (a queued job or an unbound pod started elsewhere).
     P.SCHEDULED: frozenset({P.LAUNCHING, P.RUNNING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
-    P.RUNNING: frozenset({P.SUCCEEDED, P.RETRYING, P.FAILED}),
+    # RUNNING -> LAUNCHING: a relaunch (a running simulation pod stopped, started elsewhere).
+    P.RUNNING: frozenset({P.LAUNCHING, P.SUCCEEDED, P.RETRYING, P.FAILED}),
     P.RETRYING: frozenset({P.LAUNCHING, P.FAILED}),
     P.SUCCEEDED: frozenset(),
     P.FAILED: frozenset(),

@@ -446,12 +446,24 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
     dropped. True when this cycle handled the subtask."""
     assert st.placement is not None
     old = _old_attempt(cyc, st)
+    pod = cyc.snap.pods.get(st.podName or "") if st.placement.kind is ResourceKind.POOL else None
+    stopping = pod is not None and (
+        pod.phase is PodPhase.RUNNING or (pod.deleting and pod.phase is not PodPhase.SUCCEEDED)
+    )
+    if st.moving is not None and st.moving.relaunch and stopping:
+        old = _Old.MOVABLE  # stopping it was the plan; a pod being deleted is going
     if st.moving is None:
         request = cyc.snap.moves.get(sub.name)
         limit = cyc.snap.spec.reallocation.maxMovesPerSubtask
+        relaunch = (
+            request is not None
+            and request.how == "relaunch"
+            and pod is not None
+            and pod.phase is PodPhase.RUNNING
+        )
         if (
             request is None
-            or old is not _Old.MOVABLE
+            or (old is not _Old.MOVABLE and not relaunch)
             or request.to == st.placement
             or cyc.hold_launches
             or not cyc.snap.spec.reallocation.enabled
@@ -463,7 +475,7 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
         if request.how == "narrow" and pod is not None and pod.phase is PodPhase.GATED:
             _narrow(cyc, sub, st, request.to, reason)
             return True
-        st.moving = MoveIntent(to=request.to, reason=reason, since=cyc.now)
+        st.moving = MoveIntent(to=request.to, reason=reason, since=cyc.now, relaunch=relaunch)
         cyc.event("Moving", f"{sub.name}: {st.placement.name} -> {request.to.name}: {reason}")
         cyc.requeue_in(dt.timedelta(0))
         return True
@@ -479,7 +491,8 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
         return False  # the gateway's silence is handled as for any job
     if old is _Old.MOVABLE:
         if st.placement.kind is ResourceKind.POOL and st.podName:
-            cyc.actions.append(DeletePod(st.podName, f"moving to {st.moving.to.name}"))
+            if pod is None or not pod.deleting:
+                cyc.actions.append(DeletePod(st.podName, f"moving to {st.moving.to.name}"))
         elif st.jobId:
             cyc.actions.append(CancelJob(st.jobId, st.placement.name, "moving"))
         cyc.requeue_in(cyc.snap.config.job_poll_min)
