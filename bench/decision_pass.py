@@ -54,11 +54,11 @@ from qorch.api.workflow import (  # noqa: E402
     ResourcesSpec,
     SubtaskSpec,
 )
+from qorch.orchestrator.capacity import NodeInfo, PodUsage, Taint, pool_capacity  # noqa: E402
 from qorch.orchestrator.cluster import (  # noqa: E402
     BackendLoad,
     ClusterDecision,
     ClusterSnapshot,
-    PoolCapacity,
     Stage,
     SubtaskEntry,
     WorkflowEntry,
@@ -85,10 +85,20 @@ POOL_INPUTS = (
     PoolInput("cpu", gpu=False, max_qubits=28, cpu_cores=1.0, price_per_hour_usd=0.0408),
     PoolInput("gpu", gpu=True, max_qubits=32, cpu_cores=4.0, price_per_hour_usd=1.006),
 )
-CAPACITY = {
-    "cpu": PoolCapacity(cpu_cores=256, memory_bytes=1024 * GIB),
-    "gpu": PoolCapacity(cpu_cores=64, memory_bytes=512 * GIB, gpus=8),
-}
+# The nodes the pools' free capacity is read from (as the operator reads it, every pass):
+# 64 CPU nodes (8 cores, 32 GiB) and 8 GPU nodes (16 cores, 128 GiB, 2 GPUs), with 600
+# running pods' requests on them.
+NODES = [
+    NodeInfo(f"cpu-{i}", {"qorch.io/pool": "cpu"}, 8.0, 32 * GIB) for i in range(64)
+] + [
+    NodeInfo(f"gpu-{i}", {"qorch.io/pool": "gpu"}, 16.0, 128 * GIB, gpus=2.0,
+             taints=(Taint("nvidia.com/gpu", "present"),))
+    for i in range(8)
+]  # fmt: skip
+BOUND = [
+    PodUsage(NODES[i % len(NODES)].name, 0.5, 2 * GIB, 1.0 if i % 50 == 0 else 0.0)
+    for i in range(600)
+]
 # Where a DAG's sources stand: ready, queued at a backend, a gated or released pod, running.
 SOURCE_STAGES = (Stage.READY, Stage.QUEUED, Stage.GATED, Stage.RELEASED, Stage.RUNNING)
 SOURCE_WEIGHTS = (0.35, 0.35, 0.1, 0.1, 0.1)
@@ -189,7 +199,7 @@ def snapshot(work: Workload, predictions: Sequence[Prediction]) -> ClusterSnapsh
         )
         for key, spec in work.specs.items()
     ]
-    return ClusterSnapshot(NOW, entries, loads, CAPACITY)
+    return ClusterSnapshot(NOW, entries, loads, pool_capacity(POOLS, NODES, BOUND))
 
 
 def _pct(values: Sequence[float], q: float) -> float:
