@@ -471,7 +471,6 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
         ):
             return False
         reason = bounded(request.reason, 1024)
-        pod = cyc.snap.pods.get(st.podName or "")
         if request.how == "narrow" and pod is not None and pod.phase is PodPhase.GATED:
             _narrow(cyc, sub, st, request.to, reason)
             return True
