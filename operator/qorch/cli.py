@@ -73,7 +73,7 @@ def _gateway(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from qorch.api.backend import Provider
-    from qorch.gateway.backends import build_backend
+    from qorch.gateway.backends import BackendConfigError, build_backend
     from qorch.gateway.http import make_app
     from qorch.gateway.service import GatewayService
     from qorch.metrics.exporters import GatewayMetrics
@@ -89,14 +89,19 @@ def _gateway(args: argparse.Namespace) -> int:
     if args.token_file:
         # The token comes from a mounted Secret; it is never logged or echoed.
         token = Path(args.token_file).read_text().strip()
-    adapter = build_backend(
-        Provider(args.provider),
-        args.backend,
-        token=token,
-        instance=args.instance,
-        execution_mode=args.execution_mode,
-        max_qubits=args.max_qubits,
-    )
+    try:
+        adapter = build_backend(
+            Provider(args.provider),
+            args.backend,
+            token=token,
+            instance=args.instance,
+            execution_mode=args.execution_mode,
+            max_qubits=args.max_qubits,
+            calibration_file=Path(args.calibration_file) if args.calibration_file else None,
+        )
+    except BackendConfigError as exc:
+        print(f"qorch gateway: {exc}", file=sys.stderr)
+        return 2
     service = GatewayService(
         adapter,
         GatewayMetrics.create(quantum_backend=args.quantum_backend),
@@ -104,6 +109,7 @@ def _gateway(args: argparse.Namespace) -> int:
         price_per_qpu_second=args.price_per_qpu_second,
         max_queued=args.max_queued,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        min_job_seconds=args.min_job_seconds,
     )
     logging.getLogger("qorch.gateway").info(
         "gateway for %s (%s, %d qubits%s) on %s:%d",
@@ -114,7 +120,8 @@ def _gateway(args: argparse.Namespace) -> int:
         args.host,
         args.port,
     )
-    web.run_app(make_app(service, auth=auth), host=args.host, port=args.port, print=None)
+    app = make_app(service, auth=auth, calibration_check_seconds=args.calibration_check_seconds)
+    web.run_app(app, host=args.host, port=args.port, print=None)
     return 0
 
 
@@ -377,6 +384,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="jobs that may wait in the queue (default 1000); when full, a new submission "
         "gets 429 with Retry-After (resubmissions of known jobs still answer)",
+    )
+    p.add_argument(
+        "--calibration-file",
+        metavar="PATH",
+        help="fake: the device's calibration as qiskit BackendProperties JSON (as IBM serves "
+        "it; e.g. a day of a calibration trace, or a mounted ConfigMap a platform team "
+        "updates); read again when it changes, and the reported calibration, the exported "
+        "metrics and the simulated noise follow the new day; default: the fake's own",
+    )
+    p.add_argument(
+        "--calibration-check-seconds",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how often the calibration file is checked for a change (default 5; a batch "
+        "also checks before it runs)",
+    )
+    p.add_argument(
+        "--min-job-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="test and digital-twin aid (fake, aer): every job holds the device at least S "
+        "seconds (a batch of n jobs n*S), so that queues hold jobs as a real device's do; "
+        "default 0",
     )
     p.add_argument(
         "--state-dir",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 from qorch.api.backend import Provider
-from qorch.api.workflow import Placement, PredictedOutcome, ResourceKind
+from qorch.api.workflow import Placement, PredictedOutcome, ResourceKind, SubtaskPhase
 from qorch.orchestrator import BackendInfo, JobPhase, JobState, RulePolicy
 from qorch.orchestrator.cluster import ClusterDecision, Move, Place, Stage, Wait
 from qorch.orchestrator.cluster_view import backend_loads, requests_for, workflow_entry
 from qorch.orchestrator.placement import DecidedPolicy, Infeasible
 from qorch.orchestrator.prediction import MODEL, QPU, Prediction
-from tests.unit.test_plan import World, circuit, spec
+from qorch.orchestrator.snapshot import PodPhase
+from tests.unit.test_plan import World, circuit, classical, spec
 
 B = Placement(kind=ResourceKind.BACKEND, name="qpu-b")
 
@@ -70,3 +71,36 @@ def test_the_decision_reaches_the_planner_through_the_policy() -> None:
     held_sub = subs["r"].model_copy(update={"name": "s"})
     assert policy.place(held_sub, snap) == Infeasible("pool full")
     assert policy.place(subs["r"], snap) == RulePolicy().place(subs["r"], snap)  # undecided
+
+
+def test_a_dependency_that_finished_in_the_snapshot_makes_its_dependents_ready() -> None:
+    """The plan of this cycle records the finished pod or job and starts the dependents at
+    once, on the pass's placements: the pass must see them ready, not blocked (it would
+    leave them to the static rule)."""
+    s = spec(
+        classical("prep"),
+        circuit("q", "prep"),
+        circuit("r", "q"),
+        resources={"quantumBackends": ["qpu-a", "qpu-b"]},
+    )
+    w = World(s, world().backends)
+    w.step()
+    w.step()
+    assert w.sub("prep").phase is not SubtaskPhase.SUCCEEDED
+    stages = {n: e.stage for n, e in workflow_entry(w.snapshot(), "ns/wf").subtasks.items()}
+    assert stages["q"] is Stage.BLOCKED
+
+    w.pod_phase("wf-prep-1", PodPhase.FAILED)
+    assert workflow_entry(w.snapshot(), "ns/wf").subtasks["q"].stage is Stage.BLOCKED
+    w.pod_phase("wf-prep-1", PodPhase.SUCCEEDED)
+    entry = workflow_entry(w.snapshot(), "ns/wf")
+    assert entry.subtasks["q"].stage is Stage.READY  # the status still says otherwise
+    assert entry.subtasks["r"].stage is Stage.BLOCKED
+    assert w.sub("prep").phase is not SubtaskPhase.SUCCEEDED
+
+    w.step()  # prep succeeds, q is placed and submitted
+    assert w.sub("prep").phase is SubtaskPhase.SUCCEEDED
+    job = w.sub("q").jobId
+    assert workflow_entry(w.snapshot(), "ns/wf").subtasks["r"].stage is Stage.BLOCKED
+    w.jobs[job] = JobState(job, JobPhase.DONE, result={"counts": {"000": 1}})
+    assert workflow_entry(w.snapshot(), "ns/wf").subtasks["r"].stage is Stage.READY

@@ -4,11 +4,20 @@
 qiskit-ibm-runtime's local testing mode on a fake backend (noise from a real device's
 calibration); ``aer`` is the ideal Aer simulator. All three run through the same
 SamplerV2 / EstimatorV2 code path.
+
+A ``fake`` backend can take its calibration from a file (``--calibration-file``): qiskit
+``BackendProperties`` JSON as IBM serves it (a ``props_*.json`` of qiskit-ibm-runtime, one
+day of a calibration trace, a ConfigMap a platform team updates). The file is read again
+when it changes, and both what the gateway reports (``calibration``) and the noise its
+simulations apply follow the new day: the fake backend, its target and its noise model are
+built again from the new properties, and the simulator process is replaced.
 """
 
 from __future__ import annotations
 
+import copy
 import io
+import json
 import multiprocessing
 import os
 import re
@@ -17,9 +26,11 @@ import statistics
 import threading
 import uuid
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from qiskit import QuantumCircuit, qpy
@@ -32,6 +43,11 @@ from qorch.api.backend import CalibrationSummary, Provider
 
 class BackendConfigError(ValueError):
     """The gateway was started with a backend it cannot build."""
+
+
+class CalibrationFileError(BackendConfigError):
+    """A calibration file that cannot be the device's calibration; the message names the
+    file and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,7 @@ class QuantumBackendAdapter:
         service: Any = None,
         max_qubits: int | None = None,
         simulator_process: bool = False,
+        calibration_file: Path | None = None,
     ) -> None:
         self.provider = provider
         self._max_qubits = max_qubits
@@ -138,6 +155,20 @@ class QuantumBackendAdapter:
         self.simulator_process = simulator_process
         self._simulator: ProcessPoolExecutor | None = None
         self._simulator_lock = threading.Lock()
+        # fake: the calibration file, the raw properties in use (None: the fake backend's
+        # own) and the file's stat key when it was last read.
+        self.calibration_file = calibration_file
+        self.properties: dict[str, Any] | None = None
+        self._calibration_seen: tuple[int, int, int] | None = None
+        self._calibration_lock = threading.Lock()
+
+    @property
+    def calibration_date(self) -> str | None:
+        """The device's own ``last_update_date`` of the calibration read from the file."""
+        if self.properties is None:
+            return None
+        value = self.properties.get("last_update_date")
+        return str(value) if value is not None else None
 
     @property
     def num_qubits(self) -> int:
@@ -153,14 +184,14 @@ class QuantumBackendAdapter:
         if not self.simulator_process:
             return self.run_here(primitive, circuits, shots)
         for _ in range(2):
-            simulator = self._start_simulator()
-            try:
-                future = simulator.submit(_simulate, primitive, circuits, shots)
-                break
-            except BrokenProcessPool:  # killed (out of memory?): start a new one
-                with self._simulator_lock:
-                    if self._simulator is simulator:
-                        self._simulator = None
+            # Under the lock: a new calibration cannot retire the process in between.
+            with self._simulator_lock:
+                simulator = self._simulator_locked()
+                try:
+                    future = simulator.submit(_simulate, primitive, circuits, shots)
+                    break
+                except BrokenProcessPool:  # killed (out of memory?): start a new one
+                    self._simulator = None
         else:
             raise BrokenProcessPool("the simulator process cannot be started")
         return LocalJob(future, f"local-{uuid.uuid4()}")
@@ -168,26 +199,67 @@ class QuantumBackendAdapter:
     def start(self) -> None:
         """Start what ``run`` needs ahead of the first job (blocks: call it from a thread)."""
         if self.simulator_process:
-            self._start_simulator()
+            with self._simulator_lock:
+                self._simulator_locked()
 
-    def _start_simulator(self) -> ProcessPoolExecutor:
-        with self._simulator_lock:
-            if self._simulator is None:
-                self._simulator = ProcessPoolExecutor(
-                    1,
-                    mp_context=worker_context(),
-                    initializer=_simulator_init,
-                    initargs=(
-                        self.provider,
-                        self.name,
-                        self.execution_mode,
-                        self._max_qubits,
-                        os.getpid(),
-                    ),
-                )
-                # Start it now, in the caller's thread (seconds of imports).
-                self._simulator.submit(int).result()
-            return self._simulator
+    def _simulator_locked(self) -> ProcessPoolExecutor:
+        """The simulator process, started if there is none (hold ``_simulator_lock``)."""
+        if self._simulator is None:
+            self._simulator = ProcessPoolExecutor(
+                1,
+                mp_context=worker_context(),
+                initializer=_simulator_init,
+                initargs=(
+                    self.provider,
+                    self.name,
+                    self.execution_mode,
+                    self._max_qubits,
+                    os.getpid(),
+                    self.properties,
+                ),
+            )
+            # Start it now, in the caller's thread (seconds of imports).
+            self._simulator.submit(int).result()
+        return self._simulator
+
+    def reload_calibration(self) -> bool:
+        """Read the calibration file again when it changed since it was last read (another
+        inode, modification time or size: a ConfigMap update swaps the file); True when
+        the backend now follows a new calibration. A file that cannot be this device's
+        calibration raises ``CalibrationFileError`` once per change, and the backend keeps
+        the calibration it has. Blocks (file I/O, building the target): call it from a
+        thread.
+
+        What changes: the backend object (target, properties, noise model), the transpiler
+        (layouts follow the new errors) and the simulator process, which is replaced; a
+        simulation running in the old one finishes there. Circuits transpiled for the old
+        target stay valid: the device (qubits, couplings, gates) is checked to be the same.
+        """
+        path = self.calibration_file
+        if path is None:
+            return False
+        with self._calibration_lock:
+            try:
+                stat = os.stat(path)
+                key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            except OSError as exc:
+                if self._calibration_seen == _GONE:
+                    return False
+                self._calibration_seen = _GONE
+                raise CalibrationFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+            if key == self._calibration_seen:
+                return False
+            self._calibration_seen = key
+            raw = read_properties(path)
+            backend = backend_with_properties(self.backend, raw, str(path))
+            self.backend = backend
+            self.transpiler = Transpiler(backend.target)
+            self.properties = raw
+            with self._simulator_lock:
+                old, self._simulator = self._simulator, None
+            if old is not None:
+                old.shutdown(wait=False)  # what it runs finishes; the next run starts anew
+            return True
 
     def run_here(self, primitive: str, circuits: list[PreparedCircuit], shots: int) -> Any:
         """``run`` in this process."""
@@ -273,6 +345,8 @@ class QuantumBackendAdapter:
         )
 
 
+# The stat key of a calibration file that could not be read (reported once).
+_GONE = (-1, -1, -1)
 # Target operations that are not gates: their errors are not gate errors.
 _NOT_GATES = frozenset({"measure", "reset", "delay", "barrier"})
 
@@ -299,6 +373,10 @@ class LocalJob:
     def cancel(self) -> bool:
         return self._future.cancel()  # False once it runs: a simulation cannot be stopped
 
+    def done(self) -> bool:
+        """Whether the simulation has ended (with a result or an error)."""
+        return self._future.done()
+
     def usage(self) -> float:
         return 0.0
 
@@ -308,12 +386,22 @@ _simulator_adapter: QuantumBackendAdapter | None = None
 
 
 def _simulator_init(
-    provider: Provider, name: str, execution_mode: str, max_qubits: int | None, gateway_pid: int
+    provider: Provider,
+    name: str,
+    execution_mode: str,
+    max_qubits: int | None,
+    gateway_pid: int,
+    properties: Mapping[str, Any] | None = None,
 ) -> None:
     global _simulator_adapter
     exit_with(gateway_pid)
     _simulator_adapter = build_backend(
-        provider, name, execution_mode=execution_mode, max_qubits=max_qubits, isolate=False
+        provider,
+        name,
+        execution_mode=execution_mode,
+        max_qubits=max_qubits,
+        isolate=False,
+        properties=properties,
     )
 
 
@@ -356,8 +444,18 @@ def build_backend(
     execution_mode: str = "job",
     max_qubits: int | None = None,
     isolate: bool = True,
+    calibration_file: Path | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> QuantumBackendAdapter:
-    """``isolate``: simulate ``fake`` / ``aer`` jobs in a child process (``LocalJob``)."""
+    """``isolate``: simulate ``fake`` / ``aer`` jobs in a child process (``LocalJob``).
+    ``calibration_file`` (fake only): the device's calibration, read now and again when it
+    changes (``QuantumBackendAdapter.reload_calibration``); ``properties``: a calibration
+    already read (the simulator process gets the gateway's this way)."""
+    if (calibration_file is not None or properties is not None) and provider is not Provider.FAKE:
+        raise BackendConfigError(
+            f"a calibration file applies to provider 'fake' only, not {provider.value!r} "
+            "(aer is ideal; ibm reports the device's own calibration)"
+        )
     if provider is Provider.AER:
         from qiskit_aer import AerSimulator
 
@@ -383,13 +481,20 @@ def build_backend(
                 f"unknown fake backend {name!r}; known: fake_manila, fake_perth, fake_torino, "
                 "fake_sherbrooke, ... (qiskit_ibm_runtime.fake_provider)"
             ) from None
-        return QuantumBackendAdapter(
+        if properties is not None:
+            fake = backend_with_properties(fake, properties, "the gateway's calibration")
+        adapter = QuantumBackendAdapter(
             provider,
             name,
             fake,
             execution_mode=execution_mode,
             simulator_process=isolate,
+            calibration_file=calibration_file,
         )
+        if properties is not None:
+            adapter.properties = dict(properties)
+        adapter.reload_calibration()  # a file that cannot be used stops the start, here
+        return adapter
     if not token:
         raise BackendConfigError(
             "provider 'ibm' needs a token (mount the Secret and pass --token-file)"
@@ -400,3 +505,78 @@ def build_backend(
     return QuantumBackendAdapter(
         provider, name, service.backend(name), execution_mode=execution_mode, service=service
     )
+
+
+# ---- calibration files ---------------------------------------------------------------------
+
+
+def read_properties(path: Path) -> dict[str, Any]:
+    """The ``BackendProperties`` JSON in ``path`` (as IBM serves it: ``qubits``, ``gates``,
+    ``last_update_date``, ...), checked for shape; ``CalibrationFileError`` names the file."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CalibrationFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CalibrationFileError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    except json.JSONDecodeError as exc:
+        raise CalibrationFileError(
+            f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise CalibrationFileError(f"{path}: expected a JSON object (BackendProperties)")
+    for key in ("qubits", "gates"):
+        if not isinstance(raw.get(key), list) or not raw[key]:
+            raise CalibrationFileError(
+                f"{path}: no {key!r} list: not BackendProperties JSON (qubits, gates, "
+                "last_update_date, ... as IBM serves a device's calibration)"
+            )
+    return raw
+
+
+def backend_with_properties(fake: Any, raw: Mapping[str, Any], source: str) -> Any:
+    """A new fake backend of the same device as ``fake`` with the calibration ``raw``
+    (BackendProperties JSON): its target, ``properties()`` and noise model follow ``raw``.
+    ``CalibrationFileError`` (naming ``source``) when ``raw`` does not load, or describes
+    another device (other qubits, couplings or gates: circuits transpiled for ``fake``
+    would not run)."""
+    from qiskit_ibm_runtime.fake_provider.fake_backend import properties_from_server_data
+
+    qubits = raw.get("qubits")
+    if not isinstance(qubits, list) or len(qubits) != fake.num_qubits:
+        count = len(qubits) if isinstance(qubits, list) else 0
+        raise CalibrationFileError(
+            f"{source}: describes {count} qubits, {fake.name} has {fake.num_qubits}"
+        )
+    fresh = type(fake)()
+    props = copy.deepcopy(dict(raw))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            properties_from_server_data(props)
+            fresh._props_dict = props
+            fresh._target = None
+            fresh.sim = None  # the noise model is built from the properties on first run
+            target = fresh.target
+    except Exception as exc:
+        raise CalibrationFileError(
+            f"{source}: not usable as the calibration of {fake.name}: {exc}"
+        ) from None
+    missing = _device_operations(fake.target) - _device_operations(target)
+    if missing:
+        shown = ", ".join(f"{name}{list(qargs)}" for name, qargs in sorted(missing)[:5])
+        raise CalibrationFileError(
+            f"{source}: not a calibration of {fake.name}: it lacks {len(missing)} of the "
+            f"device's operations ({shown}{', ...' if len(missing) > 5 else ''})"
+        )
+    return fresh
+
+
+def _device_operations(target: Target) -> set[tuple[str, tuple[int, ...]]]:
+    """(operation, qubits) pairs the device offers: what a transpiled circuit may use."""
+    return {
+        (name, tuple(qargs))
+        for name in target.operation_names
+        for qargs in (target[name] or {})
+        if qargs is not None
+    }

@@ -25,6 +25,8 @@ from qorch.gateway.service import (
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024  # a QASM program of 64 KiB plus JSON overhead fits easily
 CALIBRATION_REFRESH_SECONDS = 60.0
+# How often a calibration file (``--calibration-file``) is checked for a change, by default.
+CALIBRATION_FILE_CHECK_SECONDS = 5.0
 SERVICE_KEY = web.AppKey("service", GatewayService)
 
 JOB_SCHEMA: dict[str, Any] = {
@@ -220,6 +222,12 @@ OPENAPI: dict[str, Any] = {
                                         "queueLength": {"type": "integer"},
                                         "pendingJobs": {"type": ["integer", "null"]},
                                         "calibration": {"type": "object"},
+                                        "calibrationDate": {
+                                            "type": ["string", "null"],
+                                            "description": "The device's own last update "
+                                            "date of the calibration the gateway reads from "
+                                            "its calibration file; null without one.",
+                                        },
                                     },
                                 }
                             }
@@ -378,6 +386,7 @@ async def backend(request: web.Request) -> web.Response:
             "queueLength": len(service.queued()),
             "pendingJobs": pending,
             "calibration": calibration.model_dump(mode="json"),
+            "calibrationDate": adapter.calibration_date,
         }
     )
 
@@ -411,8 +420,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(service: GatewayService, auth: Middleware | None = None) -> web.Application:
-    """``auth`` (``qorch.gateway.auth.auth_middleware``) runs first, before any handler."""
+def make_app(
+    service: GatewayService,
+    auth: Middleware | None = None,
+    *,
+    calibration_check_seconds: float = CALIBRATION_FILE_CHECK_SECONDS,
+) -> web.Application:
+    """``auth`` (``qorch.gateway.auth.auth_middleware``) runs first, before any handler.
+    ``calibration_check_seconds``: how often the backend's calibration file, if it has
+    one, is checked for a change."""
     middlewares = [errors] if auth is None else [auth, errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
@@ -427,6 +443,10 @@ def make_app(service: GatewayService, auth: Middleware | None = None) -> web.App
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(service.run_forever()), asyncio.create_task(_refresh(service))]
+        if service.adapter.calibration_file is not None:
+            tasks.append(
+                asyncio.create_task(_follow_calibration(service, calibration_check_seconds))
+            )
         yield
         for task in tasks:
             task.cancel()
@@ -445,3 +465,15 @@ async def _refresh(service: GatewayService) -> None:
             await service.refresh_calibration()
         except Exception as exc:  # a flaky backend must not stop the gateway
             log.warning("calibration refresh failed: %s", exc)
+
+
+async def _follow_calibration(service: GatewayService, interval: float) -> None:
+    """Check the calibration file every ``interval`` seconds, as a mounted ConfigMap that a
+    platform team updates (the kubelet swaps the file): the gateway then reports and
+    simulates the new calibration. Between checks a batch checks too before it runs."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.reload_calibration()
+        except Exception:  # a bug here must not stop the gateway
+            log.exception("checking the calibration file failed")

@@ -35,6 +35,7 @@ from qiskit import QuantumCircuit
 
 from qorch.api.backend import CalibrationSummary, Provider
 from qorch.gateway.backends import (
+    CalibrationFileError,
     PreparedCircuit,
     QuantumBackendAdapter,
     Transpiler,
@@ -224,22 +225,37 @@ class _Preparer:
         self._pool: ProcessPoolExecutor | None = None
         self._starting = asyncio.Lock()
 
-    def _start(self) -> ProcessPoolExecutor:
+    @staticmethod
+    def _start(transpiler: Transpiler) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
             1,
             mp_context=worker_context(),
             initializer=_worker_init,
-            initargs=(self._transpiler, os.getpid()),
+            initargs=(transpiler, os.getpid()),
         )
         pool.submit(int).result()  # the process is up and initialized
         return pool
 
     async def start(self) -> ProcessPoolExecutor:
         async with self._starting:
-            if self._pool is None:
+            while self._pool is None:
+                transpiler = self._transpiler
                 # Starting a process blocks for seconds (imports): never on the event loop.
-                self._pool = await asyncio.to_thread(self._start)
+                pool = await asyncio.to_thread(self._start, transpiler)
+                if transpiler is self._transpiler:
+                    self._pool = pool
+                else:  # a new calibration came meanwhile: start for that one
+                    pool.shutdown(wait=False)
             return self._pool
+
+    def retarget(self, transpiler: Transpiler) -> None:
+        """Transpile for ``transpiler``'s target from now on (a new calibration of the same
+        device). Submissions already handed to the old process finish there: what they get
+        is valid on the device all the same."""
+        self._transpiler = transpiler
+        old, self._pool = self._pool, None
+        if old is not None:
+            old.shutdown(wait=False)
 
     async def prepare(self, sub: Submission) -> PreparedCircuit:
         pool = await self.start()
@@ -371,10 +387,15 @@ class GatewayService:
         price_per_qpu_second: float = 0.0,
         max_queued: int = DEFAULT_MAX_QUEUED,
         state_dir: Path | None = None,
+        min_job_seconds: float = 0.0,
     ) -> None:
+        """``min_job_seconds``: every job holds the device at least this long (a batch of
+        n jobs n times as long) -- a test and digital-twin aid, so that a local simulator's
+        queue holds jobs as a real device's does; 0 for a real provider."""
         self.adapter = adapter
         self.metrics = metrics
         self.batch_size = batch_size
+        self.min_job_seconds = max(0.0, min_job_seconds)
         self.max_queued = max_queued
         self.price = price_per_qpu_second
         self.jobs: OrderedDict[str, JobRecord] = OrderedDict()
@@ -386,11 +407,13 @@ class GatewayService:
         self._preparing = 0
         self._batch_seconds = 1.0  # running mean of one batch's wall time (Retry-After)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._calibration = CalibrationSummary()  # as last exported
         self._journal = Journal(state_dir / "jobs.sqlite3") if state_dir is not None else None
         metrics.price.labels(**self._label).set(price_per_qpu_second)
         metrics.num_qubits.labels(**self._label).set(adapter.num_qubits)
         metrics.healthy.labels(**self._label).set(1)
         self._restore()
+        self._update_queue_gauge()  # exported from the start: an idle gateway's queue is 0
         self._apply_calibration(adapter.calibration(), adapter.pending_jobs())
 
     # ---- requests -------------------------------------------------------------------
@@ -512,6 +535,8 @@ class GatewayService:
                 log.error("warm-up failed: %s", _describe(result), exc_info=result)
 
     async def execute(self, batch: list[JobRecord]) -> None:
+        # A calibration file that changed applies to this batch already (a stat at most).
+        await self.reload_calibration()
         for record in batch:
             if record.prepared is None:  # restored from the journal
                 await self._prepare_again(record)
@@ -541,7 +566,12 @@ class GatewayService:
             if provider_id is not None:
                 record.remote_job_id = _remote_ref(provider_id, i, len(batch))
             self._save(record)
-        await self._collect([(r, i) for i, r in enumerate(batch)], remote, primitive)
+        await self._collect(
+            [(r, i) for i, r in enumerate(batch)],
+            remote,
+            primitive,
+            not_before=now + self.min_job_seconds * len(batch),
+        )
         elapsed = time.time() - now
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
 
@@ -553,15 +583,23 @@ class GatewayService:
                 self._finish(record, JobPhase.ERROR, exc.message, permanent=exc.status == 422)
 
     async def _collect(
-        self, entries: list[tuple[JobRecord, int]], remote: Any, primitive: str
+        self,
+        entries: list[tuple[JobRecord, int]],
+        remote: Any,
+        primitive: str,
+        *,
+        not_before: float = 0.0,
     ) -> None:
-        """Wait for ``remote`` and hand each record its PUB's result."""
+        """Wait for ``remote`` and hand each record its PUB's result, not before the
+        wall-clock time ``not_before`` (``min_job_seconds``)."""
         try:
             result = await asyncio.to_thread(remote.result)
             usage = await asyncio.to_thread(_usage_seconds, remote)
         except Exception as exc:
             self._fail([r for r, _ in entries], exc)
             return
+        if (hold := not_before - time.time()) > 0:
+            await asyncio.sleep(hold)
         if self._remote:
             running_at = await asyncio.to_thread(_provider_running_at, remote)
             for record, _ in entries:
@@ -731,7 +769,13 @@ class GatewayService:
             self._journal.save(record)
 
     def _update_queue_gauge(self) -> None:
-        self.metrics.queue_length.labels(**self._label).set(len(self.queued()))
+        waiting = len(self.queued())
+        self.metrics.queue_length.labels(**self._label).set(waiting)
+        if not self._remote:
+            # A local simulator has no queue of its own: what waits for it is this queue.
+            # Kept current here, not only at the calibration refresh: the operator takes the
+            # larger of the two, and a stale figure would keep a drained spike alive.
+            self.metrics.backend_pending_jobs.labels(**self._label).set(waiting)
 
     def _forget_old(self) -> None:
         finished = [k for k, j in self.jobs.items() if j.finished_at is not None]
@@ -741,6 +785,37 @@ class GatewayService:
         if old and self._journal is not None:
             self._journal.forget(old)
 
+    async def reload_calibration(self) -> bool:
+        """Follow the calibration file when it changed (``fake`` with ``--calibration-file``):
+        the backend and its noise (``QuantumBackendAdapter.reload_calibration``), the
+        transpiler process and the exported calibration metrics. True when it changed; a
+        file that cannot be used is logged and the calibration in use stays."""
+        if self.adapter.calibration_file is None:
+            return False
+        before = self._calibration
+        try:
+            changed = await asyncio.to_thread(self.adapter.reload_calibration)
+        except CalibrationFileError as exc:
+            log.error("%s; the calibration of %s stays", exc, self.adapter.calibration_date)
+            return False
+        if not changed:
+            return False
+        self._preparer.retarget(self.adapter.transpiler)
+        await self.refresh_calibration()
+        after = self._calibration
+        log.info(
+            "calibration of %s from %s (last update %s): median 2q error %s -> %s, "
+            "readout error %s -> %s",
+            self.adapter.name,
+            self.adapter.calibration_file,
+            self.adapter.calibration_date,
+            _figure(before.medianTwoQubitError),
+            _figure(after.medianTwoQubitError),
+            _figure(before.medianReadoutError),
+            _figure(after.medianReadoutError),
+        )
+        return True
+
     async def refresh_calibration(self) -> None:
         """Calibration and the provider's queue, read in threads (IBM: network calls)."""
         calibration = await asyncio.to_thread(self.adapter.calibration)
@@ -748,6 +823,7 @@ class GatewayService:
         self._apply_calibration(calibration, pending)
 
     def _apply_calibration(self, cal: CalibrationSummary, pending: int | None) -> None:
+        self._calibration = cal
         for gauge, value in (
             (self.metrics.two_qubit_error, cal.medianTwoQubitError),
             (self.metrics.readout_error, cal.medianReadoutError),
@@ -759,6 +835,10 @@ class GatewayService:
         self.metrics.backend_pending_jobs.labels(**self._label).set(
             pending if pending is not None else len(self.queued())
         )
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _provider_job_id(remote: Any) -> str | None:
