@@ -313,6 +313,7 @@ class JournaledGateway:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    extra_args: tuple[str, ...] = ()  # more ``qorch gateway`` options
 
     @property
     def url(self) -> str:
@@ -344,6 +345,7 @@ class JournaledGateway:
             args += ["--auth", "none"]
         if "--state-dir" in flags:  # a restarted gateway keeps its jobs
             args += ["--state-dir", str(self.workdir / "state")]
+        args += self.extra_args
         return [
             sys.executable,
             "-m",
@@ -761,14 +763,19 @@ def stack(
     operator_kubeconfig: Path,
     rng_seed: int = 0,
     peering_lifetime: int = 10,
+    gateway_args: tuple[str, ...] = (),
+    operator_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Two journaled aer gateways with their QuantumBackends, Prometheus scraping them, the
     pod ledger and the operator (http gateways, live metrics, fast resync; a SIGKILLed
-    operator's peering record outlives it by ``peering_lifetime`` seconds)."""
+    operator's peering record outlives it by ``peering_lifetime`` seconds).
+    ``gateway_args`` and ``operator_env`` add gateway options and operator settings."""
     from kubernetes import client, config
 
     workdir.mkdir(parents=True, exist_ok=True)
-    gateways = {name: JournaledGateway(name, workdir / name) for name in BACKENDS}
+    gateways = {
+        name: JournaledGateway(name, workdir / name, extra_args=gateway_args) for name in BACKENDS
+    }
     api = config.new_client_from_config(str(plane.kubeconfig))
     env = {
         "QORCH_GATEWAY": "http",
@@ -777,6 +784,7 @@ def stack(
         "QORCH_RESYNC_SECONDS": "2",
         "QORCH_RETRY_BACKOFF_SECONDS": "1",
         "QORCH_PEERING_LIFETIME_SECONDS": str(peering_lifetime),
+        **(operator_env or {}),
     }
     op = OperatorHandle(plane, workdir / "operator.log", operator_kubeconfig, env)
     try:
