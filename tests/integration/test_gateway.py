@@ -613,3 +613,22 @@ async def test_a_providers_queue_counts_as_queue_wait_not_as_execution(
     status = record.to_json()
     assert 0.35 <= status["queue_seconds"] <= 0.6, status
     assert status["execution_seconds"] is not None and status["execution_seconds"] <= 0.45, status
+
+
+async def test_queued_jobs_say_how_many_jobs_are_ahead_of_them() -> None:
+    client = await _client(Provider.AER, "aer", QueueOnly, max_qubits=4)
+    try:
+        for i in range(3):
+            payload = {"job_id": f"j{i}", "backend": "aer", "qasm": GHZ3, "shots": 10}
+            resp = await client.post("/v1/jobs", json=payload)
+            assert resp.status == 202, await resp.text()
+        resp = await client.post("/v1/jobs/status", json={"job_ids": ["j2", "j0", "j1"]})
+        jobs = {j["job_id"]: j for j in (await resp.json())["jobs"]}
+        assert {k: j["queue_position"] for k, j in jobs.items()} == {"j0": 0, "j1": 1, "j2": 2}
+        await client.delete("/v1/jobs/j0")  # cancelled: no longer queued, nor ahead
+        one = await (await client.get("/v1/jobs/j2")).json()
+        assert one["queue_position"] == 1
+        gone = await (await client.get("/v1/jobs/j0")).json()
+        assert gone["phase"] == "Cancelled" and gone["queue_position"] is None
+    finally:
+        await client.close()

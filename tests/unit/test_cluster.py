@@ -764,3 +764,21 @@ def test_a_running_simulation_is_relaunched_only_when_the_gain_pays_for_lost_pro
     (e,) = snap.workflows
     steps = dataclasses.replace(e, spec=e.spec.model_copy(update={"subtasks": [classical]}))
     assert decide(dataclasses.replace(snap, workflows=[steps])).moves == ()
+
+
+def test_a_spike_behind_a_job_whose_place_in_the_queue_is_known_does_not_move_it() -> None:
+    # qa's queue spikes (5000 s for a new job), but those jobs arrived after ours: its
+    # gateway says one job is ahead of it. It stays; with no position known, it moves.
+    spiked = queued_at("qa", {"qa": 5000.0, "qb": 400.0})
+    (e,) = spiked.workflows
+    known = dataclasses.replace(e.subtasks["a"], jobs_ahead=1)
+    stays = decide(dataclasses.replace(
+        spiked, workflows=[dataclasses.replace(e, subtasks={"a": known})]))  # fmt: skip
+    assert stays.moves == ()
+    assert decide(spiked).moves != ()
+    # Deep in the queue it is, and qb is sooner: it moves, the reason counting the queue
+    # position it gives up (a fresh job's wait at qa minus its own).
+    deep = dataclasses.replace(e.subtasks["a"], jobs_ahead=40)
+    (move,) = decide(dataclasses.replace(
+        spiked, workflows=[dataclasses.replace(e, subtasks={"a": deep})])).moves  # fmt: skip
+    assert move.target.name == "qb" and "queue position given up" in move.reason

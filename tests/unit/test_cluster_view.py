@@ -104,3 +104,14 @@ def test_a_dependency_that_finished_in_the_snapshot_makes_its_dependents_ready()
     assert workflow_entry(w.snapshot(), "ns/wf").subtasks["r"].stage is Stage.BLOCKED
     w.jobs[job] = JobState(job, JobPhase.DONE, result={"counts": {"000": 1}})
     assert workflow_entry(w.snapshot(), "ns/wf").subtasks["r"].stage is Stage.READY
+
+
+def test_a_queued_job_carries_its_gateway_queue_position() -> None:
+    w = world()
+    w.step()
+    job = w.sub("q").jobId
+    assert workflow_entry(w.snapshot(), "ns/wf").subtasks["q"].jobs_ahead is None  # unknown
+    w.jobs[job] = JobState(job, JobPhase.QUEUED, queue_position=7)
+    w.step()
+    entry = workflow_entry(w.snapshot(), "ns/wf").subtasks["q"]
+    assert entry.stage is Stage.QUEUED and entry.jobs_ahead == 7

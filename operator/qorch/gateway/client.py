@@ -191,7 +191,12 @@ def job_state(job: Any) -> JobState:
         remote_job_id=typed("remote_job_id", (str,), None),
         queue_seconds=_seconds(typed("queue_seconds", (int, float), None)),
         execution_seconds=_seconds(typed("execution_seconds", (int, float), None)),
+        queue_position=_position(typed("queue_position", (int,), None)),
     )
+
+
+def _position(value: int | None) -> int | None:
+    return value if value is not None and value >= 0 else None
 
 
 def _seconds(value: float | None) -> float | None:

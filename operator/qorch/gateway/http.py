@@ -42,6 +42,7 @@ JOB_SCHEMA: dict[str, Any] = {
         "qpu_seconds",
         "queue_seconds",
         "execution_seconds",
+        "queue_position",
     ],
     "additionalProperties": False,
     "properties": {
@@ -70,6 +71,13 @@ JOB_SCHEMA: dict[str, Any] = {
         "qpu_seconds": {"type": "number"},
         "queue_seconds": {"type": "number"},
         "execution_seconds": {"type": ["number", "null"]},
+        "queue_position": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "Queued jobs only: how many jobs are ahead of it in this gateway's "
+            "queue (it runs them in submission order); null when not known (a provider that "
+            "queues jobs itself, IBM) or not queued.",
+        },
     },
 }
 ERROR_SCHEMA: dict[str, Any] = {
@@ -356,15 +364,22 @@ async def status(request: web.Request) -> web.Response:
     ids = body.get("job_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise GatewayRequestError(400, "field 'job_ids' must be a list of strings")
-    records = request.app[SERVICE_KEY].status(ids)
-    return web.json_response({"jobs": [r.to_json() for r in records]})
+    service = request.app[SERVICE_KEY]
+    records = service.status(ids)
+    positions = service.queue_positions()
+    jobs = [r.to_json(positions.get(r.submission.job_id)) for r in records]
+    return web.json_response({"jobs": jobs})
 
 
 async def get_job(request: web.Request) -> web.Response:
-    records = request.app[SERVICE_KEY].status([request.match_info["job_id"]])
+    service = request.app[SERVICE_KEY]
+    records = service.status([request.match_info["job_id"]])
     if not records:
         raise GatewayRequestError(404, f"unknown job {request.match_info['job_id']!r}")
-    return web.json_response(records[0].to_json())
+    record = records[0]
+    return web.json_response(
+        record.to_json(service.queue_positions().get(record.submission.job_id))
+    )
 
 
 async def cancel(request: web.Request) -> web.Response:

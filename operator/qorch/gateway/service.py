@@ -123,7 +123,9 @@ class JobRecord:
     note: str = ""
     attaching: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, queue_position: int | None = None) -> dict[str, Any]:
+        """``queue_position``: jobs ahead of this queued one in the gateway's own queue
+        (None: not known, e.g. a provider that queues jobs itself)."""
         now = time.time()
         started = self.started_at or (now if self.phase is JobPhase.QUEUED else None)
         return {
@@ -141,6 +143,7 @@ class JobRecord:
                 if self.finished_at and self.started_at
                 else None
             ),
+            "queue_position": queue_position if self.phase is JobPhase.QUEUED else None,
         }
 
 
@@ -467,6 +470,15 @@ class GatewayService:
 
     def status(self, job_ids: list[str]) -> list[JobRecord]:
         return [self.jobs[j] for j in job_ids if j in self.jobs]
+
+    def queue_positions(self) -> dict[str, int]:
+        """How many jobs are ahead of each queued one (submission order). A local device
+        runs them in that order, batched, so the position is the job's remaining wait in
+        jobs; a provider that queues jobs itself (IBM) has its own queue after the hand-off,
+        which the gateway does not see: empty then, so nobody reads a partial position."""
+        if self._remote:
+            return {}
+        return {r.submission.job_id: i for i, r in enumerate(self.queued())}
 
     async def cancel(self, job_id: str) -> JobRecord:
         record = self.jobs.get(job_id)

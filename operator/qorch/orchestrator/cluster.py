@@ -137,6 +137,9 @@ class SubtaskEntry:
     # A variational loop: the pool its optimizer pod runs on, the one pool its batches
     # may be simulated on (its ``resource`` is its route).
     pod_pool: str | None = None
+    # A queued job whose gateway says how many jobs are ahead of it: its wait is theirs,
+    # whatever joined the queue after it (None: not known, the live queue is used).
+    jobs_ahead: int | None = None
 
 
 @dataclass(frozen=True)
@@ -608,7 +611,14 @@ class _Pass:
                 load = self.backends.get(r)
                 if r != current and (load is None or not load.info.healthy):
                     continue
-                if r == current and s.stage is Stage.QUEUED:
+                if r == current and s.stage is Stage.QUEUED and s.jobs_ahead is not None:
+                    # Its place in the queue is known: only the jobs ahead of it count
+                    # (one that joined the queue after it never delays it).
+                    fresh = p.queue_seconds_p50 + self._arrival(r)
+                    wait = s.jobs_ahead * _run_seconds(p)
+                    credit = max(fresh - wait, 0.0)
+                    p = _queue_shifted(p, wait - p.queue_seconds_p50)
+                elif r == current and s.stage is Stage.QUEUED:
                     stay = self._stay(flow, s)
                     credit = max(self._arrival(r) - _run_seconds(p) - stay, 0.0)
                     p = _queue_shifted(p, stay)

@@ -88,6 +88,11 @@ def _last_move(st: SubtaskStatus) -> dt.datetime | None:
     return _time(moved[-1]) if moved else None
 
 
+def _jobs_ahead(snap: WorkflowSnapshot, st: SubtaskStatus) -> int | None:
+    job = snap.jobs.get(st.jobId or "") if st.route is None else None
+    return job.queue_position if job is not None else None
+
+
 def workflow_entry(snap: WorkflowSnapshot, key: str) -> WorkflowEntry:
     """One workflow as the cluster pass sees it: its unfinished subtasks and predictions."""
     specs = {s.name: s for s in snap.spec.subtasks}
@@ -106,6 +111,7 @@ def workflow_entry(snap: WorkflowSnapshot, key: str) -> WorkflowEntry:
             stage=stage,
             resource=where.name if where and stage is not Stage.READY else None,
             pod_pool=st.placement.name if st.route and st.placement else None,
+            jobs_ahead=_jobs_ahead(snap, st) if stage is Stage.QUEUED else None,
             since=_time(st.startedAt or st.launchedAt),
             num_qubits=info.num_qubits if info else None,
             moves=st.moves,

@@ -73,6 +73,8 @@ class JobState:
     # As the gateway measured them: submission to start, start to end (None: not known).
     queue_seconds: float | None = None
     execution_seconds: float | None = None
+    # Jobs ahead of this queued one at its gateway (None: not known, e.g. IBM's own queue).
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True)
