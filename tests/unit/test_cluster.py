@@ -755,7 +755,7 @@ def test_a_running_simulation_is_relaunched_only_when_the_gain_pays_for_lost_pro
     assert [(m.source.name, m.target.name, m.how) for m in early.moves] == [
         ("cpu", "gpu", "relaunch")
     ]
-    assert "10s progress lost + 15s pod restart" in early.moves[0].reason
+    assert "10s progress lost + 5s pod restart" in early.moves[0].reason
     # 590 s in, 10 s are left: the lost progress is not worth it.
     assert running_for(590).moves == ()
     # Nothing moves that is not a running simulation pod: a classical step, a QPU job.
@@ -782,3 +782,20 @@ def test_a_spike_behind_a_job_whose_place_in_the_queue_is_known_does_not_move_it
     (move,) = decide(dataclasses.replace(
         spiked, workflows=[dataclasses.replace(e, subtasks={"a": deep})])).moves  # fmt: skip
     assert move.target.name == "qb" and "queue position given up" in move.reason
+
+
+def test_a_new_pod_counts_its_start_before_its_simulation_runs() -> None:
+    # Simulating takes 1 s, but the pod must be scheduled and started first: at one price,
+    # a QPU that answers in 6 s (5 s queue, 1 s run) is sooner; one that needs 30 s is not.
+    def placed(wait: float) -> str:
+        snap = pool_world({"ns/w": (Stage.READY, None)}, {"cpu": ROOMY}, pools=(CPU,),
+                          backends={"qa": wait}, seconds={"cpu": 1.0})  # fmt: skip
+        (e,) = snap.workflows
+        preds = dict(e.predictions)
+        preds[("a", "qa")] = qpu("a", "qa", wait, run=1.0, fidelity=1.0)._replace(usd=0.01)
+        (place,) = decide(dataclasses.replace(
+            snap, workflows=[dataclasses.replace(e, predictions=preds)])).places  # fmt: skip
+        return place.placement.name
+
+    assert placed(5.0) == "qa"
+    assert placed(30.0) == "cpu"

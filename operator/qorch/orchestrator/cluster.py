@@ -91,9 +91,13 @@ from qorch.orchestrator.text import SHORT_LIMIT, bounded
 # provider's acknowledgement of the cancel (seconds on IBM Runtime); an estimate, not a
 # measurement.
 CANCEL_ROUND_TRIP_SECONDS: Final = 5.0
-# Deleting a released pod and starting its replacement: a delete, a create, scheduling and
-# a container start with the image present.
-POD_RESTART_SECONDS: Final = 15.0
+# Deleting a released (or running) pod and creating its replacement: a delete, a create and
+# a new scheduling round; the replacement's container start is POD_START_SECONDS.
+POD_RESTART_SECONDS: Final = 5.0
+# What a pod that has not started yet needs before its simulation runs: scheduling and a
+# container start with the worker image present on the node (a cold pull is more). Added to
+# every pool candidate of a subtask whose pod is not running, here and there alike.
+POD_START_SECONDS: Final = 10.0
 # Replacing a gated pod (other requests, or a job instead): two apiserver writes; it has
 # not started, so nothing is lost. Narrowing it to a pool it fits costs nothing.
 GATED_REPLACE_SECONDS: Final = 2.0
@@ -637,6 +641,8 @@ class _Pass:
                 already_charged = bound or r == s.pod_pool
                 if s.stage is Stage.RUNNING and r == current:
                     p = _remaining(p, _seconds_since(self.now, s.since))
+                elif s.pod_pool is None:  # its pod still has to start
+                    p = _delayed(p, POD_START_SECONDS)
                 if not already_charged and not self._fits(r, req):
                     no_room = no_room or r == current
                     continue
