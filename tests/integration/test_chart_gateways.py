@@ -219,6 +219,26 @@ def test_aer_gateway_mounts_no_secret(
     assert args.max_qubits == AER["numQubits"]
 
 
+def test_a_fake_gateway_follows_the_calibration_configmap_it_names(
+    helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = {"name": "twin", "provider": "fake", "backendName": "fake_manila",
+            "calibrationConfigMap": {"name": "manila-day-2", "key": "day.json"}}  # fmt: skip
+    rendered = docs_of(render_values(helm, tmp_path, {"backends": [fake]}).stdout)
+    deployment = gateway_of(rendered, "twin")
+    pod = deployment["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "calibration"]
+    assert volume["configMap"] == {
+        "name": "manila-day-2",
+        "items": [{"key": "day.json", "path": "properties.json"}],
+    }
+    [container] = pod["containers"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "calibration"]
+    assert "subPath" not in mount  # a subPath mount would never see the ConfigMap's updates
+    args = gateway_args(deployment, monkeypatch)
+    assert args.calibration_file == f"{mount['mountPath']}/properties.json"
+
+
 def test_gateway_pods_run_restricted_and_keep_a_journal(
     docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -308,6 +328,7 @@ def test_rendered_gateways_are_accepted_by_the_apiserver(
         ({**AER, "replicas": 2}, "replicas"),
         ({**AER, "name": "Aer_1"}, "name"),
         ({**AER, "stateVolume": {"hostPath": "/var"}}, "hostPath"),
+        ({**AER, "calibrationConfigMap": {"name": "cal"}}, "calibrationConfigMap"),
     ],
 )
 def test_values_schema_rejects_bad_backends(
