@@ -207,6 +207,10 @@ def test_a_vqe_is_rerouted_mid_run_without_a_restart(
     assert vqe["result"]["evaluations"] == sum(batches.values())
     # The optimizer kept its state across the move: it converged near the ground energy
     # (the shot noise of a million shots per batch allows a little).
+    print(
+        f"VQE of H2: energy {vqe['result']['energy']:.6f} Ha (exact {H2_GROUND}) after "
+        f"{vqe['result']['evaluations']} batches {batches}; re-routed {first} -> {other}"
+    )
     assert vqe["result"]["energy"] == pytest.approx(H2_GROUND, abs=0.06), vqe["result"]
     events = [e for e in cluster.events(namespace, "h2") if e["reason"] == "Rerouted"]
     assert events and f"from {first} to {other}" in events[0]["message"], events
