@@ -846,6 +846,13 @@ def pod_invalid_within_schema(draw: st.DrawFn, m: dict[str, Any]) -> tuple[str, 
         for sub in _subs(m):
             if "classical" in sub:
                 sub["classical"].get("resources", {}).pop("gpu", None)
+        # The schema refuses the toleration key, validation the selector key: both name
+        # the pool, not a subtask.
+        return (
+            f"pod-invalid-within-schema:{which}",
+            Expect.TERMINAL,
+            "spec.resources.classicalPools",
+        )
     elif which == "annotation":
         spec["annotations"]["not a valid/key!"] = "x"
     elif which == "env":

@@ -84,7 +84,7 @@ def test_crd_accepts_minimal_variants(cluster: Cluster, namespace: str, spec: st
             "spec.subtasks: Invalid value: 0: spec.subtasks in body should have at least 1 items",
         ),
         ("subtasks: [{name: Bad_Name, classical: {image: x}}]", "spec.subtasks[0].name"),
-        ("subtasks: [{name: a}]", "a subtask is exactly one of circuit or classical"),
+        ("subtasks: [{name: a}]", "a subtask is exactly one of circuit, classical or variational"),
         ("subtasks: [{name: a, circuit: {qasm: 'x', shots: 0}}]", "spec.subtasks[0].circuit.shots"),
         (
             "subtasks: [{name: a, circuit: {qasm: 'x', primitive: estimator}}]",

@@ -45,7 +45,7 @@ from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.capacity import NodeInfo, PodUsage
 from qorch.orchestrator.cluster_view import requests_for
 from qorch.orchestrator.lifecycle import ACTIVE
-from qorch.orchestrator.plan import SubmitJob, plan
+from qorch.orchestrator.plan import Plan, SubmitJob, plan
 from qorch.orchestrator.prices import IBM_PAY_AS_YOU_GO_USD_PER_QPU_SECOND
 from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, PodState, WorkflowSnapshot
 from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded
@@ -321,16 +321,12 @@ async def drive_workflow(
                 # Last: a terminal phase stops this daemon (the `when` filter) as soon as Kopf
                 # sees it, so nothing may be left to do after this write. Resyncs that change
                 # nothing write nothing.
-                if not await obj.write_status(decided.status):
+                if not await _write_then_record(obj, runtime, snapshot, decided):
                     logger.warning("status changed since it was read; planning again from it")
                     metrics.STATUS_CONFLICTS.inc()
                     await asyncio.sleep(0.2)  # another writer is active: do not spin against it
                     continue
                 status = obj.status
-                # Only once the status that says so is stored: a refused write re-plans from
-                # the old status and would see the same subtasks succeed again.
-                record_worker_usage(snapshot, decided)
-                runtime.predictions.record_outcomes(snapshot, decided)
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
                     logger.info("workflow %s/%s %s", ns, name, status.phase)
@@ -354,6 +350,32 @@ async def drive_workflow(
         runtime.wakeups.pop((ns, name), None)
         if runtime.cluster is not None:
             runtime.cluster.withdraw(f"{ns}/{name}")
+
+
+async def _write_then_record(
+    obj: WorkflowObject, runtime: Runtime, snapshot: WorkflowSnapshot, decided: Plan
+) -> bool:
+    """Write the status; once it is stored, record what the worker pods used and how far
+    the predictions were off (a refused write re-plans from the old status and would see the
+    same subtasks succeed again). Kopf stops the daemon as soon as it sees a terminal
+    phase, which can be before this write returns: the write is shielded and, stored, its
+    outcomes are recorded before the cancellation goes on."""
+    write = asyncio.ensure_future(obj.write_status(decided.status))
+    try:
+        written = await asyncio.shield(write)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            if await asyncio.wait_for(write, timeout=5.0):
+                _record(runtime, snapshot, decided)
+        raise
+    if written:
+        _record(runtime, snapshot, decided)
+    return written
+
+
+def _record(runtime: Runtime, snapshot: WorkflowSnapshot, decided: Plan) -> None:
+    record_worker_usage(snapshot, decided)
+    runtime.predictions.record_outcomes(snapshot, decided)
 
 
 async def _with_cluster_decision(
