@@ -132,3 +132,22 @@ def test_a_large_dependency_result_is_read_from_its_config_map() -> None:
     p = w.step()
     create = next(a for a in p.actions if isinstance(a, CreatePod))
     assert create.inputs == (DependencyResult("vqe", config_map="wf-vqe-result"),)
+
+
+def test_progress_from_a_pod_is_finite_and_bounded_or_refused() -> None:
+    import math
+
+    import pytest
+    from pydantic import ValidationError
+
+    for bad in (
+        {"energy": math.nan},
+        {"bestEnergy": math.inf},
+        {"evaluations": 2**64},
+        {"batches": {"x" * 64: 1}},
+        {"batches": {"qa": -1}},
+    ):
+        with pytest.raises(ValidationError):
+            VariationalProgress.model_validate(bad)
+    ok = VariationalProgress.model_validate({"energy": -1.5, "batches": {"qa": 3}})
+    assert ok.model_dump(mode="json")["energy"] == -1.5

@@ -472,17 +472,26 @@ class MoveIntent(StrictModel):
 
 
 class VariationalProgress(StrictModel):
-    """How far a variational loop got, as its worker last reported."""
+    """How far a variational loop got, as its worker last reported (it comes from inside
+    a pod: bounded, finite, or refused)."""
 
     optimizer: str = Field(default="", max_length=16)
-    iterations: int = Field(default=0, ge=0)
-    evaluations: int = Field(default=0, ge=0, description="Batches sent so far.")
-    energy: float | None = Field(default=None, description="Energy of the last batch.")
-    bestEnergy: float | None = None
+    iterations: int = Field(default=0, ge=0, le=2**53)
+    evaluations: int = Field(default=0, ge=0, le=2**53, description="Batches sent so far.")
+    energy: float | None = Field(
+        default=None, allow_inf_nan=False, description="Energy of the last batch."
+    )
+    bestEnergy: float | None = Field(default=None, allow_inf_nan=False)
     batches: dict[str, int] = Field(
         default_factory=dict, max_length=64, description="Batches run per resource."
     )
-    updatedAt: str | None = None
+    updatedAt: str | None = Field(default=None, max_length=32)
+
+    @model_validator(mode="after")
+    def _bounded_batches(self) -> VariationalProgress:
+        if any(len(k) > 63 or not 0 <= v <= 2**53 for k, v in self.batches.items()):
+            raise ValueError("batches: resource names up to 63 characters, counts >= 0")
+        return self
 
 
 class SubtaskStatus(StrictModel):

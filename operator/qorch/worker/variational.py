@@ -24,6 +24,7 @@ import asyncio
 import collections
 import datetime as dt
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -206,7 +207,10 @@ class Evaluator:
 
     def energy(self, route: Route, point: np.ndarray, evaluation: int) -> float:
         values = self._expectations(route, point, evaluation)
-        return float(sum(c * v for (_, c), v in zip(self.task.terms, values, strict=True)))
+        energy = float(sum(c * v for (_, c), v in zip(self.task.terms, values, strict=True)))
+        if not math.isfinite(energy):  # JSON has no NaN: it would poison the status
+            raise RuntimeError(f"batch {evaluation} on {route.name}: non-finite energy {energy}")
+        return energy
 
     def _bound(self, point: np.ndarray) -> Any:
         return self.circuit.assign_parameters(dict(zip(self.parameters, point, strict=True)))
