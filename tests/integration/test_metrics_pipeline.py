@@ -120,7 +120,7 @@ def test_prometheus_scrapes_gateway_and_worker_and_reader_reads_them(
     assert not [name for name in view.backends if "manila" in name]
     backend = view.by_backend_name["fake_manila"]
     only = BackendInfo("manila", Provider.FAKE, 5, backend_name="fake_manila")
-    assert join_backends(view, [only])[0].backends == {"manila": backend}
+    assert join_backends(view, [only])[0].backends["manila"] == backend
     cal = info["calibration"]
     assert backend.two_qubit_error == pytest.approx(cal["medianTwoQubitError"])
     assert backend.readout_error == pytest.approx(cal["medianReadoutError"])
