@@ -60,23 +60,14 @@ from qorch.orchestrator.prediction import MODEL, QPU, Prediction
 from tests.harness import gateway as gateway_mod
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.prometheus import Prometheus
+from tests.integration.test_gateway_calibration import DEVICE, MIRROR, QUBITS, STD
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prometheus]
 
-DEVICE = "fake_perth"
-QUBITS = 7
 SHOTS = 2000
 CIRCUITS = tuple(f"c{i}" for i in range(4))
 POOL_QUBITS = QUBITS - 1  # the GPU pool may not simulate the circuits (``workflow``)
 JOB_SECONDS = 4.0
-STD = 'OPENQASM 3.0; include "stdgates.inc"; '
-MIRROR = (
-    STD
-    + f"qubit[{QUBITS}] q; bit[{QUBITS}] c; h q[0]; "
-    + "".join(f"cx q[{i}], q[{i + 1}]; " for i in range(QUBITS - 1))
-    + "".join(f"cx q[{i}], q[{i + 1}]; " for i in reversed(range(QUBITS - 1)))
-    + "h q[0]; c = measure q;"
-)
 # What the other clients submit: small circuits, each holding the device a job's time.
 OTHERS = STD + "qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;"
 KWOK_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"

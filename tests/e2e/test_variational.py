@@ -21,23 +21,11 @@ from tests.harness.cluster import Cluster, wait_for
 from tests.harness.controlplane import ControlPlane
 from tests.harness.prometheus import Prometheus
 from tests.harness.rbac import least_privilege_kubeconfig
+from tests.unit.test_worker_variational import ANSATZ, H2
+from tests.unit.test_worker_variational import GROUND as H2_GROUND
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prometheus]
 
-# Two-qubit H2 at 0.735 Å (parity mapping); its exact ground energy is -1.857275 Ha.
-H2 = [
-    {"pauli": "II", "coefficient": -1.052373245772859},
-    {"pauli": "IZ", "coefficient": 0.39793742484318045},
-    {"pauli": "ZI", "coefficient": -0.39793742484318045},
-    {"pauli": "ZZ", "coefficient": -0.01128010425623538},
-    {"pauli": "XX", "coefficient": 0.18093119978423156},
-]
-H2_GROUND = -1.857275
-ANSATZ = (
-    'OPENQASM 3.0; include "stdgates.inc"; input float[64] t0; input float[64] t1; '
-    "input float[64] t2; input float[64] t3; qubit[2] q; ry(t0) q[0]; ry(t1) q[1]; "
-    "cx q[0], q[1]; ry(t2) q[0]; ry(t3) q[1];"
-)
 READ_INPUT = (
     "import json, os; "
     "vqe = json.load(open(os.path.join(os.environ['QORCH_INPUTS_DIR'], 'vqe.json'))); "
