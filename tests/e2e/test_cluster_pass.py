@@ -205,6 +205,71 @@ def test_a_degraded_calibration_moves_queued_jobs_when_accuracy_matters(
             cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
 
 
+def wide_circuit(qubits: int, layers: int) -> str:
+    """A circuit whose statevector simulation takes minutes (the predictor says so)."""
+    layer = " ".join(f"h q[{i}];" for i in range(qubits))
+    layer += " ".join(f"cx q[{i}],q[{i + 1}];" for i in range(qubits - 1))
+    head = f'OPENQASM 2.0; include "qelib1.inc"; qreg q[{qubits}]; creg c[{qubits}]; '
+    return head + layer * layers + " measure q -> c;"
+
+
+def test_a_running_simulation_is_relaunched_on_a_backend_whose_queue_drained(
+    cluster: Cluster, namespace: str, own_operator: Any
+) -> None:
+    # An ideal simulator backend with 500 jobs ahead: the 28-qubit circuit goes to the CPU
+    # pool (about 200 s predicted there). Its pod runs (a KWOK pod runs until deleted); the
+    # backend's queue drains, and the rest of the pod's run is worth more than starting
+    # again at the backend: the pass relaunches it there, and the old pod goes.
+    name = f"sim-{namespace}"[:63].rstrip("-")
+    cluster.apply(json.dumps(scripted_backend(name, numQubits=30)))
+    busy = {"status": {"queueLength": 500}}
+    cluster.plane.kubectl("patch", "qb", name, "--subresource=status", "--type=merge",
+                          "-p", json.dumps(busy))  # fmt: skip
+    try:
+        own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="0",
+                     QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+        cpu = {"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}, "maxQubits": 28}
+        sub = {"name": "wide", "circuit": {"qasm": wide_circuit(28, 10), "shots": 100000}}
+        cluster.apply(
+            workflow("relaunch", sub, quantumBackends=[name], classicalPools=[cpu]), namespace
+        )
+
+        def running_pod() -> str | None:
+            wf = cluster.get("hwf", "relaunch", namespace) or {}
+            done = (wf.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+            assert not done, json.dumps(wf["status"]["subtasks"], indent=1)
+            for st in (wf.get("status") or {}).get("subtasks") or []:
+                if (
+                    st.get("phase") == "Running"
+                    and (st.get("placement") or {}).get("kind") == "pool"
+                ):
+                    return str(st["podName"])
+            return None
+
+        wait_for("the circuit simulated by a running pod", running_pod, 60)
+        pod = running_pod()
+        drained = {"status": {"queueLength": 0}}
+        cluster.plane.kubectl("patch", "qb", name, "--subresource=status", "--type=merge",
+                              "-p", json.dumps(drained))  # fmt: skip
+        wait_for(
+            "relaunch succeeded", lambda: phase(cluster, "relaunch", namespace) == "Succeeded", 90
+        )
+        wf = cluster.get("hwf", "relaunch", namespace)
+        assert wf is not None
+        st = wf["status"]["subtasks"][0]
+        assert st["placement"]["name"] == name and st["moves"] == 1
+        assert st["failures"] == 0  # a relaunch is a move, not a failure
+        assert st["result"]  # the backend's (scripted) result
+        assert cluster.get("pods", pod, namespace) is None  # the old pod is gone
+        events = cluster.events(namespace, "relaunch")
+        moved = [e["message"] for e in events if e["reason"] == "Moved"]
+        assert moved and all("from cpu" in m for m in moved), [e["reason"] for e in events]
+        # The numbers behind it: the progress given up and the restart, against the gain.
+        assert all("progress lost" in m and "pod restart" in m for m in moved), moved
+    finally:
+        cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
+
+
 def test_pods_start_only_as_the_pools_nodes_have_room_for_them(
     cluster: Cluster, namespace: str, own_operator: Any
 ) -> None:

@@ -5,10 +5,11 @@ predictions are never chosen, and the properties that make a weight mean what it
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from qorch.api.workflow import (
@@ -25,6 +26,8 @@ from qorch.api.workflow import (
 from qorch.orchestrator.cost import (
     DEFAULT_CLASSICAL_SECONDS,
     PRESETS,
+    USD_NEGLIGIBLE,
+    USD_SMOOTHING_FRACTION,
     CandidateScore,
     CostWeights,
     Objective,
@@ -178,6 +181,16 @@ def test_each_term_is_normalised_so_one_unit_means_the_same() -> None:
     assert free["cpu"].usd.normalised == 0
     assert free["gpu"].usd.normalised == pytest.approx(math.log2((GPU_USD + s) / (CPU_USD + s)))
     assert free["gpu"].usd.normalised == pytest.approx(1.1, abs=0.01)  # 2.2x the cheapest
+    # Fractions of a cent weigh next to nothing, whatever their ratio: a simulation for
+    # $0.002 is not "infinitely" dearer than a free simulator backend.
+    cheap = Workflow(steps=(Step("c"),), resources=("sim", "pool"))
+    options = {
+        ("c", "sim"): pred("c", "sim", 3600.0, 0.0, 1.0),
+        ("c", "pool"): pred("c", "pool", 200.0, 0.002, 1.0),
+    }
+    ranked = WorkflowCost(cheap, options, Objective()).rank("c", {})
+    assert ranked.best is not None and ranked.best.resource == "pool"
+    assert ranked.best.usd.normalised == pytest.approx(math.log2(1.2))
     # USD with a budget: the share of the budget, what is already spent included.
     budget = terms(Objective(max_usd=40.0, spent_usd=4.0))
     assert budget["qpu"].usd.normalised == pytest.approx((4.0 + QPU_USD) / 40.0)
@@ -504,6 +517,9 @@ def _scaled(predictions: Predictions, k: float) -> Predictions:
 def test_without_a_budget_the_ranking_ignores_the_currency_scale(
     problem: tuple[Workflow, Predictions, dict[str, str], Objective, str], k: float
 ) -> None:
+    """... where spends are not negligible (under ``USD_NEGLIGIBLE`` they barely count,
+    whatever their ratio): the problem is first scaled so its priciest plan's smoothing
+    is above that floor, at both scales."""
     wf, predictions, assignment, objective, scored = problem
     objective = Objective(
         objective.weights,
@@ -512,6 +528,12 @@ def test_without_a_budget_the_ranking_ignores_the_currency_scale(
         objective.elapsed_seconds,
         objective.spent_usd,
     )
+    priciest = WorkflowCost(wf, predictions, objective).usd_range[1]
+    assume(priciest > 1e-9)
+    lift = max(1.0, 2 * USD_NEGLIGIBLE / (USD_SMOOTHING_FRACTION * priciest * min(k, 1.0)))
+    wf = Workflow(tuple(s._replace(usd=s.usd * lift) for s in wf.steps), wf.resources)
+    predictions = _scaled(predictions, lift)
+    objective = dataclasses.replace(objective, spent_usd=objective.spent_usd * lift)
     steps = tuple(s._replace(usd=s.usd * k) for s in wf.steps)
     base = rank_candidates(wf, scored, assignment, predictions, objective)
     scaled = rank_candidates(

@@ -116,6 +116,25 @@ def test_nothing_to_place_means_no_pass() -> None:
     assert predict(service, workflow("a"), status) == ({}, None)
 
 
+def test_a_circuit_a_pod_simulates_is_predicted_while_it_runs_so_it_may_be_relaunched() -> None:
+    service = PredictionService(str(REPO / "models"))
+    service.refresh_models(force=True)
+    pod = Placement(kind=ResourceKind.POOL, name="cpu")
+    job = Placement(kind=ResourceKind.BACKEND, name="ibm-a")
+    status = HybridWorkflowStatus(
+        subtasks=[
+            SubtaskStatus(name="a", phase=SubtaskPhase.RUNNING, placement=pod),
+            SubtaskStatus(name="b", phase=SubtaskPhase.RUNNING, placement=job),
+        ]
+    )
+    predictions, _ = predict(service, workflow("a", "b"), status)
+    # A running QPU job is never relaunched: only the simulated circuit is weighed.
+    assert sorted(predictions) == [("a", r) for r in ("cpu", "gpu", "ibm-a", "ibm-b")]
+    spec = workflow("a", "b")
+    spec.reallocation.enabled = False  # nothing moves: nothing to weigh
+    assert predict(service, spec, status) == ({}, None)
+
+
 def test_a_broken_model_directory_falls_back_and_says_why(tmp_path: Path) -> None:
     for f in (REPO / "models").glob("*.onnx"):
         shutil.copy(f, tmp_path / f.name)

@@ -307,8 +307,8 @@ def _placeable(
     """Circuit and variational subtasks (name, shots per batch) that may be placed or moved
     in this cycle (a variational loop also while it runs: its batches move): not started
     (or waiting to retry), or launched but not running (a queued job, an unbound pod: the
-    cluster pass weighs moving them); their source read, no dependency failed. A dependency
-    still running counts: the plan may see it finish and place its dependents at once."""
+    cluster pass weighs moving them), or simulated by a running pod (it may be relaunched);
+    their source read, no dependency failed. A dependency still running counts: the plan may see it finish and place its dependents at once."""
     phases = {s.name: s.phase for s in status.subtasks}
     waiting = (
         SubtaskPhase.PENDING,
@@ -317,6 +317,13 @@ def _placeable(
         SubtaskPhase.SCHEDULED,
     )
     dead = (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
+    simulating = {
+        s.name
+        for s in status.subtasks
+        if s.phase is SubtaskPhase.RUNNING
+        and s.placement is not None
+        and s.placement.kind is ResourceKind.POOL
+    }
     out = []
     for sub in spec.subtasks:
         if sub.name not in sources:
@@ -327,7 +334,14 @@ def _placeable(
             if phase in waiting or phase is SubtaskPhase.RUNNING:
                 out.append((sub.name, sub.variational.shots))
             continue
-        if sub.circuit is None or phase not in waiting:
+        if sub.circuit is None:
+            continue
+        if sub.name in simulating and spec.reallocation.enabled:
+            # A pod simulating it may be relaunched elsewhere when the gain pays for the
+            # progress it loses: the pass needs its predictions on every resource.
+            out.append((sub.name, sub.circuit.shots))
+            continue
+        if phase not in waiting:
             continue
         if not any(phases.get(d) in dead for d in sub.dependsOn):
             out.append((sub.name, sub.circuit.shots))

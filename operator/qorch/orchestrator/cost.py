@@ -19,8 +19,10 @@ each is about equally bad (which is what makes ``balanced`` = equal weights):
   ``log2((total + s) / (cheapest achievable total + s))`` (1 = about twice the cheapest plan),
   ``s`` being ``USD_SMOOTHING_FRACTION`` of the priciest plan's total, so that a free or
   near-free pool does not make every paid choice infinitely expensive (``s`` is added rather
-  than used as a floor: no kink, and near-free choices still differ a little). Both are
-  invariant to the currency's scale.
+  than used as a floor: no kink, and near-free choices still differ a little), and never
+  under ``USD_NEGLIGIBLE``: when every plan costs fractions of a cent (a simulation pod
+  against a free simulator backend) their ratio means nothing to a user, and must not
+  outweigh hours of queue.
 
 Totals count from the workflow's start: elapsed seconds and spent USD are inputs, and count
 in both the figure and its reference.
@@ -55,6 +57,8 @@ SECONDS_FLOOR: Final = 1.0
 # Without a budget, this fraction of the priciest plan's total is added to both sides of the
 # USD ratio: differences far below it (a thousandth) barely count.
 USD_SMOOTHING_FRACTION: Final = 1e-3
+# ... and at least this many USD: spends under a cent barely count, whatever their ratio.
+USD_NEGLIGIBLE: Final = 0.01
 # A classical step's duration when nothing measured is passed in: a pod start with the image
 # present plus a short script.
 DEFAULT_CLASSICAL_SECONDS: Final = 60.0
@@ -455,6 +459,11 @@ class WorkflowCost:
 
     # -- scoring the candidates of one subtask -------------------------------------------
 
+    @property
+    def usd_range(self) -> tuple[float, float]:
+        """The cheapest and the priciest plan's total USD (the money term's references)."""
+        return self._usd_min, self._usd_max
+
     def rank(
         self,
         subtask: str,
@@ -586,9 +595,7 @@ class WorkflowCost:
         budget = self.objective.max_usd
         if budget is not None and budget > _TOLERANCE:  # a budget under a microdollar is none
             return max(usd, 0.0) / budget
-        smoothing = USD_SMOOTHING_FRACTION * self._usd_max
-        if smoothing <= 0:
-            return 0.0  # every plan is free
+        smoothing = max(USD_SMOOTHING_FRACTION * self._usd_max, USD_NEGLIGIBLE)
         return max(math.log2((max(usd, 0.0) + smoothing) / (self._usd_min + smoothing)), 0.0)
 
     def _unmet_reason(self, subtask: str, scores: Sequence[CandidateScore]) -> str:
