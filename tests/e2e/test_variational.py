@@ -193,6 +193,16 @@ def test_a_vqe_is_rerouted_mid_run_without_a_restart(
     batches = vqe["progress"]["batches"]
     assert batches.get(first, 0) >= 3 and batches.get(other, 0) >= 1, batches
     assert vqe["result"]["evaluations"] == sum(batches.values())
+    # Each backend billed the seconds it held the device; the operator priced them as the
+    # batches ran (0.5 USD/s, 50 on the first backend once patched) into the workflow's
+    # cost, with the optimizer pod's and the report's time.
+    billed = vqe["progress"]["qpuSeconds"]
+    assert set(billed) == {first, other} and all(v > 0 for v in billed.values()), billed
+    spent = vqe["progress"]["spentUSD"]
+    assert 0.5 * sum(billed.values()) - 1e-6 <= spent <= 50.0 * sum(billed.values()), vqe
+    assert vqe["actual"]["costUSD"] > spent
+    parts = sum((s.get("actual") or {}).get("costUSD") or 0.0 for s in status["subtasks"])
+    assert status["costUSD"] == pytest.approx(parts, abs=1e-5), status
     # The optimizer kept its state across the move: it converged near the ground energy
     # (the shot noise of a million shots per batch allows a little).
     print(

@@ -111,6 +111,8 @@ async def test_ghz_on_aer_gives_only_all_zeros_and_all_ones(aer: TestClient) -> 
     assert sum(counts.values()) == 4000
     # Binomial(4000, 0.5): 6 sigma is ~190 shots.
     assert abs(counts["000"] - 2000) < 190
+    # A local device bills the seconds it was held (what a price set on it charges for).
+    assert 0 < job["qpu_seconds"] <= job["execution_seconds"] + 0.05, job
 
 
 async def test_estimator_values_of_a_bell_state_within_tolerance(aer: TestClient) -> None:

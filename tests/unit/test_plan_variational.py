@@ -3,13 +3,17 @@ running loop without a restart, its progress in the status, and dependency input
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from qorch.api.backend import Provider
 from qorch.api.workflow import Placement, ResourceKind, SubtaskPhase, VariationalProgress
 from qorch.orchestrator import BackendInfo, CircuitInfo, CreatePod, PodPhase, ReleasePod
 from qorch.orchestrator.plan import DependencyResult, RoutePod
+from qorch.orchestrator.prices import CPU_POD_USD_PER_HOUR
 from qorch.orchestrator.snapshot import MoveRequest
 from tests.unit.test_plan import World, classical, spec
 
@@ -122,6 +126,58 @@ def test_the_final_progress_comes_from_the_result_and_dependents_get_it_as_input
     create = next(a for a in p.actions if isinstance(a, CreatePod))
     assert create.subtask == "report"
     assert create.inputs == (DependencyResult("vqe", result=result),)
+
+
+def test_the_qpu_time_a_loop_is_billed_counts_in_costusd_as_its_batches_run() -> None:
+    w = world(vqe(maxIterations=3), classical("report", "vqe"))
+    w.backends = {
+        "qa": replace(BACKENDS["qa"], price_per_qpu_second=2.0),
+        "qb": replace(BACKENDS["qb"], price_per_qpu_second=0.5),
+    }
+    w.step()
+    pod = w.sub("vqe").podName
+
+    def report(**seconds: float) -> None:
+        progress = VariationalProgress(optimizer="COBYLA", evaluations=3, qpuSeconds=seconds)
+        w.pod_phase(pod, PodPhase.RUNNING, progress=progress)
+        w.step()
+
+    report(qa=3.0)
+    assert w.status.costUSD == 6.0 and w.sub("vqe").progress.spentUSD == 6.0
+    report(qa=3.0)  # read again: nothing new billed
+    assert w.status.costUSD == 6.0
+    report(qa=4.0, qb=2.0)  # re-routed meanwhile: each backend at its own price
+    assert w.status.costUSD == 9.0 and w.sub("vqe").progress.spentUSD == 9.0
+    # The result's figures are the last word: what was billed since the last poll counts.
+    result = {"energy": -1.0, "evaluations": 3, "qpuSeconds": {"qa": 4.0, "qb": 6.0}}
+    w.pod_phase(pod, PodPhase.SUCCEEDED, result=result, usage={"wallSeconds": 36.0})
+    w.step()
+    st = w.sub("vqe")
+    assert st.phase is SubtaskPhase.SUCCEEDED and st.progress.spentUSD == 11.0
+    pod_usd = 36.0 * CPU_POD_USD_PER_HOUR / 3600  # the optimizer pod's time on the CPU pool
+    assert w.status.costUSD == pytest.approx(11.0 + pod_usd, abs=1e-6)
+    assert st.actual is not None
+    assert st.actual.costUSD == pytest.approx(11.0 + pod_usd, abs=1e-6)
+
+
+def test_a_new_attempt_of_a_loop_starts_its_progress_afresh_and_keeps_what_was_spent() -> None:
+    w = world({**vqe(), "maxRetries": 1})
+    w.backends = {n: replace(b, price_per_qpu_second=1.0) for n, b in BACKENDS.items()}
+    w.step()
+    first = w.sub("vqe").podName
+    progress = VariationalProgress(evaluations=5, qpuSeconds={"qa": 5.0})
+    w.pod_phase(first, PodPhase.RUNNING, progress=progress)
+    w.step()
+    w.pod_phase(first, PodPhase.FAILED, message="OOMKilled")
+    w.step()
+    w.now += dt.timedelta(seconds=11)  # the retry's backoff
+    w.step()
+    st = w.sub("vqe")
+    assert st.attempts == 2 and st.progress is None
+    assert w.status.costUSD == 5.0  # spent is spent
+    w.pod_phase(st.podName, PodPhase.RUNNING, progress=VariationalProgress(qpuSeconds={"qa": 1.0}))
+    w.step()
+    assert w.status.costUSD == 6.0 and w.sub("vqe").progress.spentUSD == 1.0
 
 
 def test_a_large_dependency_result_is_read_from_its_config_map() -> None:

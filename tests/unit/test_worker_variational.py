@@ -73,16 +73,21 @@ def test_the_route_is_read_before_every_batch(tmp_path: Path) -> None:
     seen: list[str] = []
     real = evaluator.energy
 
-    def spy(route: Route, point: np.ndarray, evaluation: int) -> float:
+    def spy(route: Route, point: np.ndarray, evaluation: int) -> tuple[float, float]:
         seen.append(route.name)
         if evaluation == 5:  # the operator patches the annotation mid-run
-            Path(task.route_file).write_text(Route("pool", "gpu").to_json())
-        return real(Route("pool", "cpu"), point, evaluation)
+            qpu = Route("backend", "qpu", "http://127.0.0.1:9", "fake_manila")
+            Path(task.route_file).write_text(qpu.to_json())
+        energy, local = real(Route("pool", "cpu"), point, evaluation)
+        assert local == 0.0  # a batch simulated in the pod bills no QPU time
+        return energy, 0.0 if route.name == "cpu" else 1.25  # what a gateway billed
 
     evaluator.energy = spy  # type: ignore[method-assign]
     result = optimise(task, evaluator, Progress("COBYLA"))
-    assert seen[:5] == ["cpu"] * 5 and set(seen[5:]) == {"gpu"}
-    assert result["batches"] == {"cpu": 5, "gpu": len(seen) - 5}
+    assert seen[:5] == ["cpu"] * 5 and set(seen[5:]) == {"qpu"}
+    assert result["batches"] == {"cpu": 5, "qpu": len(seen) - 5}
+    # The QPU seconds each backend billed, for the operator to price.
+    assert result["qpuSeconds"] == {"qpu": pytest.approx(1.25 * (len(seen) - 5))}
 
 
 def test_an_unreadable_route_keeps_the_last_one_and_a_bad_one_is_named(tmp_path: Path) -> None:

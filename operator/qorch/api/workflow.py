@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -151,6 +152,10 @@ class PauliTerm(StrictModel):
     coefficient: float = Field(description="Real coefficient of the term.")
 
 
+# Batches SPSA spends measuring the gradient before its first step (5 samples x 2).
+SPSA_CALIBRATION_EVALUATIONS = 10
+
+
 class VariationalSpec(StrictModel):
     """A variational loop (VQE, QAOA): an optimizer in a worker pod on a classical pool that
     sends one batch of circuits per evaluation to the resource Qorch currently routes it
@@ -199,6 +204,14 @@ class VariationalSpec(StrictModel):
         if (self.qasm is None) == (self.configMapRef is None):
             raise ValueError("give exactly one of qasm or configMapRef")
         return self
+
+    @property
+    def max_evaluations(self) -> int:
+        """The most batches the loop sends (``qorch worker``): COBYLA one per iteration;
+        SPSA two per iteration and ten to calibrate its learning rate."""
+        if self.optimizer is Optimizer.SPSA:
+            return 2 * self.maxIterations + SPSA_CALIBRATION_EVALUATIONS
+        return self.maxIterations
 
 
 class SubtaskSpec(StrictModel):
@@ -485,12 +498,29 @@ class VariationalProgress(StrictModel):
     batches: dict[str, int] = Field(
         default_factory=dict, max_length=64, description="Batches run per resource."
     )
+    qpuSeconds: dict[str, float] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="QPU seconds the backends billed for this attempt's batches, per backend.",
+    )
+    spentUSD: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="What this attempt's batches cost so far at the backends' prices "
+        "(counted in the workflow's costUSD as they run).",
+    )
     updatedAt: str | None = Field(default=None, max_length=32)
 
     @model_validator(mode="after")
     def _bounded_batches(self) -> VariationalProgress:
         if any(len(k) > 63 or not 0 <= v <= 2**53 for k, v in self.batches.items()):
             raise ValueError("batches: resource names up to 63 characters, counts >= 0")
+        if any(
+            len(k) > 63 or not (math.isfinite(v) and 0 <= v <= 1e12)
+            for k, v in self.qpuSeconds.items()
+        ):
+            raise ValueError("qpuSeconds: backend names up to 63 characters, finite seconds >= 0")
         return self
 
 

@@ -623,6 +623,11 @@ class GatewayService:
                     max(0.0, (record.started_at or time.time()) - record.submitted_at)
                 )
         pubs = max(1, len(result))
+        if not usage and not self._remote:
+            # A local device bills what it was held for (a price set on a fake or Aer
+            # backend emulates billing: its jobs cost what the operator predicted).
+            began = [r.started_at for r, _ in entries if r.started_at is not None]
+            usage = max(time.time() - min(began), 0.0) if began else 0.0
         for record, index in entries:
             if record.phase is not JobPhase.RUNNING:
                 continue  # cancelled meanwhile

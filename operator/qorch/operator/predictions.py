@@ -30,7 +30,7 @@ from qorch.api.workflow import (
 )
 from qorch.metrics import operator_metrics as metrics
 from qorch.orchestrator.plan import Plan
-from qorch.orchestrator.prediction import Prediction
+from qorch.orchestrator.prediction import Prediction, repeated
 from qorch.orchestrator.prices import pool_price_per_hour
 from qorch.orchestrator.snapshot import (
     BackendInfo,
@@ -155,9 +155,10 @@ class PredictionService:
             return {}, None
         # Read here, on the event loop that appends to them, not in the pass's thread.
         waits = {name: tuple(seen) for name, seen in self.recent_waits.items()}
-        return await asyncio.to_thread(
+        predictions, report = await asyncio.to_thread(
             self._locked, self._predict, spec, subtasks, sources, list(backends), live, waits
         )
+        return _whole_loops(predictions, spec, status), report
 
     def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
         with self._lock:
@@ -242,7 +243,9 @@ class PredictionService:
 
     def _compare(self, st: SubtaskStatus) -> None:
         predicted, actual = st.predicted, st.actual
-        if predicted is None or actual is None or st.placement is None:
+        if predicted is None or actual is None or st.placement is None or st.route is not None:
+            # A variational loop: its prediction is for its batches (wherever they went),
+            # its outcome its optimizer pod's; no error to speak of between the two.
             return
         on_backend = st.placement.kind is ResourceKind.BACKEND
         # A pool's start-up wait is not predicted (0): no error to speak of there.
@@ -301,6 +304,27 @@ def _float(value: int | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _whole_loops(
+    predictions: dict[tuple[str, str], Prediction],
+    spec: HybridWorkflowSpec,
+    status: HybridWorkflowStatus,
+) -> dict[tuple[str, str], Prediction]:
+    """A variational subtask's predictions are for one batch; the loop runs up to its
+    remaining batches, each queued and billed again: scaled to those, so its time and
+    spend weigh as much in the workflow's cost (and its budget) as they will."""
+    done = {s.name: s.progress.evaluations for s in status.subtasks if s.progress is not None}
+    left = {
+        sub.name: sub.variational.max_evaluations - done.get(sub.name, 0)
+        for sub in spec.subtasks
+        if sub.variational is not None
+    }
+    if not left:
+        return predictions
+    return {
+        key: repeated(p, left[key[0]]) if key[0] in left else p for key, p in predictions.items()
+    }
+
+
 def _placeable(
     spec: HybridWorkflowSpec, status: HybridWorkflowStatus, sources: Mapping[str, str]
 ) -> list[tuple[str, int]]:
@@ -308,7 +332,8 @@ def _placeable(
     in this cycle (a variational loop also while it runs: its batches move): not started
     (or waiting to retry), or launched but not running (a queued job, an unbound pod: the
     cluster pass weighs moving them), or simulated by a running pod (it may be relaunched);
-    their source read, no dependency failed. A dependency still running counts: the plan may see it finish and place its dependents at once."""
+    their source read, no dependency failed. A dependency still running counts: the plan
+    may see it finish and place its dependents at once."""
     phases = {s.name: s.phase for s in status.subtasks}
     waiting = (
         SubtaskPhase.PENDING,

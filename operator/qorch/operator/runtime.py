@@ -48,6 +48,8 @@ from qorch.orchestrator.snapshot import (
 from qorch.quantum import circuits
 
 CIRCUIT_CACHE_SIZE = 1024
+# The fields of a variational progress that a worker reports (the spend is the operator's).
+REPORTED_PROGRESS = frozenset(VariationalProgress.model_fields) - {"spentUSD"}
 
 
 def make_gateway(settings: OperatorSettings, targets: dict[str, GatewayTarget]) -> GatewayClient:
@@ -222,7 +224,7 @@ class Runtime:
                         return pod
                     doc = await resp.json(content_type=None)
                 progress = VariationalProgress.model_validate(
-                    {k: v for k, v in doc.items() if k in VariationalProgress.model_fields}
+                    {k: v for k, v in doc.items() if k in REPORTED_PROGRESS}
                 )
             except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
                 return pod

@@ -376,6 +376,7 @@ def _start(
     if sub.variational is not None:
         route = decision
         st.route = decision
+        st.progress = None  # a new attempt starts its loop (and its spend) afresh
         if decision.kind is ResourceKind.BACKEND:
             decision = Placement(kind=ResourceKind.POOL, name=_optimizer_pool(cyc))
     st.placement = decision
@@ -576,7 +577,7 @@ def _track_variational(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None
     pod = cyc.snap.pods.get(st.podName or "")
     if pod is not None and pod.phase is PodPhase.RUNNING:
         if pod.progress is not None:
-            st.progress = pod.progress
+            st.progress = _priced(cyc, st.progress, pod.progress)
         cyc.requeue_in(cyc.snap.config.progress_poll)
     request = cyc.snap.moves.get(sub.name)
     if (
@@ -605,9 +606,34 @@ def _track_variational(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None
         ][-MAX_HISTORY:]
         cyc.actions.append(RoutePod(pod.name, request.to))
         cyc.event("Rerouted", f"{sub.name}: next batches from {was} to {request.to.name}: {reason}")
+    finished = st.phase is SubtaskPhase.SUCCEEDED
     _track_pod(cyc, sub, st)
-    if st.phase is SubtaskPhase.SUCCEEDED and isinstance(st.result, dict):
-        st.progress = _final_progress(st.result, st.progress)
+    if not finished and st.phase is SubtaskPhase.SUCCEEDED and isinstance(st.result, dict):
+        final = _final_progress(st.result, st.progress)
+        st.progress = final if final is None else _priced(cyc, st.progress, final)
+        if st.actual is not None and st.progress is not None and st.progress.spentUSD:
+            # The loop's cost: its pod's time and the QPU time its batches were billed.
+            pod_usd = st.actual.costUSD or 0.0
+            st.actual.costUSD = round(pod_usd + st.progress.spentUSD, 6)
+
+
+def _priced(
+    cyc: _Cycle, last: VariationalProgress | None, now: VariationalProgress
+) -> VariationalProgress:
+    """``now`` with the spend of the QPU seconds billed since ``last`` (the same attempt's
+    previous report) added at each backend's current price; the workflow's costUSD grows
+    by as much, as the batches run, so the budget sees the loop's spend before it ends."""
+    before = last.qpuSeconds if last is not None else {}
+    spent = last.spentUSD if last is not None else 0.0
+    added = 0.0
+    for backend, seconds in now.qpuSeconds.items():
+        info = cyc.snap.backends.get(backend)
+        billed = seconds - before.get(backend, 0.0)
+        if info is not None and billed > 0:
+            added += billed * info.price_per_qpu_second
+    if added > 0:
+        cyc.status.costUSD = round(cyc.status.costUSD + added, 6)
+    return now.model_copy(update={"spentUSD": round(spent + added, 6)})
 
 
 def _routable(cyc: _Cycle, st: SubtaskStatus, to: Placement) -> bool:
@@ -630,6 +656,7 @@ def _final_progress(
             energy=result.get("lastEnergy"),
             bestEnergy=result.get("energy"),
             batches={str(k): int(v) for k, v in (result.get("batches") or {}).items()},
+            qpuSeconds={str(k): float(v) for k, v in (result.get("qpuSeconds") or {}).items()},
             updatedAt=last.updatedAt if last else None,
         )
     except (TypeError, ValueError):

@@ -47,3 +47,23 @@ class Prediction(NamedTuple):
     peak_memory_bytes: int  # pool: peak memory of the simulation; QPU: 0
     source: PredictionSource
     notes: tuple[str, ...] = ()
+
+
+def repeated(p: Prediction, times: int) -> Prediction:
+    """``p`` for ``times`` batches run one after another, as a variational loop runs them:
+    each batch queues and runs again, so durations, queue waits, run time and USD scale;
+    fidelity and peak memory do not. ``times`` under 1 counts as 1."""
+    n = max(times, 1)
+    if n == 1 or not p.feasible:
+        return p
+    return p._replace(
+        seconds_p10=p.seconds_p10 * n,
+        seconds_p50=p.seconds_p50 * n,
+        seconds_p90=p.seconds_p90 * n,
+        queue_seconds_p10=p.queue_seconds_p10 * n,
+        queue_seconds_p50=p.queue_seconds_p50 * n,
+        queue_seconds_p90=p.queue_seconds_p90 * n,
+        run_seconds=p.run_seconds * n,
+        usd=p.usd * n,
+        notes=(*p.notes, f"x{n} batches still to run"),
+    )

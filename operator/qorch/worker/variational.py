@@ -139,12 +139,18 @@ class Progress:
     best_energy: float | None = None
     route: str | None = None
     batches: collections.Counter[str] = field(default_factory=collections.Counter)
+    # QPU seconds the gateways reported (billed) per backend: the operator prices them.
+    qpu_seconds: dict[str, float] = field(default_factory=dict)
     energies: list[float] = field(default_factory=list)
     updated_at: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, resource: str, energy: float, iteration: int) -> None:
+    def record(
+        self, resource: str, energy: float, iteration: int, qpu_seconds: float = 0.0
+    ) -> None:
         with self.lock:
+            if qpu_seconds > 0:
+                self.qpu_seconds[resource] = self.qpu_seconds.get(resource, 0.0) + qpu_seconds
             self.evaluations += 1
             self.iterations = max(self.iterations, iteration)
             self.energy = energy
@@ -165,6 +171,7 @@ class Progress:
                 "bestEnergy": _rounded(self.best_energy),
                 "route": self.route,
                 "batches": dict(self.batches),
+                "qpuSeconds": {k: round(v, 6) for k, v in self.qpu_seconds.items()},
                 "updatedAt": self.updated_at,
             }
 
@@ -205,20 +212,23 @@ class Evaluator:
     def dimension(self) -> int:
         return len(self.parameters)
 
-    def energy(self, route: Route, point: np.ndarray, evaluation: int) -> float:
-        values = self._expectations(route, point, evaluation)
+    def energy(self, route: Route, point: np.ndarray, evaluation: int) -> tuple[float, float]:
+        """The batch's energy, and the QPU seconds its backend billed for it (0 locally)."""
+        values, qpu_seconds = self._expectations(route, point, evaluation)
         energy = float(sum(c * v for (_, c), v in zip(self.task.terms, values, strict=True)))
         if not math.isfinite(energy):  # JSON has no NaN: it would poison the status
             raise RuntimeError(f"batch {evaluation} on {route.name}: non-finite energy {energy}")
-        return energy
+        return energy, qpu_seconds
 
     def _bound(self, point: np.ndarray) -> Any:
         return self.circuit.assign_parameters(dict(zip(self.parameters, point, strict=True)))
 
-    def _expectations(self, route: Route, point: np.ndarray, evaluation: int) -> list[float]:
+    def _expectations(
+        self, route: Route, point: np.ndarray, evaluation: int
+    ) -> tuple[list[float], float]:
         observables = tuple(p for p, _ in self.task.terms)
         if route.kind == "pool":
-            return self._local(self._bound(point), observables)
+            return self._local(self._bound(point), observables), 0.0
         return self._loop.run_until_complete(
             self._remote(route, self._bound(point), observables, evaluation)
         )
@@ -239,7 +249,7 @@ class Evaluator:
 
     async def _remote(
         self, route: Route, bound: Any, observables: tuple[str, ...], evaluation: int
-    ) -> list[float]:
+    ) -> tuple[list[float], float]:
         from qiskit import qasm3
 
         from qorch.gateway.base import GatewayError, GatewayTarget, JobRequest
@@ -274,7 +284,8 @@ class Evaluator:
                     evs = (state.result or {}).get("expectationValues")
                     if not isinstance(evs, list) or len(evs) != len(observables):
                         raise GatewayError(f"job {job}: no expectation values", retryable=False)
-                    return [float(v) for v in evs]
+                    used = state.qpu_seconds
+                    return [float(v) for v in evs], used if math.isfinite(used) else 0.0
                 if state.phase in (JobPhase.ERROR, JobPhase.CANCELLED):
                     raise GatewayError(
                         f"job {job} on {route.name}: {state.phase}: {state.message}",
@@ -336,8 +347,8 @@ def optimise(
 
     def objective(point: np.ndarray) -> float:
         route = current_route()
-        value = evaluator.energy(route, point, progress.evaluations + 1)
-        progress.record(route.name, value, iteration[0])
+        value, qpu_seconds = evaluator.energy(route, point, progress.evaluations + 1)
+        progress.record(route.name, value, iteration[0], qpu_seconds)
         return value
 
     start = np.array(
@@ -364,6 +375,7 @@ def optimise(
         "evaluations": final["evaluations"],
         "converged": converged,
         "batches": final["batches"],
+        "qpuSeconds": final["qpuSeconds"],
         "parameters": {
             n: round(float(v), 8)
             for n, v in list(zip(names, point, strict=True))[:MAX_REPORTED_PARAMETERS]
