@@ -110,6 +110,7 @@ def _gateway(args: argparse.Namespace) -> int:
         max_queued=args.max_queued,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         min_job_seconds=args.min_job_seconds,
+        bill_held_seconds=args.bill_held_seconds,
     )
     logging.getLogger("qorch.gateway").info(
         "gateway for %s (%s, %d qubits%s) on %s:%d",
@@ -409,6 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="test and digital-twin aid (fake, aer): every job holds the device at least S "
         "seconds (a batch of n jobs n*S), so that queues hold jobs as a real device's do; "
         "default 0",
+    )
+    p.add_argument(
+        "--bill-held-seconds",
+        action="store_true",
+        help="test and demo aid (fake, aer): a job reports the seconds it held the device "
+        "as its billed QPU seconds, so a price set on the QuantumBackend charges for them "
+        "(a local simulator bills nothing by default)",
     )
     p.add_argument(
         "--state-dir",

@@ -40,7 +40,9 @@ def stack(
 ) -> Iterator[dict[str, Any]]:
     work = session_dir / "variational"
     work.mkdir(exist_ok=True)
-    aer = ("--provider", "aer", "--max-qubits", "4", "--price-per-qpu-second", "0.5")
+    # Priced simulators: each bills the seconds a batch held it (as a provider would).
+    aer = ("--provider", "aer", "--max-qubits", "4", "--price-per-qpu-second", "0.5",
+           "--bill-held-seconds")  # fmt: skip
     with (
         gateway_mod.running(work / "gw-a.log", *aer, "--backend", "aer_a") as gw_a,
         gateway_mod.running(work / "gw-b.log", *aer, "--backend", "aer_b") as gw_b,

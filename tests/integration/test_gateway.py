@@ -111,8 +111,19 @@ async def test_ghz_on_aer_gives_only_all_zeros_and_all_ones(aer: TestClient) -> 
     assert sum(counts.values()) == 4000
     # Binomial(4000, 0.5): 6 sigma is ~190 shots.
     assert abs(counts["000"] - 2000) < 190
-    # A local device bills the seconds it was held (what a price set on it charges for).
-    assert 0 < job["qpu_seconds"] <= job["execution_seconds"] + 0.05, job
+    assert job["qpu_seconds"] == 0  # a local simulator bills nothing ...
+
+
+async def test_a_local_device_can_bill_the_seconds_a_job_held_it() -> None:
+    # ... unless told to (a price set on its QuantumBackend then charges for them).
+    client = await _client(Provider.AER, "aer", max_qubits=4, bill_held_seconds=True,
+                           min_job_seconds=0.3)  # fmt: skip
+    try:
+        job = await run_job(client, job_id="billed", qasm=GHZ3, shots=100)
+    finally:
+        await client.close()
+    assert job["phase"] == "Done", job
+    assert 0.3 <= job["qpu_seconds"] <= job["execution_seconds"] + 0.05, job
 
 
 async def test_estimator_values_of_a_bell_state_within_tolerance(aer: TestClient) -> None:

@@ -36,6 +36,7 @@ from qorch.orchestrator import (
     WorkflowSnapshot,
     plan,
 )
+from qorch.orchestrator.plan import RoutePod
 from qorch.orchestrator.snapshot import MetricsView, MoveRequest
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -115,11 +116,17 @@ class World:
         self.status = p.status
         for a in p.actions:
             if isinstance(a, CreatePod) and a.pod_name not in self.pods:
-                self.pods[a.pod_name] = PodState(a.pod_name, a.subtask, a.attempt, PodPhase.GATED)
+                self.pods[a.pod_name] = PodState(
+                    a.pod_name, a.subtask, a.attempt, PodPhase.GATED,
+                    variational=a.route is not None, route=a.route, route_moves=a.moves,
+                )  # fmt: skip
             elif isinstance(a, ReleasePod):
                 pod = self.pods[a.pod_name]
                 if pod.phase is PodPhase.GATED:
-                    self.pods[a.pod_name] = replace(pod, phase=PodPhase.PENDING)
+                    self.pods[a.pod_name] = replace(pod, phase=PodPhase.PENDING, pool=a.pool)
+            elif isinstance(a, RoutePod) and a.pod_name in self.pods:
+                pod = self.pods[a.pod_name]
+                self.pods[a.pod_name] = replace(pod, route=a.route, route_moves=a.moves)
             elif isinstance(a, DeletePod):
                 self.pods.pop(a.pod_name, None)
             elif isinstance(a, SubmitJob):

@@ -193,6 +193,31 @@ def test_a_gated_pod_whose_requests_fit_the_new_pool_is_narrowed_not_replaced() 
     assert st.history[-1].event == "Moved" and "narrowed" in st.history[-1].message
 
 
+def test_a_narrow_whose_status_write_was_lost_is_read_back_from_the_pod_once() -> None:
+    w = World(
+        spec(classical("c"), resources={"classicalPools": [{"name": "cpu"}, {"name": "cpu2"}]})
+    )
+    w.cluster_pass = True
+    w.held = {"c": "waiting for room"}
+    w.step()
+    pod = w.sub("c").podName
+    before = w.status.model_copy(deep=True)
+    w.moves = {"c": MoveRequest(pool("cpu2"), "cpu2 has room sooner", how="narrow")}
+    w.step()  # released to cpu2 ...
+    assert w.pods[pod].pool == "cpu2"
+    w.status = before  # ... and the operator died before its status write
+    w.moves, w.held = {}, {}
+    p = w.step()
+    st = w.sub("c")
+    assert st.placement == pool("cpu2") and st.moves == 1 and st.attempts == 1
+    moved = [h.message for h in st.history if h.event == "Moved"]
+    assert len(moved) == 1 and "read back from pod" in moved[0], st.history
+    assert any(e.reason == "Moved" for e in p.events)
+    assert actions(p, ReleasePod) == [] and actions(p, DeletePod) == []
+    w.step()
+    assert w.sub("c").moves == 1  # counted once
+
+
 def test_a_running_simulation_is_relaunched_without_counting_a_failure() -> None:
     w = World(spec(circuit("q")))  # no backends: simulated on the cpu pool
     w.step()

@@ -87,7 +87,7 @@ def test_a_running_loop_is_rerouted_by_one_patch_and_shows_its_progress() -> Non
 
     w.moves = {"vqe": MoveRequest(backend("qb"), "cost here 1.0 vs there 0.2")}
     p = w.step()
-    assert p.actions == (RoutePod(pod, backend("qb")),)
+    assert p.actions == (RoutePod(pod, backend("qb"), moves=1),)
     st = w.sub("vqe")
     assert st.route == backend("qb") and st.moves == 1 and st.attempts == 1
     assert st.history[-1].event == "Rerouted"
@@ -97,6 +97,37 @@ def test_a_running_loop_is_rerouted_by_one_patch_and_shows_its_progress() -> Non
     # A pool other than its pod's would need another pod: not a re-route.
     w.moves = {"vqe": MoveRequest(Placement(kind=ResourceKind.POOL, name="gpu"), "faster")}
     assert not any(isinstance(a, RoutePod) for a in w.step().actions)
+
+
+def test_a_reroute_survives_a_lost_status_write_or_a_lost_patch() -> None:
+    w = world(vqe())
+    w.step()
+    pod = w.sub("vqe").podName
+    w.pod_phase(pod, PodPhase.RUNNING)
+    w.step()
+    before = w.status.model_copy(deep=True)
+    w.moves = {"vqe": MoveRequest(backend("qb"), "cheaper")}
+    w.step()  # the pod's annotation is patched ...
+    assert (w.pods[pod].route, w.pods[pod].route_moves) == (backend("qb"), 1)
+    w.status = before  # ... and the status write after it lost (the operator died)
+    w.moves = {}
+    p = w.step()
+    st = w.sub("vqe")
+    assert st.route == backend("qb") and st.moves == 1  # read back, counted once
+    assert st.history[-1].event == "Rerouted" and "read back" in st.history[-1].message
+    assert not any(isinstance(a, RoutePod) for a in p.actions)
+    w.step()
+    assert w.sub("vqe").moves == 1
+
+    # The other way round: the status was written, the patch was not (the apiserver
+    # refused it for a moment). The annotation is patched again; nothing is counted twice.
+    w.moves = {"vqe": MoveRequest(backend("qa"), "cheaper again")}
+    w.step()
+    w.moves = {}
+    w.pods[pod] = replace(w.pods[pod], route=backend("qb"), route_moves=1)
+    p = w.step()
+    assert p.actions == (RoutePod(pod, backend("qa"), moves=2),)
+    assert w.sub("vqe").route == backend("qa") and w.sub("vqe").moves == 2
 
 
 def test_reroutes_respect_the_move_cap_and_disabled_reallocation() -> None:

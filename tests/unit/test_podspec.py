@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from qorch.api.workflow import ClassicalPool, SubtaskSpec, Toleration, default_pools
+from qorch.api.workflow import (
+    ClassicalPool,
+    Placement,
+    ResourceKind,
+    SubtaskSpec,
+    Toleration,
+    default_pools,
+)
 from qorch.operator import handlers
 from qorch.operator.podspec import (
     ANNOTATION_WORKFLOW_NAME,
@@ -16,6 +23,7 @@ from qorch.operator.podspec import (
     INPUTS_DIR,
     LABEL_VALUE,
     LABEL_WORKFLOW,
+    POOL_ANNOTATION,
     ROUTE_ANNOTATION,
     ROUTE_DIR,
     build_pod,
@@ -244,11 +252,40 @@ def test_release_patch_narrows_adds_tolerations_and_removes_only_our_gate() -> N
     assert selector == {"zone": "a", "qorch.io/pool": "gpu"}  # existing keys are never changed
     tolerations = next(o for o in ops if o["path"] == "/spec/tolerations")["value"]
     assert tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
-    assert ops[-1] == {
+    gates = next(o for o in ops if o["op"] == "replace")
+    assert gates == {
         "op": "replace",
         "path": "/spec/schedulingGates",
         "value": [{"name": "other.io/quota"}],
     }
+    # The pool it goes to, in the same patch (a restart reads it back): the annotations
+    # map is created, or one key added to it (others left alone).
+    assert ops[-1] == {
+        "op": "add",
+        "path": "/metadata/annotations",
+        "value": {POOL_ANNOTATION: "gpu"},
+    }
+    pod["metadata"] = {"annotations": {"qorch.io/route": "{}"}}
+    added = release_patch(pod, pool)[-1]
+    assert added == {"op": "add", "path": "/metadata/annotations/qorch.io~1pool", "value": "gpu"}
+    meta = {"name": "p", "annotations": {POOL_ANNOTATION: "gpu"}}
+    released = pod_state({"metadata": meta, "spec": {}, "status": {}})
+    assert released.pool == "gpu"
+    gated = {"metadata": meta, "spec": {"schedulingGates": [{"name": GATE}]}, "status": {}}
+    assert pod_state(gated).pool is None  # not released (yet): not on any pool
+
+
+def test_pod_state_reads_the_route_and_its_move_count_back() -> None:
+    def state(route: str) -> Any:
+        meta = {"name": "p", "annotations": {ROUTE_ANNOTATION: route}}
+        return pod_state({"metadata": meta, "spec": {}, "status": {}})
+
+    pod = state('{"backendName":"b","kind":"backend","moves":3,"name":"qa","url":"http://g"}')
+    assert pod.variational and pod.route_moves == 3
+    assert pod.route == Placement(kind=ResourceKind.BACKEND, name="qa")
+    for bad in ("", "not json", '{"kind":"moon","name":"x"}', '["pool"]'):
+        assert (state(bad).route, state(bad).route_moves) == (None, 0), bad
+    assert state('{"kind":"pool","name":"cpu","moves":-1}').route_moves == 0
 
 
 def test_pod_state_reads_result_and_failure() -> None:

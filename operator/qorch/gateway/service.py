@@ -391,10 +391,14 @@ class GatewayService:
         max_queued: int = DEFAULT_MAX_QUEUED,
         state_dir: Path | None = None,
         min_job_seconds: float = 0.0,
+        bill_held_seconds: bool = False,
     ) -> None:
         """``min_job_seconds``: every job holds the device at least this long (a batch of
         n jobs n times as long) -- a test and digital-twin aid, so that a local simulator's
-        queue holds jobs as a real device's does; 0 for a real provider."""
+        queue holds jobs as a real device's does; 0 for a real provider.
+        ``bill_held_seconds``: a local device reports the seconds a batch held it as its
+        jobs' QPU seconds (a provider's own usage figure always wins)."""
+        self.bill_held_seconds = bill_held_seconds
         self.adapter = adapter
         self.metrics = metrics
         self.batch_size = batch_size
@@ -623,9 +627,9 @@ class GatewayService:
                     max(0.0, (record.started_at or time.time()) - record.submitted_at)
                 )
         pubs = max(1, len(result))
-        if not usage and not self._remote:
-            # A local device bills what it was held for (a price set on a fake or Aer
-            # backend emulates billing: its jobs cost what the operator predicted).
+        if not usage and not self._remote and self.bill_held_seconds:
+            # A local device billing what it was held for: a price set on a fake or Aer
+            # backend then charges, as a real provider's would.
             began = [r.started_at for r, _ in entries if r.started_at is not None]
             usage = max(time.time() - min(began), 0.0) if began else 0.0
         for record, index in entries:

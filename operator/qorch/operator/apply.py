@@ -111,7 +111,7 @@ class Applier:
                         worker_image=self.worker_image,
                         pool=pools[action.pool],
                         num_qubits=action.num_qubits,
-                        route=self._route(action.route) if action.route else None,
+                        route=self._route(action.route, action.moves) if action.route else None,
                         job_prefix=job_id(namespace, name, action.subtask, action.attempt),
                         inputs=action.inputs,
                         inputs_config_map=inputs_cm,
@@ -145,7 +145,11 @@ class Applier:
                     await self._store_result(body, action)
                 elif isinstance(action, RoutePod):
                     patch = {
-                        "metadata": {"annotations": {ROUTE_ANNOTATION: self._route(action.route)}}
+                        "metadata": {
+                            "annotations": {
+                                ROUTE_ANNOTATION: self._route(action.route, action.moves)
+                            }
+                        }
                     }
                     await asyncio.to_thread(
                         self.core.patch_namespaced_pod, action.pod_name, namespace, patch
@@ -182,10 +186,12 @@ class Applier:
             metrics.decisions(ev.reason)
         return events
 
-    def _route(self, route: Placement) -> str:
+    def _route(self, route: Placement, moves: int) -> str:
         """The ``qorch.io/route`` annotation (``qorch.worker.variational.Route``): a
-        backend's route names its gateway, as the operator itself reaches it."""
-        doc = {"kind": route.kind.value, "name": route.name}
+        backend's route names its gateway, as the operator itself reaches it; ``moves``
+        is the subtask's move count with this route (a restart that finds it above the
+        stored count knows the status write after the re-route was lost)."""
+        doc: dict[str, str | int] = {"kind": route.kind.value, "name": route.name, "moves": moves}
         target = self.targets.get(route.name) if route.kind is ResourceKind.BACKEND else None
         if target is not None:
             doc.update(url=target.url, backendName=target.backend_name)

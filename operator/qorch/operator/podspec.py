@@ -8,7 +8,13 @@ import re
 from typing import Any
 
 from qorch.api.meta import API_VERSION
-from qorch.api.workflow import ClassicalPool, ConfigMapKeyRef, SubtaskSpec
+from qorch.api.workflow import (
+    ClassicalPool,
+    ConfigMapKeyRef,
+    Placement,
+    ResourceKind,
+    SubtaskSpec,
+)
 from qorch.orchestrator.cluster import quantity
 from qorch.orchestrator.plan import DependencyResult
 from qorch.orchestrator.simulation import (
@@ -30,6 +36,7 @@ ANNOTATION_WORKFLOW_NAME = "qorch.io/workflow-name"
 RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
 METRICS_PORT = 9090  # `qorch worker` serves /metrics here (QORCH_METRICS_PORT)
 ROUTE_ANNOTATION = "qorch.io/route"  # where a variational pod sends its next batch
+POOL_ANNOTATION = "qorch.io/pool"  # the pool a pod was released to (set with the release)
 ROUTE_DIR = "/etc/qorch/route"
 GATEWAY_TOKEN_DIR = "/var/run/secrets/qorch/gateway"
 GATEWAY_AUDIENCE = "qorch-gateway"
@@ -317,6 +324,15 @@ def release_patch(pod: dict[str, Any], pool: ClassicalPool) -> list[dict[str, An
         ops.append({"op": "add", "path": "/spec/tolerations", "value": tolerations})
     remaining = [g for g in gates if g.get("name") != GATE]
     ops.append({"op": "replace", "path": "/spec/schedulingGates", "value": remaining})
+    # In the same patch: the pool it went to, for a restart to read back when the status
+    # write after a narrow was lost.
+    if pod.get("metadata", {}).get("annotations"):
+        path = "/metadata/annotations/" + POOL_ANNOTATION.replace("~", "~0").replace("/", "~1")
+        ops.append({"op": "add", "path": path, "value": pool.name})
+    else:
+        ops.append(
+            {"op": "add", "path": "/metadata/annotations", "value": {POOL_ANNOTATION: pool.name}}
+        )
     return ops
 
 
@@ -350,6 +366,8 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     if phase_raw == "Failed" and not message:
         message = status.get("message") or status.get("reason") or "pod failed"
     usage = _usage(result.pop("usage", None)) if result is not None else None
+    annotations = meta.get("annotations") or {}
+    route, route_moves = _route(annotations.get(ROUTE_ANNOTATION))
     return PodState(
         name=meta["name"],
         subtask=labels.get(LABEL_SUBTASK, ""),
@@ -361,8 +379,25 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         deleting=bool(meta.get("deletionTimestamp")),
         usage=usage,
         ip=status.get("podIP") or None,
-        variational=ROUTE_ANNOTATION in (meta.get("annotations") or {}),
+        variational=ROUTE_ANNOTATION in annotations,
+        pool=None if GATE in gates else (annotations.get(POOL_ANNOTATION) or None),
+        route=route,
+        route_moves=route_moves,
     )
+
+
+def _route(raw: Any) -> tuple[Placement | None, int]:
+    """A variational pod's ``qorch.io/route`` annotation: where its batches go, and the
+    subtask's move count when that was set (see ``Applier``); (None, 0) when unreadable."""
+    try:
+        doc = json.loads(raw) if isinstance(raw, str) and raw else None
+        if not isinstance(doc, dict):
+            return None, 0
+        moves = doc.get("moves", 0)
+        placement = Placement(kind=ResourceKind(str(doc.get("kind"))), name=str(doc.get("name")))
+        return placement, moves if isinstance(moves, int) and moves >= 0 else 0
+    except (ValueError, TypeError):
+        return None, 0
 
 
 def _usage(raw: Any) -> dict[str, float | str] | None:

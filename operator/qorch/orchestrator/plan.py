@@ -33,7 +33,13 @@ from qorch.api.workflow import (
 from qorch.orchestrator.lifecycle import ACTIVE, TERMINAL, check_transition
 from qorch.orchestrator.outcomes import job_outcome, pod_outcome, predicted_outcome
 from qorch.orchestrator.placement import Infeasible, PlacementPolicy
-from qorch.orchestrator.snapshot import JobPhase, JobState, PodPhase, WorkflowSnapshot
+from qorch.orchestrator.snapshot import (
+    JobPhase,
+    JobState,
+    PodPhase,
+    PodState,
+    WorkflowSnapshot,
+)
 from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded, bounded_name
 from qorch.orchestrator.validation import validate
 
@@ -63,6 +69,7 @@ class CreatePod:
     route: Placement | None = None  # variational: where its first batch goes
     # The results of the subtasks it depends on, mounted as files <dependency>.json.
     inputs: tuple[DependencyResult, ...] = ()
+    moves: int = 0  # variational: the subtask's moves so far (written beside its route)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class RoutePod:
 
     pod_name: str
     route: Placement
+    moves: int = 0  # the subtask's moves with this route (written beside it on the pod)
 
 
 @dataclass(frozen=True)
@@ -517,7 +525,15 @@ def _narrow(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, to: Placement, rea
     """A gated pod whose requests fit the new pool as they are: released there, the same
     pod (nothing to cancel or recreate). Its scheduling directives are only added at
     release, so this narrows a pod that was never bound anywhere."""
-    assert st.placement is not None and st.podName is not None
+    assert st.podName is not None
+    _narrow_recorded(cyc, sub, st, to, reason)
+    cyc.actions.append(ReleasePod(st.podName, to.name))
+
+
+def _narrow_recorded(
+    cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, to: Placement, reason: str
+) -> None:
+    assert st.placement is not None
     was = st.placement.name
     st.placement = to
     st.moves += 1
@@ -527,7 +543,18 @@ def _narrow(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, to: Placement, rea
         -MAX_HISTORY:
     ]
     cyc.event("Moved", f"{sub.name}: {message}")
-    cyc.actions.append(ReleasePod(st.podName, to.name))
+
+
+def _narrowed_before(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, pool: str) -> None:
+    """The pod was released to another pool than the status says: a narrow whose status
+    write was lost (a restart between the release and the write). Adopted, counted once."""
+    if pool not in {p.name for p in cyc.snap.spec.resources.classicalPools}:
+        return
+    assert st.placement is not None
+    _narrow_recorded(
+        cyc, sub, st, Placement(kind=ResourceKind.POOL, name=pool),
+        f"read back from pod {st.podName}: the status write after the narrow was lost",
+    )  # fmt: skip
 
 
 def _qubits(cyc: _Cycle, sub: SubtaskSpec) -> int | None:
@@ -540,8 +567,9 @@ def _create_pod(
 ) -> CreatePod:
     assert st.podName is not None
     return CreatePod(
-        sub.name, st.attempts, st.podName, pool, _qubits(cyc, sub), route, _inputs(cyc, sub)
-    )
+        sub.name, st.attempts, st.podName, pool, _qubits(cyc, sub), route, _inputs(cyc, sub),
+        st.moves,
+    )  # fmt: skip
 
 
 def _inputs(cyc: _Cycle, sub: SubtaskSpec) -> tuple[DependencyResult, ...]:
@@ -579,7 +607,9 @@ def _track_variational(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None
         if pod.progress is not None:
             st.progress = _priced(cyc, st.progress, pod.progress)
         cyc.requeue_in(cyc.snap.config.progress_poll)
-    request = cyc.snap.moves.get(sub.name)
+    # A route read back from the pod first; a move the pass asks for waits a cycle then.
+    reconciled = pod is not None and not pod.deleting and _reconcile_route(cyc, st, pod)
+    request = None if reconciled else cyc.snap.moves.get(sub.name)
     if (
         request is not None
         and pod is not None
@@ -604,7 +634,7 @@ def _track_variational(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None
                 ),
             ),
         ][-MAX_HISTORY:]
-        cyc.actions.append(RoutePod(pod.name, request.to))
+        cyc.actions.append(RoutePod(pod.name, request.to, st.moves))
         cyc.event("Rerouted", f"{sub.name}: next batches from {was} to {request.to.name}: {reason}")
     finished = st.phase is SubtaskPhase.SUCCEEDED
     _track_pod(cyc, sub, st)
@@ -634,6 +664,31 @@ def _priced(
     if added > 0:
         cyc.status.costUSD = round(cyc.status.costUSD + added, 6)
     return now.model_copy(update={"spentUSD": round(spent + added, 6)})
+
+
+def _reconcile_route(cyc: _Cycle, st: SubtaskStatus, pod: PodState) -> bool:
+    """Reconcile the stored route with the pod's annotation (they differ only when a
+    re-route's patch or its status write was lost). A route set by a later move than the
+    status knows (the status write was lost) is adopted and counted once; otherwise the
+    annotation lags (the patch failed) and is patched again. True when they differed."""
+    if pod.route is None or st.route is None or pod.route == st.route:
+        return False
+    if pod.route_moves > st.moves and _routable(cyc, st, pod.route):
+        was = st.route.name
+        st.route = pod.route
+        st.moves = pod.route_moves
+        message = bounded(
+            f"next batches from {was} to {pod.route.name} (read back from pod {pod.name}: "
+            "the status write after the re-route was lost)",
+            SHORT_LIMIT,
+        )
+        st.history = [*st.history, HistoryEntry(time=cyc.now, event="Rerouted", message=message)][
+            -MAX_HISTORY:
+        ]
+        cyc.event("Rerouted", f"{st.name}: {message}")
+    elif pod.phase is not PodPhase.SUCCEEDED and pod.phase is not PodPhase.FAILED:
+        cyc.actions.append(RoutePod(pod.name, st.route, st.moves))
+    return True
 
 
 def _routable(cyc: _Cycle, st: SubtaskStatus, to: Placement) -> bool:
@@ -683,6 +738,8 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
     if pod.phase is PodPhase.GATED:
         _release_when_committed(cyc, sub, st, pod.name)
         return
+    if pod.pool is not None and pod.pool != st.placement.name:
+        _narrowed_before(cyc, sub, st, pod.pool)
     observed = {
         PodPhase.PENDING: (_Seen.WAITING, f"pod {pod.name} released to pool {st.placement.name}"),
         PodPhase.RUNNING: (_Seen.RUNNING, f"pod {pod.name} running on node {pod.node}"),

@@ -46,6 +46,13 @@ class PodState:
     progress: VariationalProgress | None = None
     ip: str | None = None  # status.podIP
     variational: bool = False  # runs a variational loop (serves /progress)
+    # Where the pod was released (its ``qorch.io/pool`` annotation; None while gated) and,
+    # for a variational pod, the route its annotation holds and the subtask's move count
+    # when that route was set: what a restart reads back if the status write after a
+    # narrow or a re-route was lost.
+    pool: str | None = None
+    route: Placement | None = None
+    route_moves: int = 0
 
 
 class JobPhase(StrEnum):
