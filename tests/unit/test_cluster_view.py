@@ -11,7 +11,7 @@ from qorch.orchestrator.cluster import ClusterDecision, Move, Place, Stage, Wait
 from qorch.orchestrator.cluster_view import backend_loads, requests_for, workflow_entry
 from qorch.orchestrator.placement import DecidedPolicy, Infeasible
 from qorch.orchestrator.prediction import MODEL, QPU, Prediction
-from qorch.orchestrator.snapshot import PodPhase
+from qorch.orchestrator.snapshot import MoveRequest, PodPhase
 from tests.unit.test_plan import World, circuit, classical, spec
 
 B = Placement(kind=ResourceKind.BACKEND, name="qpu-b")
@@ -115,3 +115,20 @@ def test_a_queued_job_carries_its_gateway_queue_position() -> None:
     w.step()
     entry = workflow_entry(w.snapshot(), "ns/wf").subtasks["q"]
     assert entry.stage is Stage.QUEUED and entry.jobs_ahead == 7
+
+
+def test_a_reroute_counts_as_a_move_for_hysteresis_and_says_where_it_came_from() -> None:
+    from tests.unit.test_plan_variational import backend, vqe
+    from tests.unit.test_plan_variational import world as vqe_world
+
+    w = vqe_world(vqe())
+    w.step()
+    w.pod_phase(w.sub("vqe").podName, PodPhase.RUNNING)
+    w.step()
+    assert workflow_entry(w.snapshot(), "ns/wf").subtasks["vqe"].last_moved is None
+    w.moves = {"vqe": MoveRequest(backend("qb"), "cheaper")}
+    w.step()
+    entry = workflow_entry(w.snapshot(), "ns/wf").subtasks["vqe"]
+    # Going back to qa needs the hysteresis too, and a recent move is recent.
+    assert entry.resource == "qb" and entry.moved_from == "qa" and entry.moves == 1
+    assert entry.last_moved == w.now

@@ -190,6 +190,7 @@ def test_a_gated_pod_whose_requests_fit_the_new_pool_is_narrowed_not_replaced() 
     assert actions(p, DeletePod) == [] and actions(p, CreatePod) == []
     st = w.sub("c")
     assert st.placement == pool("cpu2") and st.moves == 1 and st.attempts == 1
+    assert st.movedFrom == "cpu"  # a move back needs the hysteresis too
     assert st.history[-1].event == "Moved" and "narrowed" in st.history[-1].message
 
 
@@ -240,6 +241,7 @@ def test_a_running_simulation_is_relaunched_without_counting_a_failure() -> None
     assert [(a.pod_name, a.pool) for a in actions(start, CreatePod)] == [("wf-q-2", "gpu")]
     st = w.sub("q")
     assert st.moves == 1 and st.failures == 0 and st.attempts == 2 and st.moving is None
+    assert st.movedFrom == "cpu"
 
 
 def test_a_simulation_that_finishes_before_its_relaunch_keeps_its_result() -> None:

@@ -547,6 +547,12 @@ class SubtaskStatus(StrictModel):
         default=None, description="Since when the job's gateway has not answered."
     )
     moves: int = Field(default=0, ge=0)
+    movedFrom: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Where its last move (or re-route) took it from: moving back there "
+        "needs the reallocation's hysteresis on top of its threshold.",
+    )
     route: Placement | None = Field(
         default=None,
         description="Variational subtasks: where the next batch goes (a backend, or the "

@@ -84,7 +84,7 @@ def stage_of(snap: WorkflowSnapshot, st: SubtaskStatus, deps: Iterable[str]) -> 
 
 
 def _last_move(st: SubtaskStatus) -> dt.datetime | None:
-    moved = [h.time for h in st.history if h.event == "Moved"]
+    moved = [h.time for h in st.history if h.event in ("Moved", "Rerouted")]
     return _time(moved[-1]) if moved else None
 
 
@@ -116,6 +116,7 @@ def workflow_entry(snap: WorkflowSnapshot, key: str) -> WorkflowEntry:
             num_qubits=info.num_qubits if info else None,
             moves=st.moves,
             last_moved=_last_move(st),
+            moved_from=st.movedFrom,
         )
     return WorkflowEntry(
         key=key,

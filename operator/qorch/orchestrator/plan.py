@@ -508,6 +508,7 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
     intent, was = st.moving, st.placement.name
     st.moving = None
     st.moves += 1
+    st.movedFrom = was
     st.history = [
         *st.history,
         HistoryEntry(
@@ -537,6 +538,7 @@ def _narrow_recorded(
     was = st.placement.name
     st.placement = to
     st.moves += 1
+    st.movedFrom = was
     st.predicted = predicted_outcome(cyc.snap.predictions.get((sub.name, to.name)))
     message = bounded(f"from {was} to {to.name} (the gated pod, narrowed): {reason}", SHORT_LIMIT)
     st.history = [*st.history, HistoryEntry(time=cyc.now, event="Moved", message=message)][
@@ -621,6 +623,7 @@ def _track_variational(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None
         and st.moves < cyc.snap.spec.reallocation.maxMovesPerSubtask
     ):
         was = st.route.name if st.route else "?"
+        st.movedFrom = st.route.name if st.route else None
         st.route = request.to
         st.moves += 1
         reason = bounded(request.reason, 1024)
@@ -675,6 +678,7 @@ def _reconcile_route(cyc: _Cycle, st: SubtaskStatus, pod: PodState) -> bool:
         return False
     if pod.route_moves > st.moves and _routable(cyc, st, pod.route):
         was = st.route.name
+        st.movedFrom = was
         st.route = pod.route
         st.moves = pod.route_moves
         message = bounded(
