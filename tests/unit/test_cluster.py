@@ -739,6 +739,25 @@ def test_a_running_variational_loop_is_rerouted_only_to_a_backend_or_its_own_poo
     assert [m.target.name for m in local.moves] == ["cpu"]
 
 
+def test_a_loop_whose_optimizer_requests_gpus_is_only_simulated_on_a_gpu_pool() -> None:
+    resources = ClassicalResources(gpu=1)
+    loop = SubtaskSpec(
+        name="a",
+        variational=VariationalSpec(
+            qasm=QASM, hamiltonian=[PauliTerm(pauli="ZZ", coefficient=1)], resources=resources
+        ),
+    )
+    wf = spec([loop], backends=("qa",), pools=(CPU, GPU), preset=ObjectivePreset.SPEED)
+    predictions: Predictions = {
+        ("a", "qa"): qpu("a", "qa", 5000.0),
+        ("a", "cpu"): sim("a", "cpu", 1.0),  # fastest, but the pod would get no GPU there
+        ("a", "gpu"): sim("a", "gpu", 60.0),
+    }
+    sub = SubtaskEntry("a", Stage.READY, num_qubits=2)
+    snap = ClusterSnapshot(NOW, [entry("ns/w", wf, [sub], predictions)], {"qa": load("qa")})
+    assert [p.placement.name for p in decide(snap).places] == ["gpu"]
+
+
 def test_a_running_simulation_is_relaunched_only_when_the_gain_pays_for_lost_progress() -> None:
     roomy = {"cpu": ROOMY, "gpu": PoolCapacity(64, 256 * GIB, 4)}
 

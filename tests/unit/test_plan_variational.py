@@ -238,3 +238,22 @@ def test_progress_from_a_pod_is_finite_and_bounded_or_refused() -> None:
             VariationalProgress.model_validate(bad)
     ok = VariationalProgress.model_validate({"energy": -1.5, "batches": {"qa": 3}})
     assert ok.model_dump(mode="json")["energy"] == -1.5
+
+
+def test_a_loop_whose_optimizer_requests_gpus_runs_on_a_gpu_pool_or_is_refused() -> None:
+    w = world(vqe(resources={"gpu": 1}), pool_qubits=28)
+    create = next(a for a in w.step().actions if isinstance(a, CreatePod))
+    assert create.pool == "gpu" and create.route == backend("qa")
+    # Simulated in its pod (no backend healthy): only on a GPU pool, never the CPU one.
+    w = world(vqe(resources={"gpu": 1}), pool_qubits=28)
+    w.backends = {n: replace(b, healthy=False) for n, b in BACKENDS.items()}
+    create = next(a for a in w.step().actions if isinstance(a, CreatePod))
+    assert create.pool == "gpu" and create.route == Placement(kind=ResourceKind.POOL, name="gpu")
+    # No GPU pool at all: the spec names the problem, and nothing is created.
+    s = spec(vqe(resources={"gpu": 1}), resources={"quantumBackends": ["qa"],
+             "classicalPools": [{"name": "cpu", "maxQubits": 28}]})  # fmt: skip
+    bad = World(s, BACKENDS, {"vqe": CircuitInfo(num_qubits=2, depth=2, parameters=("t",))})
+    p = bad.step()
+    assert not any(isinstance(a, CreatePod) for a in p.actions)
+    assert bad.status.phase.value == "Failed"
+    assert any("requests GPUs" in c.message for c in bad.status.conditions)

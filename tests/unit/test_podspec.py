@@ -31,6 +31,7 @@ from qorch.operator.podspec import (
     release_patch,
     workflow_label,
 )
+from qorch.orchestrator.cluster import PodRequest, pod_request, quantity
 from qorch.orchestrator.plan import DependencyResult
 from qorch.orchestrator.simulation import (
     GIB,
@@ -410,3 +411,27 @@ def test_a_variational_pod_reads_its_route_and_inputs_from_volumes() -> None:
     assert container["resources"]["requests"]["cpu"] == "250m"
     assert memory_bytes(container["resources"]["requests"]["memory"]) >= 256 << 20
     assert pod["spec"]["automountServiceAccountToken"] is False  # no apiserver token
+
+
+def test_a_variational_pod_is_sized_for_what_may_run_in_it_and_gets_its_gpus() -> None:
+    def requests(qubits: int, pool: ClassicalPool, **resources: Any) -> dict[str, str]:
+        sub = SubtaskSpec.model_validate(
+            {"name": "vqe", "variational": {
+                "qasm": "OPENQASM 3.0; input float[64] t; qubit[2] q; ry(t) q[0];",
+                "hamiltonian": [{"pauli": "ZZ", "coefficient": 1.0}],
+                "resources": {"memory": "256Mi", **resources}}}
+        )  # fmt: skip
+        pod = build_pod(workflow=WORKFLOW, subtask=sub, attempt=1, pod_name="p",
+                        worker_image="img", pool=pool, num_qubits=qubits)  # fmt: skip
+        reqs: dict[str, str] = pod["spec"]["containers"][0]["resources"]["requests"]
+        assert pod_request(sub, pool, qubits) == PodRequest(
+            quantity(reqs["cpu"]), quantity(reqs["memory"]), float(reqs.get("nvidia.com/gpu", 0))
+        )  # the cluster pass charges what the pod requests
+        return reqs
+
+    # 26 qubits may be simulated on a 28-qubit pool: room for the state (1 GiB).
+    assert memory_bytes(requests(26, CPU)["memory"]) > 1 << 30
+    # 40 qubits never are (its batches only go to backends): its own request only.
+    assert memory_bytes(requests(40, CPU)["memory"]) == 256 << 20
+    gpu_pool = ClassicalPool(name="gpu", gpu=True, maxQubits=30)
+    assert requests(2, gpu_pool, gpu=1)["nvidia.com/gpu"] == "1"

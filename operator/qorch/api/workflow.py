@@ -206,6 +206,11 @@ class VariationalSpec(StrictModel):
         return self
 
     @property
+    def wants_gpu(self) -> bool:
+        """Its optimizer pod requests GPUs: it runs (and simulates) on a GPU pool only."""
+        return self.resources.gpu > 0
+
+    @property
     def max_evaluations(self) -> int:
         """The most batches the loop sends (``qorch worker``): COBYLA one per iteration;
         SPSA two per iteration and ten to calibrate its learning rate."""

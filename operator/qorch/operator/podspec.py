@@ -134,10 +134,15 @@ def build_pod(
                 {"name": "QORCH_METRICS_PORT", "value": str(METRICS_PORT)},
             ]
         )
-        # The optimizer may simulate its batches here (a pool route): room for the state.
-        room = max(worker_memory_bytes(num_qubits), int(quantity(var.resources.memory)))
+        # The optimizer may simulate its batches here (a pool route, where the pool holds
+        # the ansatz): room for the state.
+        simulable = num_qubits is None or num_qubits <= pool.maxQubits
+        state = worker_memory_bytes(num_qubits) if simulable else 0
+        room = max(state, int(quantity(var.resources.memory)))
         requests = {"cpu": var.resources.cpu, "memory": memory_quantity(room)}
         limits = {"memory": requests["memory"]}
+        if var.resources.gpu:
+            requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(var.resources.gpu)
         container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
         annotations.update(
             {

@@ -83,7 +83,12 @@ from qorch.api.workflow import (
 from qorch.orchestrator.cost import CandidateScore, Objective, Ranking, Workflow, WorkflowCost
 from qorch.orchestrator.cost import usable as _usable
 from qorch.orchestrator.prediction import QPU, Prediction
-from qorch.orchestrator.simulation import runs_on_gpu, simulation_method, worker_memory_bytes
+from qorch.orchestrator.simulation import (
+    memory_quantity,
+    runs_on_gpu,
+    simulation_method,
+    worker_memory_bytes,
+)
 from qorch.orchestrator.snapshot import BackendInfo
 from qorch.orchestrator.text import SHORT_LIMIT, bounded
 
@@ -278,10 +283,14 @@ def pod_request(sub: SubtaskSpec, pool: ClassicalPool, num_qubits: int | None) -
         return PodRequest(quantity(r.cpu), quantity(r.memory), float(r.gpu))
     if sub.variational is not None:
         r = sub.variational.resources
-        memory = max(quantity(r.memory), float(worker_memory_bytes(num_qubits)))
-        return PodRequest(quantity(r.cpu), memory, 0.0)
+        # Room for the state only where its batches may be simulated in the pod.
+        simulable = num_qubits is None or num_qubits <= pool.maxQubits
+        state = worker_memory_bytes(num_qubits) if simulable else 0
+        room = quantity(memory_quantity(max(int(quantity(r.memory)), state)))
+        return PodRequest(quantity(r.cpu), room, float(r.gpu))
     gpu = pool.gpu and (num_qubits is None or runs_on_gpu(simulation_method(num_qubits)))
-    return PodRequest(1.0, float(worker_memory_bytes(num_qubits)), 1.0 if gpu else 0.0)
+    memory = quantity(memory_quantity(worker_memory_bytes(num_qubits)))
+    return PodRequest(1.0, memory, 1.0 if gpu else 0.0)
 
 
 # ---- adjusted predictions --------------------------------------------------------------
@@ -634,6 +643,9 @@ class _Pass:
                 pool = flow.pools.get(r)
                 if pool is not None and s.num_qubits is not None and s.num_qubits > pool.maxQubits:
                     continue  # the pool's maxQubits: larger circuits are not simulated there
+                loop = flow.specs[name].variational if name in flow.specs else None
+                if pool is not None and loop is not None and loop.wants_gpu and not pool.gpu:
+                    continue  # its optimizer pod requests GPUs
                 req = self._request(flow, s, r)
                 if req is None:
                     continue

@@ -24,6 +24,8 @@ class PlacementPolicy(Protocol):
 def _pool_fits(pool: ClassicalPool, subtask: SubtaskSpec, qubits: int | None) -> bool:
     if subtask.classical is not None:
         return pool.gpu or subtask.classical.resources.gpu == 0
+    if subtask.variational is not None and subtask.variational.wants_gpu and not pool.gpu:
+        return False  # its optimizer pod requests GPUs
     return qubits is None or qubits <= pool.maxQubits
 
 

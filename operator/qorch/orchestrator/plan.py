@@ -386,7 +386,9 @@ def _start(
         st.route = decision
         st.progress = None  # a new attempt starts its loop (and its spend) afresh
         if decision.kind is ResourceKind.BACKEND:
-            decision = Placement(kind=ResourceKind.POOL, name=_optimizer_pool(cyc))
+            decision = Placement(
+                kind=ResourceKind.POOL, name=_optimizer_pool(cyc, sub.variational.wants_gpu)
+            )
     st.placement = decision
     # The prediction this placement was made on, kept beside the outcome to come.
     st.predicted = predicted_outcome(cyc.snap.predictions.get((sub.name, (route or decision).name)))
@@ -593,10 +595,12 @@ def inputs_config_map(pod: str) -> str:
     return bounded_name(pod, NAME_LIMIT, "-inputs")
 
 
-def _optimizer_pool(cyc: _Cycle) -> str:
+def _optimizer_pool(cyc: _Cycle, gpu: bool) -> str:
     """Where a variational loop's optimizer runs when its batches go to a QPU: the first
-    CPU pool (validation guarantees there is a pool)."""
+    CPU pool, or GPU pool when its pod requests GPUs (validation guarantees there is one)."""
     pools = cyc.snap.spec.resources.classicalPools
+    if gpu:
+        pools = [p for p in pools if p.gpu] or pools
     return sorted(pools, key=lambda p: p.gpu)[0].name
 
 

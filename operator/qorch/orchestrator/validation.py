@@ -83,9 +83,11 @@ def validate(
                     f"spec.resources.quantumBackends[{j}]", f"unknown QuantumBackend {backend!r}"
                 )
             )
-    if any(s.classical and s.classical.resources.gpu for s in spec.subtasks) and not any(
-        p.gpu for p in spec.resources.classicalPools
-    ):
+    wants_gpu = any(
+        (s.classical and s.classical.resources.gpu) or (s.variational and s.variational.wants_gpu)
+        for s in spec.subtasks
+    )
+    if wants_gpu and not any(p.gpu for p in spec.resources.classicalPools):
         errors.append(
             SpecError(
                 "spec.resources.classicalPools", "a subtask requests GPUs but no pool has gpu: true"
