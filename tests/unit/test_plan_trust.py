@@ -22,7 +22,7 @@ from qorch.orchestrator import (
     job_id,
     pod_name,
 )
-from qorch.orchestrator.plan import STATUS_BUDGET_BYTES, result_config_map
+from qorch.orchestrator.plan import STATUS_BUDGET_BYTES, loop_job_prefix, result_config_map
 from qorch.orchestrator.text import MESSAGE_LIMIT
 from tests.unit.test_plan import T0, World, circuit, classical, spec
 
@@ -175,6 +175,10 @@ def test_child_names_stay_within_kubernetes_limits_for_the_longest_names() -> No
     assert pod_name(wf, sub, 10) != pod_name(wf[:-1] + "x", sub, 10)
     assert pod_name(wf, sub, 10).endswith(f"-{sub}-10")
     assert len(job_id(ns, wf, sub, 10)) <= 253
+    # A variational loop's batch jobs: the prefix leaves room for the largest batch number.
+    last_batch = f"{loop_job_prefix(ns, wf, sub, 10)}.e{2 * 10000 + 10}"
+    assert len(last_batch) <= 253 and last_batch.split(".")[-3:] == [sub, "10", "e20010"]
+    assert loop_job_prefix("ns", "wf", "vqe", 1) == job_id("ns", "wf", "vqe", 1) == "ns.wf.vqe.1"
     assert len(result_config_map(wf, sub)) <= 253
     assert pod_name("short", "a", 1) == "short-a-1"  # short names are unchanged
 

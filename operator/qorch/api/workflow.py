@@ -178,7 +178,7 @@ class VariationalSpec(StrictModel):
         default=None,
         max_length=MAX_QASM_BYTES,
         description="OpenQASM 3 source of the ansatz; its parameters are `input float[64]` "
-        "declarations, ordered by name.",
+        "declarations, in the order declared (initialPoint and the result follow it).",
     )
     configMapRef: ConfigMapKeyRef | None = Field(
         default=None, description="ConfigMap key holding the ansatz source instead of qasm."

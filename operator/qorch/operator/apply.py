@@ -43,7 +43,7 @@ from qorch.orchestrator.plan import (
     StoreResult,
     SubmitJob,
     inputs_config_map,
-    job_id,
+    loop_job_prefix,
 )
 from qorch.orchestrator.snapshot import PodPhase, PodState, WorkflowSnapshot
 from qorch.orchestrator.text import SHORT_LIMIT, bounded
@@ -112,7 +112,7 @@ class Applier:
                         pool=pools[action.pool],
                         num_qubits=action.num_qubits,
                         route=self._route(action.route, action.moves) if action.route else None,
-                        job_prefix=job_id(namespace, name, action.subtask, action.attempt),
+                        job_prefix=loop_job_prefix(namespace, name, action.subtask, action.attempt),
                         inputs=action.inputs,
                         inputs_config_map=inputs_cm,
                     )

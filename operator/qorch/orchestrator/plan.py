@@ -162,6 +162,18 @@ def job_id(namespace: str, workflow: str, subtask: str, attempt: int) -> str:
     return bounded_name(f"{namespace}.{workflow}", NAME_LIMIT, f".{subtask}.{attempt}")
 
 
+# A variational loop names its batches' jobs ``<prefix>.e<evaluation>``: room for that.
+LOOP_JOB_SUFFIX_MAX = len(".e") + 8
+
+
+def loop_job_prefix(namespace: str, workflow: str, subtask: str, attempt: int) -> str:
+    """The prefix of a variational loop's gateway jobs: with its batch suffix, a job id
+    is a DNS subdomain too (at most ``NAME_LIMIT``) however long the names are."""
+    return bounded_name(
+        f"{namespace}.{workflow}", NAME_LIMIT - LOOP_JOB_SUFFIX_MAX, f".{subtask}.{attempt}"
+    )
+
+
 def result_config_map(workflow: str, subtask: str) -> str:
     return bounded_name(workflow, NAME_LIMIT, f"-{subtask}-result")
 

@@ -25,6 +25,7 @@ import collections
 import datetime as dt
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -176,6 +177,20 @@ class Progress:
             }
 
 
+INPUT_DECLARATION = re.compile(r"\binput\s+(?:float|angle)\s*(?:\[\s*\d+\s*\])?\s+(\w+)\s*;")
+
+
+def declaration_order(qasm: str, parameters: list[Any]) -> list[Any]:
+    """The ansatz's parameters in the order its ``input`` declarations give them (what a
+    user writing ``initialPoint`` reads); any the declarations do not name follow, by name.
+    (Qiskit lists them by name, so ``t10`` would come before ``t2``.)"""
+    by_name = {p.name: p for p in parameters}
+    declared = [
+        by_name.pop(n) for n in dict.fromkeys(INPUT_DECLARATION.findall(qasm)) if n in by_name
+    ]
+    return declared + sorted(by_name.values(), key=lambda p: p.name)
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 8)
 
@@ -195,7 +210,7 @@ class Evaluator:
         except CircuitError as exc:
             raise BadInputError(f"QORCH_QASM: {exc}") from None
         self.circuit = circuit.remove_final_measurements(inplace=False)
-        self.parameters = sorted(self.circuit.parameters, key=lambda p: p.name)
+        self.parameters = declaration_order(task.ansatz_qasm, list(self.circuit.parameters))
         if not self.parameters:
             raise BadInputError("QORCH_QASM: the ansatz has no parameters (input float ...)")
         for pauli, _ in task.terms:
