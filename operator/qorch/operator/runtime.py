@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import logging
 import math
 import time
@@ -50,6 +51,7 @@ from qorch.quantum import circuits
 CIRCUIT_CACHE_SIZE = 1024
 # The fields of a variational progress that a worker reports (the spend is the operator's).
 REPORTED_PROGRESS = frozenset(VariationalProgress.model_fields) - {"spentUSD"}
+PROGRESS_MAX_BYTES = 64 * 1024
 
 
 def make_gateway(settings: OperatorSettings, targets: dict[str, GatewayTarget]) -> GatewayClient:
@@ -213,7 +215,8 @@ class Runtime:
         async def read(pod: PodState) -> PodState:
             if not (pod.variational and pod.ip and pod.phase is PodPhase.RUNNING):
                 return pod
-            url = f"http://{pod.ip}:{METRICS_PORT}/progress"
+            host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip  # an IPv6 pod address
+            url = f"http://{host}:{METRICS_PORT}/progress"
             try:
                 if self._progress_session is None or self._progress_session.closed:
                     self._progress_session = aiohttp.ClientSession(
@@ -222,7 +225,11 @@ class Runtime:
                 async with self._progress_session.get(url) as resp:
                     if resp.status != 200:
                         return pod
-                    doc = await resp.json(content_type=None)
+                    # It comes from inside a pod: a bounded read (a progress is ~1 KiB).
+                    body = await resp.content.read(PROGRESS_MAX_BYTES + 1)
+                    if len(body) > PROGRESS_MAX_BYTES:
+                        return pod
+                    doc = json.loads(body)
                 progress = VariationalProgress.model_validate(
                     {k: v for k, v in doc.items() if k in REPORTED_PROGRESS}
                 )

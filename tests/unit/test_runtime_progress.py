@@ -1,0 +1,73 @@
+"""The operator reads a variational pod's progress from its worker (``/progress`` on the
+metrics port): a real HTTP server on a loopback address, as a pod's IP. What comes from
+inside a pod is bounded: the spend is never taken from it, an oversized answer is refused,
+and an IPv6 pod address works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+from aiohttp import web
+
+from qorch.operator.podspec import METRICS_PORT
+from qorch.operator.runtime import PROGRESS_MAX_BYTES, Runtime
+from qorch.orchestrator.snapshot import PodPhase, PodState
+
+PROGRESS = {"optimizer": "COBYLA", "evaluations": 7, "bestEnergy": -1.8,
+            "qpuSeconds": {"qa": 3.5}, "spentUSD": 1e9, "route": "qa"}  # fmt: skip
+
+
+def pod(ip: str) -> PodState:
+    return PodState("p", "vqe", 1, PodPhase.RUNNING, ip=ip, variational=True)
+
+
+async def read_from(host: str, body: Callable[[], bytes]) -> PodState:
+    async def progress(_: web.Request) -> web.Response:
+        return web.Response(body=body(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/progress", progress)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, METRICS_PORT).start()
+    except OSError as exc:
+        await runner.cleanup()
+        pytest.skip(f"cannot listen on {host}:{METRICS_PORT}: {exc}")
+    # Only the progress session is used: no cluster behind this runtime.
+    runtime = cast(Runtime, object.__new__(Runtime))
+    runtime._progress_session = None
+    try:
+        (read,) = await runtime.with_progress([pod(host)])
+        return read
+    finally:
+        if runtime._progress_session is not None:
+            await runtime._progress_session.close()
+        await runner.cleanup()
+
+
+def test_progress_is_read_but_never_the_spend() -> None:
+    read = asyncio.run(read_from("127.0.0.77", lambda: json.dumps(PROGRESS).encode()))
+    assert read.progress is not None
+    assert read.progress.evaluations == 7 and read.progress.qpuSeconds == {"qa": 3.5}
+    assert read.progress.spentUSD == 0.0  # the operator prices; the pod cannot say
+
+
+def test_an_oversized_or_malformed_answer_is_refused() -> None:
+    padded: dict[str, Any] = {**PROGRESS, "padding": "x" * PROGRESS_MAX_BYTES}
+    assert (
+        asyncio.run(read_from("127.0.0.78", lambda: json.dumps(padded).encode())).progress is None
+    )
+    assert asyncio.run(read_from("127.0.0.79", lambda: b"[1, 2]")).progress is None
+
+
+def test_an_ipv6_pod_address_is_bracketed() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    read = asyncio.run(read_from("::1", lambda: json.dumps(PROGRESS).encode()))
+    assert read.progress is not None and read.progress.evaluations == 7
