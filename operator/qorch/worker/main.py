@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -44,11 +45,12 @@ from qorch.orchestrator.simulation import (
     simulation_method,
 )
 from qorch.worker.errors import BadInputError
-from qorch.worker.variational import Evaluator, Progress, VariationalTask, optimise
+from qorch.worker.variational import Evaluator, Progress, Terminated, VariationalTask, optimise
 
 RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
 EXIT_BAD_INPUT = 2
 EXIT_SIMULATION_FAILED = 3
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,14 @@ def _serve(port: int, addr: str, metrics: WorkerMetrics, progress: Progress | No
     return True
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_variational(env: dict[str, str], progress: Progress) -> dict[str, Any]:
+    if threading.current_thread() is threading.main_thread():
+        # The pod is stopped (SIGTERM): the loop ends and its batch in flight is cancelled.
+        signal.signal(signal.SIGTERM, _raise_terminated)
     task = VariationalTask.from_env(env)
     progress.optimizer = task.optimizer
     evaluator = Evaluator(task)
@@ -361,6 +370,8 @@ def main(command: list[str], env: dict[str, str] | None = None) -> int:
             result = simulate(CircuitTask.from_env(env), metrics)
     except BadInputError as exc:
         code, message = EXIT_BAD_INPUT, f"bad input: {exc}"
+    except Terminated:
+        code, message = EXIT_TERMINATED, "terminated (SIGTERM): the loop stopped"
     except Exception as exc:  # the simulator's own failures (memory, unsupported gates)
         code, message = EXIT_SIMULATION_FAILED, f"simulation failed: {type(exc).__name__}: {exc}"
     metrics.runs.labels(outcome="success" if code == 0 else "failure").inc()

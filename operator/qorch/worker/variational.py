@@ -222,6 +222,8 @@ class Evaluator:
         self.poll_seconds = poll_seconds
         self.token_file: str | None = None
         self._loop = asyncio.new_event_loop()
+        # The gateway job of the batch in flight (route, job id): cancelled on SIGTERM.
+        self._in_flight: tuple[Route, str] | None = None
 
     @property
     def dimension(self) -> int:
@@ -244,9 +246,41 @@ class Evaluator:
         observables = tuple(p for p, _ in self.task.terms)
         if route.kind == "pool":
             return self._local(self._bound(point), observables), 0.0
-        return self._loop.run_until_complete(
-            self._remote(route, self._bound(point), observables, evaluation)
+        try:
+            return self._loop.run_until_complete(
+                self._remote(route, self._bound(point), observables, evaluation)
+            )
+        except Terminated:
+            self._cancel_in_flight()
+            raise
+
+    def _cancel_in_flight(self) -> None:
+        """The pod is being stopped (a relaunch, the workflow deleted) mid-batch: the
+        batch's gateway job is cancelled rather than left to run, and be billed, for
+        nobody. Best effort, within a few seconds of the grace period."""
+        from qorch.gateway.base import GatewayError, GatewayTarget
+        from qorch.gateway.client import HttpGatewayClient
+
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        if self._in_flight is None:
+            return
+        route, job = self._in_flight
+        self._in_flight = None
+        assert route.url and route.backend_name
+        client = HttpGatewayClient(
+            {route.name: GatewayTarget(route.url, route.backend_name)}, token_file=self.token_file
         )
+
+        async def cancel() -> None:
+            try:
+                await asyncio.wait_for(client.cancel(route.name, job), CANCEL_SECONDS)
+            except (GatewayError, TimeoutError):
+                pass
+            finally:
+                await client.close()
+
+        self._loop.run_until_complete(cancel())
 
     @staticmethod
     def _local(bound: Any, observables: tuple[str, ...]) -> list[float]:
@@ -277,6 +311,7 @@ class Evaluator:
             token_file=self.token_file,
         )
         job = f"{self.task.job_prefix}.e{evaluation}"
+        self._in_flight = (route, job)
         try:
             await _patiently(
                 lambda: client.submit(
@@ -300,6 +335,7 @@ class Evaluator:
                     if not isinstance(evs, list) or len(evs) != len(observables):
                         raise GatewayError(f"job {job}: no expectation values", retryable=False)
                     used = state.qpu_seconds
+                    self._in_flight = None
                     return [float(v) for v in evs], used if math.isfinite(used) else 0.0
                 if state.phase in (JobPhase.ERROR, JobPhase.CANCELLED):
                     raise GatewayError(
@@ -312,6 +348,15 @@ class Evaluator:
 
     def close(self) -> None:
         self._loop.close()
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``qorch worker`` raises it from its handler): the loop stops; not an
+    ``Exception``, so no retry or error path swallows it."""
+
+
+# How long a stopping worker waits on the gateway to cancel its batch in flight.
+CANCEL_SECONDS = 5.0
 
 
 async def _patiently(call: Callable[[], Any], attempts: int = 5) -> Any:
