@@ -3,6 +3,7 @@ before every batch, the /progress endpoint, bad input named."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -167,3 +168,30 @@ def test_parameters_follow_their_declaration_order_not_their_names(tmp_path: Pat
     assert [p.name for p in evaluator.parameters] == ["t2", "t10", "a"]
     result = optimise(task, evaluator, Progress("COBYLA"))
     assert list(result["parameters"]) == ["t2", "t10", "a"]
+
+
+def test_a_failing_gateway_is_waited_out_within_the_patience_and_no_longer() -> None:
+    from qorch.gateway.base import GatewayError
+    from qorch.worker.variational import _patiently
+
+    calls: list[int] = []
+
+    def flaky(failures: int, retryable: bool = True) -> Any:
+        async def call() -> str:
+            calls.append(1)
+            if len(calls) <= failures:
+                raise GatewayError("503 from the gateway", retryable=retryable)
+            return "ok"
+
+        return call
+
+    assert asyncio.run(_patiently(flaky(3), patience=10.0)) == "ok" and len(calls) == 4
+    calls.clear()
+    with pytest.raises(GatewayError, match="503"):  # not retryable: at once
+        asyncio.run(_patiently(flaky(1, retryable=False), patience=10.0))
+    assert len(calls) == 1
+    calls.clear()
+    started = time.monotonic()
+    with pytest.raises(GatewayError):  # down for longer than the patience
+        asyncio.run(_patiently(flaky(100), patience=1.0))
+    assert time.monotonic() - started < 1.5 and 2 <= len(calls) <= 3

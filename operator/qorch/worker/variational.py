@@ -312,24 +312,30 @@ class Evaluator:
         )
         job = f"{self.task.job_prefix}.e{evaluation}"
         self._in_flight = (route, job)
+        request = JobRequest(
+            job_id=job,
+            backend=route.name,
+            qasm=qasm3.dumps(bound),
+            primitive="estimator",
+            shots=self.task.shots,
+            observables=observables,
+        )
+        resubmits = 0
         try:
-            await _patiently(
-                lambda: client.submit(
-                    JobRequest(
-                        job_id=job,
-                        backend=route.name,
-                        qasm=qasm3.dumps(bound),
-                        primitive="estimator",
-                        shots=self.task.shots,
-                        observables=observables,
-                    )
-                )
-            )
+            await _patiently(lambda: client.submit(request))
             while True:
                 states = await _patiently(lambda: client.status(route.name, [job]))
                 state = states.get(job)
                 if state is None:
-                    raise GatewayError(f"gateway of {route.name} forgot job {job}", retryable=False)
+                    # The gateway restarted without its state: submitting again is safe
+                    # (idempotent by job id), a few times.
+                    resubmits += 1
+                    if resubmits > MAX_RESUBMITS:
+                        raise GatewayError(
+                            f"gateway of {route.name} keeps forgetting job {job}", retryable=False
+                        )
+                    await _patiently(lambda: client.submit(request))
+                    continue
                 if state.phase is JobPhase.DONE:
                     evs = (state.result or {}).get("expectationValues")
                     if not isinstance(evs, list) or len(evs) != len(observables):
@@ -357,20 +363,30 @@ class Terminated(BaseException):
 
 # How long a stopping worker waits on the gateway to cancel its batch in flight.
 CANCEL_SECONDS = 5.0
+# How long a batch waits out a gateway that fails or does not answer (5xx, 429, no
+# connection) before the loop fails; and how often a forgotten job is submitted again.
+GATEWAY_PATIENCE_SECONDS = 180.0
+MAX_RESUBMITS = 3
 
 
-async def _patiently(call: Callable[[], Any], attempts: int = 5) -> Any:
-    """A gateway that answers 5xx / 429 or not at all is tried again (with backoff)."""
+async def _patiently(call: Callable[[], Any], patience: float | None = None) -> Any:
+    """A gateway that answers 5xx / 429 or not at all is tried again, with backoff, for
+    ``patience`` seconds (default ``GATEWAY_PATIENCE_SECONDS``: long enough for a gateway
+    pod to be rescheduled and restart, as losing the loop's progress costs more)."""
     from qorch.gateway.base import GatewayError
 
-    for attempt in range(attempts):
+    limit = GATEWAY_PATIENCE_SECONDS if patience is None else patience
+    deadline = time.monotonic() + limit
+    attempt = 0
+    while True:
         try:
             return await call()
         except GatewayError as exc:
-            if not exc.retryable or attempt == attempts - 1:
+            pause = min(0.5 * 2**attempt, 10.0)
+            if not exc.retryable or time.monotonic() + pause > deadline:
                 raise
-            await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
-    raise AssertionError("unreachable")
+            attempt += 1
+            await asyncio.sleep(pause)
 
 
 def read_route(path: str, last: Route | None) -> Route:
