@@ -9,11 +9,15 @@ import pytest
 from qorch.api.workflow import ClassicalPool, Toleration, default_pools
 from qorch.operator.nodes import node_info, pod_usage
 from qorch.orchestrator.capacity import NodeInfo, PodUsage, Taint, pool_capacity
-from qorch.orchestrator.cluster import PoolCapacity
+from qorch.orchestrator.cluster import PoolCapacity, capacity_key
 from tests.harness.nodes import NodeSpec, node_manifest
 
 GIB = float(1 << 30)
 CPU, GPU = default_pools()
+
+
+def free_of(pool: ClassicalPool, nodes: list[NodeInfo], pods: list[PodUsage]) -> PoolCapacity:
+    return pool_capacity([pool], nodes, pods)[capacity_key(pool)]
 
 
 def node(spec: NodeSpec, **status: object) -> NodeInfo:
@@ -50,8 +54,8 @@ def test_a_pool_holds_its_nodes_allocatable_minus_what_bound_pods_request() -> N
         pod(None, {"cpu": "4"}),  # not bound yet: the pass counts it itself
     ]
     free = pool_capacity([CPU, GPU], nodes, [p for p in pods if p is not None])
-    assert free["cpu"] == PoolCapacity(cpu_cores=14.0, memory_bytes=59 * GIB, gpus=0.0)
-    assert free["gpu"] == PoolCapacity(cpu_cores=14.0, memory_bytes=56 * GIB, gpus=1.0)
+    assert free[capacity_key(CPU)] == PoolCapacity(cpu_cores=14.0, memory_bytes=59 * GIB, gpus=0.0)
+    assert free[capacity_key(GPU)] == PoolCapacity(cpu_cores=14.0, memory_bytes=56 * GIB, gpus=1.0)
     assert pod("c1", {"cpu": "4"}, phase="Failed") is None
 
 
@@ -69,31 +73,42 @@ def test_an_init_container_larger_than_the_containers_sets_the_request() -> None
 )
 def test_only_ready_nodes_count(change: dict[str, object], counted: bool) -> None:
     n = node(NodeSpec("c0", "cpu", cpu="8"), **change)
-    assert (pool_capacity([CPU], [n], [])["cpu"].cpu_cores == 8.0) is counted
+    assert (free_of(CPU, [n], []).cpu_cores == 8.0) is counted
 
 
 def test_cordoned_untolerated_and_mislabelled_nodes_are_not_members() -> None:
     base = NodeInfo("n", {"qorch.io/pool": "gpu"}, 8, 8 * GIB, gpus=2,
                     taints=(Taint("nvidia.com/gpu", "present"),))  # fmt: skip
-    assert pool_capacity([GPU], [base], [])["gpu"].gpus == 2.0  # tolerated (Exists)
+    assert free_of(GPU, [base], []).gpus == 2.0  # tolerated (Exists)
     strict = ClassicalPool(name="gpu", nodeSelector={"qorch.io/pool": "gpu"}, gpu=True)
-    assert pool_capacity([strict], [base], [])["gpu"].gpus == 0.0  # untolerated taint
+    assert free_of(strict, [base], []).gpus == 0.0  # untolerated taint
     equal = strict.model_copy(
         update={"tolerations": [Toleration(key="nvidia.com/gpu", operator="Equal",
                                            value="present", effect="NoSchedule")]}
     )  # fmt: skip
-    assert pool_capacity([equal], [base], [])["gpu"].gpus == 2.0
+    assert free_of(equal, [base], []).gpus == 2.0
     cordoned = NodeInfo("n", base.labels, 8, 8 * GIB, gpus=2, schedulable=False)
-    assert pool_capacity([GPU], [cordoned], [])["gpu"].gpus == 0.0
+    assert free_of(GPU, [cordoned], []).gpus == 0.0
     other = NodeInfo("n", {"qorch.io/pool": "cpu"}, 8, 8 * GIB)
-    assert pool_capacity([GPU], [other], [])["gpu"] == PoolCapacity(0.0, 0.0, 0.0)
+    assert free_of(GPU, [other], []) == PoolCapacity(0.0, 0.0, 0.0)
     # A taint that only prefers: no bar.
     soft = NodeInfo("n", {"qorch.io/pool": "cpu"}, 8, 8 * GIB,
                     taints=(Taint("spot", "true", "PreferNoSchedule"),))  # fmt: skip
-    assert pool_capacity([CPU], [soft], [])["cpu"].cpu_cores == 8.0
+    assert free_of(CPU, [soft], []).cpu_cores == 8.0
 
 
 def test_overcommitted_nodes_count_as_full_not_negative() -> None:
     n = NodeInfo("n", {"qorch.io/pool": "cpu"}, 2, 2 * GIB)
     over = [PodUsage("n", 3.0, 4 * GIB), PodUsage("n", 1.0, GIB)]
-    assert pool_capacity([CPU], [n], over)["cpu"] == PoolCapacity(0.0, 0.0, 0.0)
+    assert free_of(CPU, [n], over) == PoolCapacity(0.0, 0.0, 0.0)
+
+
+def test_two_workflows_pools_of_one_name_on_other_nodes_are_counted_apart() -> None:
+    team_a = ClassicalPool(name="gpu", nodeSelector={"team": "a"}, gpu=True)
+    team_b = ClassicalPool(name="gpu", nodeSelector={"team": "b"}, gpu=True)
+    nodes = [NodeInfo("a0", {"team": "a"}, 8, 8 * GIB, gpus=4),
+             NodeInfo("b0", {"team": "b"}, 8, 8 * GIB, gpus=2)]  # fmt: skip
+    free = pool_capacity([team_a, team_b, team_a], nodes, [PodUsage("a0", 1.0, GIB, 4.0)])
+    assert free[capacity_key(team_a)].gpus == 0.0  # team a's GPUs are all taken ...
+    assert free[capacity_key(team_b)].gpus == 2.0  # ... which says nothing of team b's
+    assert len(free) == 2

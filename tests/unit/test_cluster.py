@@ -44,6 +44,7 @@ from qorch.orchestrator.cluster import (
     Stage,
     SubtaskEntry,
     WorkflowEntry,
+    capacity_key,
     decide,
     pod_request,
     quantity,
@@ -400,7 +401,14 @@ def pool_world(
         predictions.update({("a", p.name): sim("a", p.name, seconds[p.name]) for p in pools})
         sub = SubtaskEntry("a", stage, where, since=NOW, num_qubits=20)
         entries.append(entry(key, wf, [sub], predictions))
-    return ClusterSnapshot(NOW, entries, {b: load(b) for b in backends}, dict(capacity))
+    return ClusterSnapshot(NOW, entries, {b: load(b) for b in backends}, keyed(capacity, pools))
+
+
+def keyed(
+    capacity: Mapping[str, PoolCapacity], pools: tuple[ClassicalPool, ...]
+) -> dict[str, PoolCapacity]:
+    """Free capacity by pool name, keyed as the pass reads it (``capacity_key``)."""
+    return {capacity_key(p): capacity[p.name] for p in pools if p.name in capacity}
 
 
 ROOMY = PoolCapacity(cpu_cores=64, memory_bytes=256 * GIB, gpus=0)
@@ -465,7 +473,10 @@ def test_classical_steps_are_placed_by_rule_on_a_pool_with_room() -> None:
         NOW,
         [entry(f"ns/w{i}", wf, [SubtaskEntry("post", Stage.READY)], {}) for i in range(3)],
         {},
-        {"cpu": PoolCapacity(cpu_cores=4, memory_bytes=8 * GIB), "gpu": PoolCapacity(0, 0, 0)},
+        keyed(
+            {"cpu": PoolCapacity(cpu_cores=4, memory_bytes=8 * GIB), "gpu": PoolCapacity(0, 0, 0)},
+            (CPU, GPU),
+        ),
     )
     decision = decide(snap)
     assert [p.placement.name for p in decision.places] == ["cpu", "cpu"]
@@ -595,7 +606,7 @@ def snapshots(draw: st.DrawFn) -> ClusterSnapshot:
         entries.append(entry(f"ns/w{w}", wf, subs, predictions))
     loads = {b: load(b, draw(st.integers(0, 3)), healthy=draw(st.booleans())) for b in BACKENDS}
     pools = {
-        p.name: PoolCapacity(
+        capacity_key(p): PoolCapacity(
             draw(st.floats(0, 8)), draw(st.floats(0, 16)) * GIB, draw(st.integers(0, 3))
         )
         for p in POOLS
@@ -661,8 +672,9 @@ def _within_capacity(snap: ClusterSnapshot, decision: ClusterDecision) -> None:
     """New pods (placements and moves onto pools) fit in what the released pods left."""
     by_key = {e.key: e for e in snap.workflows}
     moved = {(m.workflow, m.subtask) for m in decision.moves}
-    for name, cap in snap.pools.items():
-        pool = next(p for p in POOLS if p.name == name)
+    for key, cap in snap.pools.items():
+        pool = next(p for p in POOLS if capacity_key(p) == key)
+        name = pool.name
         held = [0.0, 0.0, 0.0]
         for e in snap.workflows:
             for s in e.subtasks.values():
@@ -726,7 +738,10 @@ def test_a_running_variational_loop_is_rerouted_only_to_a_backend_or_its_own_poo
         # Its batches go to qa; its optimizer pod runs on cpu (it is already there).
         sub = SubtaskEntry("a", Stage.QUEUED, "qa", since=NOW, num_qubits=2, pod_pool="cpu")
         snap = ClusterSnapshot(
-            NOW, [entry("ns/w", wf, [sub], predictions)], {b: load(b) for b in waits}, roomy
+            NOW,
+            [entry("ns/w", wf, [sub], predictions)],
+            {b: load(b) for b in waits},
+            keyed(roomy, (CPU, CPU2)),
         )
         return decide(snap)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from qorch.api.workflow import ClassicalPool, Toleration
-from qorch.orchestrator.cluster import PoolCapacity
+from qorch.orchestrator.cluster import PoolCapacity, capacity_key
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def member(pool: ClassicalPool, node: NodeInfo) -> bool:
 def pool_capacity(
     pools: Iterable[ClassicalPool], nodes: Iterable[NodeInfo], pods: Iterable[PodUsage]
 ) -> dict[str, PoolCapacity]:
-    """Free capacity of each pool (by name; the first definition of a name counts)."""
+    """Free capacity of each pool, by ``capacity_key`` (its name and what selects its
+    nodes: two workflows' pools of one name may be different node sets)."""
     node_list = list(nodes)
     used: dict[str, list[float]] = {}
     for pod in pods:
@@ -88,10 +89,11 @@ def pool_capacity(
         )
     out: dict[str, PoolCapacity] = {}
     for pool in pools:
-        if pool.name in out:
+        key = capacity_key(pool)
+        if key in out:
             continue
         members = [n for n in node_list if member(pool, n)]
-        out[pool.name] = PoolCapacity(
+        out[key] = PoolCapacity(
             cpu_cores=sum(free[n.name][0] for n in members),
             memory_bytes=sum(free[n.name][1] for n in members),
             gpus=sum(free[n.name][2] for n in members),

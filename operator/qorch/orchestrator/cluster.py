@@ -185,11 +185,26 @@ class PoolCapacity:
     gpus: float = 0.0
 
 
+def capacity_key(pool: ClassicalPool) -> str:
+    """Pools are defined per workflow, so two workflows may give one name to pools that
+    select other nodes: free capacity is keyed by what selects the nodes as well as by
+    the name (``ClusterSnapshot.pools``)."""
+    selector = ",".join(f"{k}={v}" for k, v in sorted(pool.nodeSelector.items()))
+    tolerations = ";".join(
+        sorted(
+            ",".join(f"{k}={v}" for k, v in sorted(t.model_dump(exclude_none=True).items()))
+            for t in pool.tolerations
+        )
+    )
+    return f"{pool.name}{{{selector}}}[{tolerations}]"
+
+
 @dataclass(frozen=True)
 class ClusterSnapshot:
     now: dt.datetime
     workflows: Sequence[WorkflowEntry]
     backends: Mapping[str, BackendLoad]
+    # Free capacity per pool, by ``capacity_key``; a pool not listed is not limited.
     pools: Mapping[str, PoolCapacity] = field(default_factory=dict)
 
 
@@ -497,8 +512,12 @@ class _Pass:
         spec, where = flow.specs.get(s.name), flow.pools.get(pool)
         return None if spec is None or where is None else pod_request(spec, where, s.num_qubits)
 
-    def _fits(self, pool: str, req: PodRequest) -> bool:
-        free = self.free.get(pool)
+    def _free(self, flow: _Flow, pool: str) -> list[float] | None:
+        where = flow.pools.get(pool)
+        return self.free.get(capacity_key(where)) if where is not None else None
+
+    def _fits(self, flow: _Flow, pool: str, req: PodRequest) -> bool:
+        free = self._free(flow, pool)
         if free is None:
             return True  # capacity not known: not limited
         eps = 1e-9
@@ -506,8 +525,8 @@ class _Pass:
             req.cpu <= free[0] + eps and req.memory <= free[1] + eps and req.gpus <= free[2] + eps
         )
 
-    def _charge(self, pool: str, req: PodRequest | None, sign: float = 1.0) -> None:
-        free = self.free.get(pool)
+    def _charge(self, flow: _Flow, pool: str, req: PodRequest | None, sign: float = 1.0) -> None:
+        free = self._free(flow, pool)
         if free is not None and req is not None:
             free[0] -= sign * req.cpu
             free[1] -= sign * req.memory
@@ -525,7 +544,7 @@ class _Pass:
             # Released pods are the scheduler's already: their requests come off first.
             for s in sorted(e.subtasks.values(), key=lambda s: s.name):
                 if s.stage is Stage.RELEASED and s.resource in flow.pools:
-                    self._charge(s.resource, self._request(flow, s, s.resource))
+                    self._charge(flow, s.resource, self._request(flow, s, s.resource))
             todo = [
                 s
                 for s in e.subtasks.values()
@@ -584,8 +603,8 @@ class _Pass:
         for pool in options:
             assert pool is not None
             req = self._request(flow, s, pool)
-            if req is not None and self._fits(pool, req):
-                self._charge(pool, req)
+            if req is not None and self._fits(flow, pool, req):
+                self._charge(flow, pool, req)
                 reason = f"pool {pool}: first pool by rule with room for the pod"
                 self.places.append(
                     Place(key, s.name, Placement(kind=ResourceKind.POOL, name=pool), None, None,
@@ -655,7 +674,7 @@ class _Pass:
                     p = _remaining(p, _seconds_since(self.now, s.since))
                 elif s.pod_pool is None:  # its pod still has to start
                     p = _delayed(p, POD_START_SECONDS)
-                if not already_charged and not self._fits(r, req):
+                if not already_charged and not self._fits(flow, r, req):
                     no_room = no_room or r == current
                     continue
             if r != current and holding:
@@ -752,13 +771,13 @@ class _Pass:
         elif not (s.stage in (Stage.RELEASED, Stage.RUNNING) and r == s.resource) and (
             r != s.pod_pool
         ):
-            self._charge(r, self._request(flow, s, r))
+            self._charge(flow, r, self._request(flow, s, r))
         if (
             s.stage in (Stage.RELEASED, Stage.RUNNING)
             and s.resource is not None
             and (r != s.resource and s.resource in flow.pools)
         ):
-            self._charge(s.resource, self._request(flow, s, s.resource), sign=-1.0)
+            self._charge(flow, s.resource, self._request(flow, s, s.resource), sign=-1.0)
         if s.stage is Stage.QUEUED and s.resource is not None and r != s.resource:
             ident = (flow.entry.key, s.name)
             old = flow.predictions.get((s.name, s.resource))
