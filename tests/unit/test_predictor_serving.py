@@ -857,3 +857,22 @@ def test_predictions_are_plain_prediction_tuples_with_shared_notes(tmp_path: Pat
     assert "wider than the resource" in preds[1].notes[0] and not preds[1].feasible
     assert "unknown subtask" in preds[4].notes[0] and preds[4].peak_memory_bytes == 0
     assert type(preds[3].peak_memory_bytes) is int and preds[3].peak_memory_bytes > 0
+
+
+def test_a_gpu_pool_is_faster_for_a_wide_statevector_even_with_a_cpu_only_time_model() -> None:
+    # The shipped time model was fitted on CPU runs and does not read device_gpu: on a GPU
+    # pool its figure is scaled by the analytic GPU assumption (the model card).
+    repo = Path(__file__).resolve().parents[2]
+    store = store_for(repo / "models")
+    ctx = context(
+        [subtask("wide", 26, shots=1000, two=300, one=300), subtask("small", 4)],
+        [],
+        [pool("cpu"), pool("gpu", gpu=True)],
+    )
+    pairs = [(s, p) for s in ("wide", "small") for p in ("cpu", "gpu")]
+    wide_cpu, wide_gpu, small_cpu, small_gpu = Predictor(store).predict(pairs, ctx)
+    assert wide_cpu.source == wide_gpu.source == "model"
+    assert wide_gpu.run_seconds < wide_cpu.run_seconds / 10
+    # Tiny circuits are start-up and sampling: about the same anywhere, never slower on GPU.
+    assert small_gpu.run_seconds <= small_cpu.run_seconds
+    assert small_gpu.run_seconds > small_cpu.run_seconds / 2
