@@ -112,3 +112,6 @@ def test_two_workflows_pools_of_one_name_on_other_nodes_are_counted_apart() -> N
     assert free[capacity_key(team_a)].gpus == 0.0  # team a's GPUs are all taken ...
     assert free[capacity_key(team_b)].gpus == 2.0  # ... which says nothing of team b's
     assert len(free) == 2
+    # Another name for team a's nodes is the same capacity (one key): never counted twice.
+    alias = team_a.model_copy(update={"name": "a100"})
+    assert capacity_key(alias) == capacity_key(team_a)

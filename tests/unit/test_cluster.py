@@ -90,9 +90,9 @@ def circuit(name: str, *deps: str) -> SubtaskSpec:
     return SubtaskSpec(name=name, dependsOn=list(deps), circuit=CircuitSpec(qasm=QASM))
 
 
-CPU = ClassicalPool(name="cpu", maxQubits=28)
-CPU2 = ClassicalPool(name="cpu2", maxQubits=28)
-GPU = ClassicalPool(name="gpu", gpu=True, maxQubits=32)
+CPU = ClassicalPool(name="cpu", nodeSelector={"pool": "cpu"}, maxQubits=28)
+CPU2 = ClassicalPool(name="cpu2", nodeSelector={"pool": "cpu2"}, maxQubits=28)
+GPU = ClassicalPool(name="gpu", nodeSelector={"pool": "gpu"}, gpu=True, maxQubits=32)
 
 
 def spec(
@@ -833,3 +833,29 @@ def test_a_new_pod_counts_its_start_before_its_simulation_runs() -> None:
 
     assert placed(5.0) == "qa"
     assert placed(30.0) == "cpu"
+
+
+def test_a_loop_counts_one_batch_in_its_backends_queue_not_all_it_has_left() -> None:
+    # A VQE with 100 batches to run and a circuit, both placed in one pass: the loop's
+    # whole run weighs in its own cost, but at the backend it holds one batch at a time,
+    # so the circuit still finds qa (100 s of others' queue + one 60 s batch) sooner than
+    # qb (300 s).
+    loop = SubtaskSpec(
+        name="vqe",
+        variational=VariationalSpec(
+            qasm=QASM, hamiltonian=[PauliTerm(pauli="ZZ", coefficient=1)], maxIterations=100
+        ),
+    )
+    wf = spec([loop, circuit("c")], backends=("qa", "qb"))
+    predictions: Predictions = {
+        (n, b): qpu(n, b, w) for n in ("vqe", "c") for b, w in (("qa", 100.0), ("qb", 300.0))
+    }
+    subs = [SubtaskEntry("vqe", Stage.READY), SubtaskEntry("c", Stage.READY)]
+    snap = ClusterSnapshot(
+        NOW, [entry("ns/w", wf, subs, predictions)], {"qa": load("qa"), "qb": load("qb")}
+    )
+    places = {p.subtask: p for p in decide(snap).places}
+    assert places["vqe"].placement.name == "qa" and places["c"].placement.name == "qa"
+    # The figures handed back for the loop are one batch's (what the planner records).
+    assert places["vqe"].prediction is not None
+    assert places["vqe"].prediction.run_seconds == pytest.approx(RUN)

@@ -17,10 +17,14 @@ from qorch.api.workflow import (
     CircuitSpec,
     ClassicalSpec,
     HybridWorkflowSpec,
+    HybridWorkflowStatus,
     ObjectivePreset,
     ObjectiveSpec,
     ResourcesSpec,
+    SubtaskPhase,
     SubtaskSpec,
+    SubtaskStatus,
+    VariationalProgress,
     Weights,
 )
 from qorch.orchestrator.cost import (
@@ -35,6 +39,7 @@ from qorch.orchestrator.cost import (
     Step,
     Workflow,
     WorkflowCost,
+    batches_left,
     estimate_workflow,
     normalise_weights,
     rank_candidates,
@@ -594,3 +599,52 @@ def test_a_faster_cheaper_more_accurate_candidate_never_loses_rank(
         assert other.resource in ahead_before or _near(other, me), (
             f"{target} fell behind {other.resource}"
         )
+
+
+def test_a_loop_weighs_the_batches_it_has_left_but_hands_back_one_batch() -> None:
+    wf = Workflow(steps=(Step("vqe", batches=40), Step("c")), resources=("q1", "q2"))
+    one = {
+        ("vqe", "q1"): pred("vqe", "q1", 30.0, 1.0, 0.9),
+        ("vqe", "q2"): pred("vqe", "q2", 20.0, 3.0, 0.9),  # faster per batch, dearer
+        ("c", "q1"): pred("c", "q1", 100.0, 0.5, 0.9),
+        ("c", "q2"): pred("c", "q2", 100.0, 0.5, 0.9),
+    }
+    cost = WorkflowCost(wf, one, Objective(max_usd=100.0))
+    ranked = cost.rank("vqe", {"c": "q1"})
+    by = {c.resource: c for c in ranked.candidates}
+    # Forty batches: 120 USD on q2 breaks the 100 USD budget, 40 USD on q1 keeps it.
+    assert by["q2"].usd.raw == pytest.approx(0.5 + 40 * 3.0) and not by["q2"].admissible
+    assert ranked.best is not None and ranked.best.resource == "q1"
+    assert by["q1"].time.raw == pytest.approx(40 * 30.0)  # the loop is the critical path
+    # What the caller gets back is the one-batch figure (a backend holds one batch at a time).
+    assert ranked.best.prediction == one[("vqe", "q1")]
+    # Candidates a caller adjusts are one batch too, and are scaled the same way.
+    shifted = one[("vqe", "q2")]._replace(usd=0.1)
+    again = cost.rank("vqe", {"c": "q1"}, candidates=[shifted, one[("vqe", "q1")]])
+    assert again.best is not None and again.best.resource == "q2"
+    assert again.best.usd.raw == pytest.approx(0.5 + 40 * 0.1)
+    assert again.best.prediction == shifted
+
+
+def test_batches_left_count_the_current_attempts_progress_only() -> None:
+    spec = HybridWorkflowSpec.model_validate(
+        {
+            "subtasks": [
+                {"name": "cob", "variational": {"qasm": "OPENQASM 3.0; input float[64] t;",
+                 "hamiltonian": [{"pauli": "Z", "coefficient": 1.0}], "maxIterations": 30}},
+                {"name": "spsa", "variational": {"qasm": "OPENQASM 3.0; input float[64] t;",
+                 "hamiltonian": [{"pauli": "Z", "coefficient": 1.0}], "optimizer": "SPSA",
+                 "maxIterations": 30}},
+                {"name": "c", "circuit": {"qasm": "OPENQASM 3.0; qubit q;"}},
+            ]
+        }
+    )  # fmt: skip
+    running = SubtaskStatus(
+        name="cob", phase=SubtaskPhase.RUNNING, progress=VariationalProgress(evaluations=12)
+    )
+    retrying = SubtaskStatus(
+        name="spsa", phase=SubtaskPhase.RETRYING, progress=VariationalProgress(evaluations=50)
+    )
+    left = batches_left(spec, HybridWorkflowStatus(subtasks=[running, retrying]))
+    # COBYLA: 30 less the 12 sent; SPSA retrying: all 2*30+10 again (its new attempt).
+    assert left == {"cob": 18, "spsa": 70}

@@ -22,7 +22,6 @@ from qorch.api.workflow import (
     ResourceKind,
     SubtaskPhase,
     SubtaskStatus,
-    VariationalProgress,
 )
 from qorch.operator.predictions import PredictionService, backend_input
 from qorch.orchestrator import BackendInfo, Plan, WorkflowSnapshot
@@ -134,46 +133,6 @@ def test_a_circuit_a_pod_simulates_is_predicted_while_it_runs_so_it_may_be_relau
     spec = workflow("a", "b")
     spec.reallocation.enabled = False  # nothing moves: nothing to weigh
     assert predict(service, spec, status) == ({}, None)
-
-
-ANSATZ = "OPENQASM 3.0; input float[64] t; qubit[2] q; ry(t) q[0]; cx q[0], q[1];"
-
-
-@pytest.mark.parametrize(("optimizer", "batches"), [("COBYLA", 20), ("SPSA", 2 * 20 + 10)])
-def test_a_loop_is_predicted_for_the_batches_it_has_left_to_run(
-    optimizer: str, batches: int
-) -> None:
-    service = PredictionService(str(REPO / "models"))
-    service.refresh_models(force=True)
-    spec = HybridWorkflowSpec.model_validate(
-        {
-            "resources": {"quantumBackends": ["ibm-a"]},
-            "subtasks": [
-                {"name": "vqe", "variational": {
-                    "qasm": ANSATZ, "optimizer": optimizer, "maxIterations": 20,
-                    "hamiltonian": [{"pauli": "ZZ", "coefficient": 1.0}]}},
-                {"name": "c", "circuit": {"qasm": GHZ}},
-            ],
-        }
-    )  # fmt: skip
-
-    def after(evaluations: int) -> dict[tuple[str, str], Prediction]:
-        progress = VariationalProgress(evaluations=evaluations)
-        status = HybridWorkflowStatus(
-            subtasks=[SubtaskStatus(name="vqe", phase=SubtaskPhase.RUNNING, progress=progress)]
-        )
-        sources = {"vqe": ANSATZ, "c": GHZ}
-        return asyncio.run(service.predict(spec, status, sources, BACKENDS, None))[0]
-
-    fresh, late = after(0), after(batches - 1)  # one batch left
-    for resource in ("ibm-a", "cpu"):
-        whole, one = fresh["vqe", resource], late["vqe", resource]
-        # Each batch queues, runs and is billed again; the fidelity is each batch's.
-        assert whole.seconds_p50 == pytest.approx(batches * one.seconds_p50)
-        assert whole.usd == pytest.approx(batches * one.usd)
-        assert whole.queue_seconds_p90 == pytest.approx(batches * one.queue_seconds_p90)
-        assert whole.fidelity == one.fidelity
-    assert fresh["c", "ibm-a"] == late["c", "ibm-a"]  # a circuit runs once
 
 
 def test_a_broken_model_directory_falls_back_and_says_why(tmp_path: Path) -> None:

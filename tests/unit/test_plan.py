@@ -123,7 +123,9 @@ class World:
             elif isinstance(a, ReleasePod):
                 pod = self.pods[a.pod_name]
                 if pod.phase is PodPhase.GATED:
-                    self.pods[a.pod_name] = replace(pod, phase=PodPhase.PENDING, pool=a.pool)
+                    self.pods[a.pod_name] = replace(
+                        pod, phase=PodPhase.PENDING, pool=a.pool, pool_moves=a.moves
+                    )
             elif isinstance(a, RoutePod) and a.pod_name in self.pods:
                 pod = self.pods[a.pod_name]
                 self.pods[a.pod_name] = replace(pod, route=a.route, route_moves=a.moves)

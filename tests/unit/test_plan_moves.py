@@ -186,7 +186,7 @@ def test_a_gated_pod_whose_requests_fit_the_new_pool_is_narrowed_not_replaced() 
         resources={"classicalPools": [{"name": "cpu"}, {"name": "cpu2"}]},
     )
     p = w.step()
-    assert actions(p, ReleasePod) == [ReleasePod(pod, "cpu2")]
+    assert actions(p, ReleasePod) == [ReleasePod(pod, "cpu2", moves=1)]
     assert actions(p, DeletePod) == [] and actions(p, CreatePod) == []
     st = w.sub("c")
     assert st.placement == pool("cpu2") and st.moves == 1 and st.attempts == 1
@@ -217,6 +217,22 @@ def test_a_narrow_whose_status_write_was_lost_is_read_back_from_the_pod_once() -
     assert actions(p, ReleasePod) == [] and actions(p, DeletePod) == []
     w.step()
     assert w.sub("c").moves == 1  # counted once
+
+
+def test_a_pod_released_by_a_start_whose_status_write_was_lost_counts_no_move() -> None:
+    w = World(
+        spec(classical("c"), resources={"classicalPools": [{"name": "cpu"}, {"name": "cpu2"}]})
+    )
+    w.step()
+    pod = w.sub("c").podName
+    # It went to cpu by the start; the status says cpu2 (another cycle's placement, stored
+    # after the write that said cpu was lost): the pod's pool wins, and nothing moved.
+    w.sub("c").placement = pool("cpu2")
+    w.pods[pod] = dataclasses.replace(w.pods[pod], phase=PodPhase.PENDING, pool="cpu")
+    p = w.step()
+    st = w.sub("c")
+    assert st.placement == pool("cpu") and st.moves == 0
+    assert not any(e.reason == "Moved" for e in p.events)
 
 
 def test_a_running_simulation_is_relaunched_without_counting_a_failure() -> None:

@@ -179,6 +179,9 @@ def test_the_qpu_time_a_loop_is_billed_counts_in_costusd_as_its_batches_run() ->
     assert w.status.costUSD == 6.0
     report(qa=4.0, qb=2.0)  # re-routed meanwhile: each backend at its own price
     assert w.status.costUSD == 9.0 and w.sub("vqe").progress.spentUSD == 9.0
+    report(qa=1.0)  # a lagging read, then the right one again: nothing priced twice
+    report(qa=4.0, qb=2.0)
+    assert w.status.costUSD == 9.0 and w.sub("vqe").progress.spentUSD == 9.0
     # The result's figures are the last word: what was billed since the last poll counts.
     result = {"energy": -1.0, "evaluations": 3, "qpuSeconds": {"qa": 4.0, "qb": 6.0}}
     w.pod_phase(pod, PodPhase.SUCCEEDED, result=result, usage={"wallSeconds": 36.0})

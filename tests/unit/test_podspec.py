@@ -24,6 +24,7 @@ from qorch.operator.podspec import (
     LABEL_VALUE,
     LABEL_WORKFLOW,
     POOL_ANNOTATION,
+    POOL_MOVES_ANNOTATION,
     ROUTE_ANNOTATION,
     ROUTE_DIR,
     build_pod,
@@ -259,19 +260,19 @@ def test_release_patch_narrows_adds_tolerations_and_removes_only_our_gate() -> N
         "path": "/spec/schedulingGates",
         "value": [{"name": "other.io/quota"}],
     }
-    # The pool it goes to, in the same patch (a restart reads it back): the annotations
-    # map is created, or one key added to it (others left alone).
-    assert ops[-1] == {
-        "op": "add",
-        "path": "/metadata/annotations",
-        "value": {POOL_ANNOTATION: "gpu"},
-    }
+    # The pool it goes to and the move count, in the same patch (a restart reads them
+    # back): the annotations map is created, or keys added to it (others left alone).
+    marks = {POOL_ANNOTATION: "gpu", POOL_MOVES_ANNOTATION: "0"}
+    assert ops[-1] == {"op": "add", "path": "/metadata/annotations", "value": marks}
     pod["metadata"] = {"annotations": {"qorch.io/route": "{}"}}
-    added = release_patch(pod, pool)[-1]
-    assert added == {"op": "add", "path": "/metadata/annotations/qorch.io~1pool", "value": "gpu"}
-    meta = {"name": "p", "annotations": {POOL_ANNOTATION: "gpu"}}
+    added = release_patch(pod, pool, moves=2)[-2:]
+    assert added == [
+        {"op": "add", "path": "/metadata/annotations/qorch.io~1pool", "value": "gpu"},
+        {"op": "add", "path": "/metadata/annotations/qorch.io~1pool-moves", "value": "2"},
+    ]
+    meta = {"name": "p", "annotations": {POOL_ANNOTATION: "gpu", POOL_MOVES_ANNOTATION: "2"}}
     released = pod_state({"metadata": meta, "spec": {}, "status": {}})
-    assert released.pool == "gpu"
+    assert released.pool == "gpu" and released.pool_moves == 2
     gated = {"metadata": meta, "spec": {"schedulingGates": [{"name": GATE}]}, "status": {}}
     assert pod_state(gated).pool is None  # not released (yet): not on any pool
 

@@ -58,12 +58,22 @@ def test_progress_is_read_but_never_the_spend() -> None:
     assert read.progress.spentUSD == 0.0  # the operator prices; the pod cannot say
 
 
+def test_a_progress_another_pod_serves_from_a_reused_address_is_dropped() -> None:
+    other = {**PROGRESS, "subtask": "vqe", "attempt": 2}  # this pod is attempt 1
+    read = asyncio.run(read_from("127.0.0.80", lambda: json.dumps(other).encode()))
+    assert read.progress is None
+    same = {**PROGRESS, "subtask": "vqe", "attempt": 1}
+    assert asyncio.run(read_from("127.0.0.81", lambda: json.dumps(same).encode())).progress
+
+
 def test_an_oversized_or_malformed_answer_is_refused() -> None:
     padded: dict[str, Any] = {**PROGRESS, "padding": "x" * PROGRESS_MAX_BYTES}
     assert (
         asyncio.run(read_from("127.0.0.78", lambda: json.dumps(padded).encode())).progress is None
     )
     assert asyncio.run(read_from("127.0.0.79", lambda: b"[1, 2]")).progress is None
+    deep = asyncio.run(read_from("127.0.0.82", lambda: b"[" * 60000))  # RecursionError
+    assert deep.progress is None
 
 
 def test_an_ipv6_pod_address_is_bracketed() -> None:

@@ -158,7 +158,8 @@ def test_progress_is_served_while_the_loop_runs_and_the_result_says_it_all(
 
 def test_parameters_follow_their_declaration_order_not_their_names(tmp_path: Path) -> None:
     qasm = (
-        'OPENQASM 3.0; include "stdgates.inc"; input float[64] t2; input angle[32] t10; '
+        'OPENQASM 3.0; include "stdgates.inc"; // input float[64] a;\n'
+        "/* input float[64] t10; */ input float[64] t2; input angle[32] t10; "
         "input float[64] a; qubit[2] q; ry(t2) q[0]; ry(t10) q[1]; rz(a) q[0]; cx q[0], q[1];"
     )
     e = env(tmp_path, maxIterations=6)

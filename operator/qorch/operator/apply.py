@@ -118,7 +118,9 @@ class Applier:
                     )
                     await self._create_pod(namespace, manifest)
                 elif isinstance(action, ReleasePod):
-                    await self._release_pod(namespace, action.pod_name, pools[action.pool])
+                    await self._release_pod(
+                        namespace, action.pod_name, pools[action.pool], action.moves
+                    )
                     metrics.placements(pools[action.pool].name, "pool")
                 elif isinstance(action, DeletePod):
                     await self._delete_pod(namespace, action.pod_name)
@@ -235,14 +237,14 @@ class Applier:
             if exc.status != 409:  # already exists: a replayed plan, nothing to do
                 raise
 
-    async def _release_pod(self, namespace: str, pod_name: str, pool: Any) -> None:
+    async def _release_pod(self, namespace: str, pod_name: str, pool: Any, moves: int = 0) -> None:
         pod = await asyncio.to_thread(self.core.read_namespaced_pod, pod_name, namespace)
         raw = self.core.api_client.sanitize_for_serialization(pod)
         gates = [g.get("name") for g in raw.get("spec", {}).get("schedulingGates") or []]
         if GATE not in gates:
             return  # released already (a replayed plan)
         await asyncio.to_thread(
-            self.core.patch_namespaced_pod, pod_name, namespace, release_patch(raw, pool)
+            self.core.patch_namespaced_pod, pod_name, namespace, release_patch(raw, pool, moves)
         )
 
     async def _store_result(self, body: dict[str, Any], action: StoreResult) -> None:

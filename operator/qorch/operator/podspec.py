@@ -37,6 +37,7 @@ RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
 METRICS_PORT = 9090  # `qorch worker` serves /metrics here (QORCH_METRICS_PORT)
 ROUTE_ANNOTATION = "qorch.io/route"  # where a variational pod sends its next batch
 POOL_ANNOTATION = "qorch.io/pool"  # the pool a pod was released to (set with the release)
+POOL_MOVES_ANNOTATION = "qorch.io/pool-moves"  # the subtask's moves then (a narrow's count)
 ROUTE_DIR = "/etc/qorch/route"
 GATEWAY_TOKEN_DIR = "/var/run/secrets/qorch/gateway"
 GATEWAY_AUDIENCE = "qorch-gateway"
@@ -305,7 +306,7 @@ def owner_reference(workflow: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def release_patch(pod: dict[str, Any], pool: ClassicalPool) -> list[dict[str, Any]]:
+def release_patch(pod: dict[str, Any], pool: ClassicalPool, moves: int = 0) -> list[dict[str, Any]]:
     """ONE JSON patch: add the pool's node selector and tolerations, remove the gate.
 
     While a pod is gated the apiserver allows only narrowing (adding selector keys,
@@ -329,15 +330,15 @@ def release_patch(pod: dict[str, Any], pool: ClassicalPool) -> list[dict[str, An
         ops.append({"op": "add", "path": "/spec/tolerations", "value": tolerations})
     remaining = [g for g in gates if g.get("name") != GATE]
     ops.append({"op": "replace", "path": "/spec/schedulingGates", "value": remaining})
-    # In the same patch: the pool it went to, for a restart to read back when the status
-    # write after a narrow was lost.
+    # In the same patch: the pool it went to and the subtask's move count, for a restart
+    # to read back when the status write after a narrow was lost.
+    marks = {POOL_ANNOTATION: pool.name, POOL_MOVES_ANNOTATION: str(moves)}
     if pod.get("metadata", {}).get("annotations"):
-        path = "/metadata/annotations/" + POOL_ANNOTATION.replace("~", "~0").replace("/", "~1")
-        ops.append({"op": "add", "path": path, "value": pool.name})
+        for key, value in marks.items():
+            path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+            ops.append({"op": "add", "path": path, "value": value})
     else:
-        ops.append(
-            {"op": "add", "path": "/metadata/annotations", "value": {POOL_ANNOTATION: pool.name}}
-        )
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": marks})
     return ops
 
 
@@ -386,9 +387,15 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         ip=status.get("podIP") or None,
         variational=ROUTE_ANNOTATION in annotations,
         pool=None if GATE in gates else (annotations.get(POOL_ANNOTATION) or None),
+        pool_moves=_count(annotations.get(POOL_MOVES_ANNOTATION)),
         route=route,
         route_moves=route_moves,
     )
+
+
+def _count(raw: Any) -> int:
+    """A move count from an annotation; 0 when absent or not a small non-negative number."""
+    return int(raw) if isinstance(raw, str) and raw.isdigit() and len(raw) < 7 else 0
 
 
 def _route(raw: Any) -> tuple[Placement | None, int]:

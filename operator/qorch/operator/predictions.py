@@ -30,7 +30,7 @@ from qorch.api.workflow import (
 )
 from qorch.metrics import operator_metrics as metrics
 from qorch.orchestrator.plan import Plan
-from qorch.orchestrator.prediction import Prediction, repeated
+from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.prices import pool_price_per_hour
 from qorch.orchestrator.snapshot import (
     BackendInfo,
@@ -155,10 +155,9 @@ class PredictionService:
             return {}, None
         # Read here, on the event loop that appends to them, not in the pass's thread.
         waits = {name: tuple(seen) for name, seen in self.recent_waits.items()}
-        predictions, report = await asyncio.to_thread(
+        return await asyncio.to_thread(
             self._locked, self._predict, spec, subtasks, sources, list(backends), live, waits
         )
-        return _whole_loops(predictions, spec, status), report
 
     def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
         with self._lock:
@@ -302,27 +301,6 @@ def backend_input(
 
 def _float(value: int | None) -> float | None:
     return None if value is None else float(value)
-
-
-def _whole_loops(
-    predictions: dict[tuple[str, str], Prediction],
-    spec: HybridWorkflowSpec,
-    status: HybridWorkflowStatus,
-) -> dict[tuple[str, str], Prediction]:
-    """A variational subtask's predictions are for one batch; the loop runs up to its
-    remaining batches, each queued and billed again: scaled to those, so its time and
-    spend weigh as much in the workflow's cost (and its budget) as they will."""
-    done = {s.name: s.progress.evaluations for s in status.subtasks if s.progress is not None}
-    left = {
-        sub.name: sub.variational.max_evaluations - done.get(sub.name, 0)
-        for sub in spec.subtasks
-        if sub.variational is not None
-    }
-    if not left:
-        return predictions
-    return {
-        key: repeated(p, left[key[0]]) if key[0] in left else p for key, p in predictions.items()
-    }
 
 
 def _placeable(

@@ -225,15 +225,21 @@ class Runtime:
                 async with self._progress_session.get(url) as resp:
                     if resp.status != 200:
                         return pod
-                    # It comes from inside a pod: a bounded read (a progress is ~1 KiB).
-                    body = await resp.content.read(PROGRESS_MAX_BYTES + 1)
-                    if len(body) > PROGRESS_MAX_BYTES:
-                        return pod
+                    # It comes from inside a pod: a bounded read (a progress is ~1 KiB),
+                    # to the end of the body (it may arrive in several segments).
+                    body = b""
+                    async for chunk in resp.content.iter_chunked(16384):
+                        body += chunk
+                        if len(body) > PROGRESS_MAX_BYTES:
+                            return pod
                     doc = json.loads(body)
+                said = (doc.get("subtask") or pod.subtask, doc.get("attempt") or pod.attempt)
+                if said != (pod.subtask, pod.attempt):
+                    return pod  # another pod answers at this address (the IP was reused)
                 progress = VariationalProgress.model_validate(
                     {k: v for k, v in doc.items() if k in REPORTED_PROGRESS}
                 )
-            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, RecursionError):
                 return pod
             return replace(pod, progress=progress)
 

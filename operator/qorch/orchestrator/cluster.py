@@ -80,7 +80,14 @@ from qorch.api.workflow import (
     ResourceKind,
     SubtaskSpec,
 )
-from qorch.orchestrator.cost import CandidateScore, Objective, Ranking, Workflow, WorkflowCost
+from qorch.orchestrator.cost import (
+    CandidateScore,
+    Objective,
+    Ranking,
+    Workflow,
+    WorkflowCost,
+    batches_left,
+)
 from qorch.orchestrator.cost import usable as _usable
 from qorch.orchestrator.prediction import QPU, Prediction
 from qorch.orchestrator.simulation import (
@@ -186,9 +193,9 @@ class PoolCapacity:
 
 
 def capacity_key(pool: ClassicalPool) -> str:
-    """Pools are defined per workflow, so two workflows may give one name to pools that
-    select other nodes: free capacity is keyed by what selects the nodes as well as by
-    the name (``ClusterSnapshot.pools``)."""
+    """Pools are defined per workflow: two workflows may give one name to pools that
+    select other nodes, or other names to one set of nodes. Free capacity is keyed by what
+    selects the nodes (``ClusterSnapshot.pools``), not by the name."""
     selector = ",".join(f"{k}={v}" for k, v in sorted(pool.nodeSelector.items()))
     tolerations = ";".join(
         sorted(
@@ -196,7 +203,7 @@ def capacity_key(pool: ClassicalPool) -> str:
             for t in pool.tolerations
         )
     )
-    return f"{pool.name}{{{selector}}}[{tolerations}]"
+    return f"{{{selector}}}[{tolerations}]"
 
 
 @dataclass(frozen=True)
@@ -477,7 +484,10 @@ class _Pass:
         specs = {s.name: s for s in spec.subtasks}
         finished = [n for n in specs if n not in e.subtasks]
         workflow = Workflow.from_spec(
-            spec, classical_seconds=e.classical_seconds, finished=finished
+            spec,
+            classical_seconds=e.classical_seconds,
+            finished=finished,
+            batches=batches_left(spec, e.status),
         )
         predictions = e.predictions
         if shift:

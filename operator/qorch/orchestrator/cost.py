@@ -47,8 +47,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal, NamedTuple
 
-from qorch.api.workflow import HybridWorkflowSpec, ObjectivePreset, ObjectiveSpec
-from qorch.orchestrator.prediction import Prediction
+from qorch.api.workflow import (
+    HybridWorkflowSpec,
+    HybridWorkflowStatus,
+    ObjectivePreset,
+    ObjectiveSpec,
+    SubtaskPhase,
+)
+from qorch.orchestrator.prediction import Prediction, repeated
 
 # One unit of the error term: ten points of expected fidelity (see the module docstring).
 ERROR_SCALE: Final = 0.1
@@ -133,6 +139,26 @@ class Objective:
         )
 
 
+# A loop in these phases runs its current attempt: its progress counts the batches sent.
+_LOOPING: Final = (SubtaskPhase.LAUNCHING, SubtaskPhase.SCHEDULED, SubtaskPhase.RUNNING)
+
+
+def batches_left(spec: HybridWorkflowSpec, status: HybridWorkflowStatus) -> dict[str, int]:
+    """Each variational loop's batches still to run (``Step.batches``): the most it may
+    send (``max_evaluations``) less those its current attempt sent; a loop waiting to
+    start or to retry has them all before it."""
+    sent = {
+        s.name: s.progress.evaluations
+        for s in status.subtasks
+        if s.progress is not None and s.phase in _LOOPING
+    }
+    return {
+        s.name: max(s.variational.max_evaluations - sent.get(s.name, 0), 1)
+        for s in spec.subtasks
+        if s.variational is not None
+    }
+
+
 class Step(NamedTuple):
     """One node of the DAG.
 
@@ -147,6 +173,9 @@ class Step(NamedTuple):
     depends_on: tuple[str, ...] = ()
     seconds: float | None = None
     usd: float = 0.0
+    # A variational loop: its prediction is for one batch, and it runs this many more, one
+    # after another (each queued and billed again).
+    batches: int = 1
 
 
 @dataclass(frozen=True)
@@ -163,10 +192,13 @@ class Workflow:
         *,
         classical_seconds: Mapping[str, float] | None = None,
         finished: Iterable[str] = (),
+        batches: Mapping[str, int] | None = None,
     ) -> Workflow:
         """Circuit subtasks are placed by predictions; classical steps take their measured
-        duration from ``classical_seconds``, else ``DEFAULT_CLASSICAL_SECONDS``."""
+        duration from ``classical_seconds``, else ``DEFAULT_CLASSICAL_SECONDS``; a
+        variational loop runs ``batches`` of its predictions (``batches_left``)."""
         measured = classical_seconds or {}
+        repeats = batches or {}
         done = set(finished)
         steps = tuple(
             Step(
@@ -177,6 +209,7 @@ class Workflow:
                     if s.source is not None
                     else measured.get(s.name, DEFAULT_CLASSICAL_SECONDS)
                 ),
+                batches=max(repeats.get(s.name, 1), 1),
             )
             for s in spec.subtasks
             if s.name not in done
@@ -331,6 +364,16 @@ class WorkflowCost:
         self._succs = {n: tuple(v) for n, v in succs.items()}
 
         resources = sorted(set(workflow.resources))
+        # Loops: every prediction of theirs counts for the batches they have left.
+        self._batches = {n: s.batches for n, s in steps.items() if s.batches > 1}
+        # ... while a ranking hands back the caller's one-batch figures (a pass models a
+        # backend's queue with them: a loop holds one batch there at a time).
+        self._one_batch = {k: p for k, p in predictions.items() if k[0] in self._batches}
+        if self._batches:
+            predictions = {
+                k: repeated(p, self._batches[k[0]]) if k[0] in self._batches else p
+                for k, p in predictions.items()
+            }
         self._options: dict[str, tuple[Prediction, ...]] = {}
         self._infeasible: dict[str, tuple[str, ...]] = {}
         self._by_resource: dict[str, dict[str, Prediction]] = {}
@@ -368,6 +411,11 @@ class WorkflowCost:
 
     # -- the workflow under an assignment ------------------------------------------------
 
+    def _whole(self, subtask: str, p: Prediction) -> Prediction:
+        """A caller's (one-batch) figures for ``subtask``, as the whole of what it runs."""
+        n = self._batches.get(subtask)
+        return p if n is None else repeated(p, n)
+
     def _resolve(
         self, assignment: Mapping[str, str], placed: Mapping[str, Prediction] | None = None
     ) -> dict[str, Prediction | None]:
@@ -380,7 +428,7 @@ class WorkflowCost:
                 # what was placed before it), for a resource it may use.
                 given = placed.get(n)
                 if given is not None and given.resource == match.resource and usable(given):
-                    match = given
+                    match = self._whole(n, given)
             chosen[n] = match if match is not None else self._fastest[n]
         return chosen
 
@@ -493,6 +541,7 @@ class WorkflowCost:
             )
         options = self._options[subtask]
         infeasible = self._infeasible[subtask]
+        given: dict[str, Prediction] = {}
         if not options:
             return Ranking(
                 subtask, (), reason=_no_resource(subtask, infeasible), infeasible=infeasible
@@ -502,7 +551,8 @@ class WorkflowCost:
             offered: dict[str, Prediction] = {}
             for p in candidates:
                 if p.resource in allowed and usable(p):
-                    offered.setdefault(p.resource, p)
+                    offered.setdefault(p.resource, self._whole(subtask, p))
+                    given.setdefault(p.resource, p)
             options = tuple(offered.values())
             if not options:
                 return Ranking(
@@ -535,6 +585,14 @@ class WorkflowCost:
             )
             for p in options
         ]
+        if subtask in self._batches:
+            scores = [
+                c._replace(
+                    prediction=given.get(c.resource)
+                    or self._one_batch.get((subtask, c.resource), c.prediction)
+                )
+                for c in scores
+            ]
         scores.sort(key=lambda c: (not c.admissible, c.breach, c.score, c.resource))
         best = scores[0]
         if best.admissible:

@@ -99,6 +99,7 @@ class ReleasePod:
 
     pod_name: str
     pool: str
+    moves: int = 0  # a narrow: the subtask's moves with it (written beside the pool)
 
 
 @dataclass(frozen=True)
@@ -542,7 +543,7 @@ def _narrow(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, to: Placement, rea
     release, so this narrows a pod that was never bound anywhere."""
     assert st.podName is not None
     _narrow_recorded(cyc, sub, st, to, reason)
-    cyc.actions.append(ReleasePod(st.podName, to.name))
+    cyc.actions.append(ReleasePod(st.podName, to.name, st.moves))
 
 
 def _narrow_recorded(
@@ -567,8 +568,16 @@ def _narrowed_before(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, pool: str
     if pool not in {p.name for p in cyc.snap.spec.resources.classicalPools}:
         return
     assert st.placement is not None
+    to = Placement(kind=ResourceKind.POOL, name=pool)
+    pod = cyc.snap.pods.get(st.podName or "")
+    if pod is None or pod.pool_moves <= st.moves:
+        # Released there by a start whose status write was lost, not by a narrow: the
+        # pod's pool is where it runs, and no move happened.
+        st.placement = to
+        st.predicted = predicted_outcome(cyc.snap.predictions.get((sub.name, pool)))
+        return
     _narrow_recorded(
-        cyc, sub, st, Placement(kind=ResourceKind.POOL, name=pool),
+        cyc, sub, st, to,
         f"read back from pod {st.podName}: the status write after the narrow was lost",
     )  # fmt: skip
 
@@ -682,7 +691,10 @@ def _priced(
             added += billed * info.price_per_qpu_second
     if added > 0:
         cyc.status.costUSD = round(cyc.status.costUSD + added, 6)
-    return now.model_copy(update={"spentUSD": round(spent + added, 6)})
+    # The most seen per backend is what was priced: a report that goes down and up again
+    # (a lagging read) is not priced twice.
+    priced = {**before, **{b: max(s, before.get(b, 0.0)) for b, s in now.qpuSeconds.items()}}
+    return now.model_copy(update={"spentUSD": round(spent + added, 6), "qpuSeconds": priced})
 
 
 def _reconcile_route(cyc: _Cycle, st: SubtaskStatus, pod: PodState) -> bool:
@@ -696,7 +708,7 @@ def _reconcile_route(cyc: _Cycle, st: SubtaskStatus, pod: PodState) -> bool:
         was = st.route.name
         st.movedFrom = was
         st.route = pod.route
-        st.moves = pod.route_moves
+        st.moves += 1  # one patch is one move, whatever count the annotation claims
         message = bounded(
             f"next batches from {was} to {pod.route.name} (read back from pod {pod.name}: "
             "the status write after the re-route was lost)",

@@ -51,6 +51,7 @@ class PodState:
     # when that route was set: what a restart reads back if the status write after a
     # narrow or a re-route was lost.
     pool: str | None = None
+    pool_moves: int = 0  # the subtask's moves when it was released there (a narrow)
     route: Placement | None = None
     route_moves: int = 0
 

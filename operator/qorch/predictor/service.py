@@ -421,7 +421,7 @@ class _Pass:
             # analytic GPU-to-CPU ratio (the card's assumption, 50x one core for the state
             # update; shots and start-up unchanged) until GPU runs are measured.
             ratio = analytic_time() / np.maximum(analytic_time(gpu=False), 1e-12)
-            run = np.where(gpu, run * np.minimum(ratio, 1.0), run)
+            run = np.where(gpu & ~fell, run * np.minimum(ratio, 1.0), run)
         mem, fell = self._output(
             block,
             "classical_memory",

@@ -333,6 +333,8 @@ def run_variational(env: dict[str, str], progress: Progress) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, _raise_terminated)
     task = VariationalTask.from_env(env)
     progress.optimizer = task.optimizer
+    progress.subtask = env.get("QORCH_SUBTASK", "")
+    progress.attempt = int(env.get("QORCH_ATTEMPT", "0") or 0)
     evaluator = Evaluator(task)
     # The pod's projected token for the gateways' audience; where none is mounted (a
     # gateway that checks no tokens, a local run) batches go without one.
@@ -342,6 +344,9 @@ def run_variational(env: dict[str, str], progress: Progress) -> dict[str, Any]:
         result = optimise(task, evaluator, progress)
     finally:
         evaluator.close()
+        if threading.current_thread() is threading.main_thread():
+            # The loop is over: a SIGTERM now may not fail the result being written.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return {**result, "method": "variational", "device": "CPU"}
 
 

@@ -134,6 +134,10 @@ class Progress:
     """What the loop did so far; read by the /progress handler from another thread."""
 
     optimizer: str
+    # Who reports (the pod's subtask and attempt): the operator drops a progress that
+    # another pod serves from a reused address.
+    subtask: str = ""
+    attempt: int = 0
     iterations: int = 0
     evaluations: int = 0
     energy: float | None = None
@@ -165,6 +169,8 @@ class Progress:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
+                "subtask": self.subtask,
+                "attempt": self.attempt,
                 "optimizer": self.optimizer,
                 "iterations": self.iterations,
                 "evaluations": self.evaluations,
@@ -177,6 +183,7 @@ class Progress:
             }
 
 
+QASM_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 INPUT_DECLARATION = re.compile(r"\binput\s+(?:float|angle)\s*(?:\[\s*\d+\s*\])?\s+(\w+)\s*;")
 
 
@@ -185,8 +192,9 @@ def declaration_order(qasm: str, parameters: list[Any]) -> list[Any]:
     user writing ``initialPoint`` reads); any the declarations do not name follow, by name.
     (Qiskit lists them by name, so ``t10`` would come before ``t2``.)"""
     by_name = {p.name: p for p in parameters}
+    code = QASM_COMMENT.sub(" ", qasm)  # a commented-out declaration declares nothing
     declared = [
-        by_name.pop(n) for n in dict.fromkeys(INPUT_DECLARATION.findall(qasm)) if n in by_name
+        by_name.pop(n) for n in dict.fromkeys(INPUT_DECLARATION.findall(code)) if n in by_name
     ]
     return declared + sorted(by_name.values(), key=lambda p: p.name)
 
@@ -356,9 +364,10 @@ class Evaluator:
         self._loop.close()
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (``qorch worker`` raises it from its handler): the loop stops; not an
-    ``Exception``, so no retry or error path swallows it."""
+class Terminated(SystemExit):
+    """SIGTERM arrived (``qorch worker`` raises it from its handler): the loop stops. A
+    ``SystemExit``: no retry or error path swallows it, and asyncio re-raises it from a
+    callback it interrupts (any other ``BaseException`` there is logged and dropped)."""
 
 
 # How long a stopping worker waits on the gateway to cancel its batch in flight.
