@@ -4,7 +4,10 @@ survives a restart, a cancelled attempt is not a failure, and nothing runs twice
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
+
+import pytest
 
 from qorch.api.backend import Provider
 from qorch.api.workflow import Placement, ResourceKind, SubtaskPhase
@@ -20,6 +23,7 @@ from qorch.orchestrator import (
     ReleasePod,
     SubmitJob,
 )
+from qorch.orchestrator.prices import CPU_POD_USD_PER_HOUR
 from qorch.orchestrator.snapshot import MoveRequest
 from tests.unit.test_plan import World, circuit, classical, spec
 
@@ -242,6 +246,7 @@ def test_a_running_simulation_is_relaunched_without_counting_a_failure() -> None
     w.pod_phase(pod, PodPhase.RUNNING)
     w.step()
     assert w.sub("q").phase is SubtaskPhase.RUNNING
+    w.now += dt.timedelta(seconds=120)  # it ran two minutes before the pass moved it
     w.moves = {"q": MoveRequest(pool("gpu"), "600 s here vs 30 s there", how="relaunch")}
     w.step()  # the intent, stored first
     assert w.sub("q").moving is not None and w.sub("q").moving.relaunch
@@ -258,6 +263,8 @@ def test_a_running_simulation_is_relaunched_without_counting_a_failure() -> None
     st = w.sub("q")
     assert st.moves == 1 and st.failures == 0 and st.attempts == 2 and st.moving is None
     assert st.movedFrom == "cpu"
+    # The stopped pod's two minutes on the CPU pool are billed (it reported no usage).
+    assert w.status.costUSD == pytest.approx(120 * CPU_POD_USD_PER_HOUR / 3600, abs=1e-6)
 
 
 def test_a_simulation_that_finishes_before_its_relaunch_keeps_its_result() -> None:

@@ -33,6 +33,7 @@ from qorch.api.workflow import (
 from qorch.orchestrator.lifecycle import ACTIVE, TERMINAL, check_transition
 from qorch.orchestrator.outcomes import job_outcome, pod_outcome, predicted_outcome
 from qorch.orchestrator.placement import Infeasible, PlacementPolicy
+from qorch.orchestrator.prices import pool_price_per_hour
 from qorch.orchestrator.snapshot import (
     JobPhase,
     JobState,
@@ -521,6 +522,8 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
         cyc.requeue_in(cyc.snap.config.job_poll_min)
         return True
     intent, was = st.moving, st.placement.name
+    if intent.relaunch:
+        _bill_stopped_pod(cyc, st)
     st.moving = None
     st.moves += 1
     st.movedFrom = was
@@ -535,6 +538,22 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
     cyc.event("Moved", f"{sub.name}: from {was} to {intent.to.name}: {intent.reason}")
     _start(cyc, sub, st, intent.to, "Relaunched")
     return True
+
+
+def _bill_stopped_pod(cyc: _Cycle, st: SubtaskStatus) -> None:
+    """A relaunched simulation's old pod ran, and its pool bills it, until it was stopped:
+    its time since it started counts in costUSD (it reports no usage of its own)."""
+    assert st.placement is not None
+    pool = next(
+        (p for p in cyc.snap.spec.resources.classicalPools if p.name == st.placement.name), None
+    )
+    started = _parse(st.startedAt) if st.startedAt else None
+    if pool is None or started is None:
+        return
+    seconds = max((cyc.snap.now - started).total_seconds(), 0.0)
+    usd = seconds * pool_price_per_hour(pool) / 3600.0
+    if usd > 0:
+        cyc.status.costUSD = round(cyc.status.costUSD + usd, 6)
 
 
 def _narrow(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus, to: Placement, reason: str) -> None:
