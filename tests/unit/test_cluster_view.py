@@ -132,3 +132,20 @@ def test_a_reroute_counts_as_a_move_for_hysteresis_and_says_where_it_came_from()
     # Going back to qa needs the hysteresis too, and a recent move is recent.
     assert entry.resource == "qb" and entry.moved_from == "qa" and entry.moves == 1
     assert entry.last_moved == w.now
+
+
+def test_one_pass_decides_for_every_published_workflow_and_reads_pool_capacity() -> None:
+    from qorch.orchestrator.capacity import NodeInfo
+    from qorch.orchestrator.cluster_view import decide_cluster
+
+    assert decide_cluster({}) == ClusterDecision()
+    steps = spec(classical("s"))  # the default pools: cpu and gpu, by node label
+    snaps = {f"ns/w{i}": dataclasses.replace(World(steps).snapshot(), name=f"w{i}")
+             for i in range(3)}  # fmt: skip
+    unlimited = decide_cluster(snaps)
+    assert sorted(p.workflow for p in unlimited.places) == ["ns/w0", "ns/w1", "ns/w2"]
+    # One CPU node with room for two of the three steps' pods (500m each): one waits.
+    node = NodeInfo("n0", {"qorch.io/pool": "cpu"}, cpu_cores=1.0, memory_bytes=8 << 30)
+    limited = decide_cluster(snaps, [node], [])
+    assert len(limited.places) == 2 and len(limited.waits) == 1
+    assert "room" in limited.waits[0].reason

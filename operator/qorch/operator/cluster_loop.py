@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterable, Mapping
 
 from qorch.metrics import operator_metrics as metrics
-from qorch.orchestrator.capacity import NodeInfo, PodUsage, pool_capacity
-from qorch.orchestrator.cluster import ClusterDecision, ClusterSnapshot, decide
-from qorch.orchestrator.cluster_view import backend_loads, workflow_entry
+from qorch.orchestrator.capacity import NodeInfo, PodUsage
+from qorch.orchestrator.cluster import ClusterDecision
+from qorch.orchestrator.cluster_view import decide_cluster
 from qorch.orchestrator.snapshot import WorkflowSnapshot
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class ClusterLoop:
             pods = [p for store in self._pods.values() for p in store] if self._pods else []
             started = time.perf_counter()
             try:
-                decision = await asyncio.to_thread(_decide, snaps, nodes, pods)
+                decision = await asyncio.to_thread(decide_cluster, snaps, nodes, pods)
             except Exception:
                 log.exception("cluster pass failed; workflows fall back to the static rule")
                 continue
@@ -106,24 +106,3 @@ class ClusterLoop:
                 self._decision = decision
                 self._passes = self._started
                 self._done.notify_all()
-
-
-def _decide(
-    snaps: Mapping[str, WorkflowSnapshot],
-    nodes: list[NodeInfo] | None = None,
-    pods: list[PodUsage] | None = None,
-) -> ClusterDecision:
-    """One pass. ``nodes`` None: capacity not known (no node is visible), pools are not
-    limited; otherwise each pool's free capacity is what its nodes still hold."""
-    if not snaps:
-        return ClusterDecision()
-    now = max(s.now for s in snaps.values())
-    pools = [p for _, s in sorted(snaps.items()) for p in s.spec.resources.classicalPools]
-    return decide(
-        ClusterSnapshot(
-            now=now,
-            workflows=[workflow_entry(s, key) for key, s in sorted(snaps.items())],
-            backends=backend_loads(snaps.values()),
-            pools=pool_capacity(pools, nodes, pods or []) if nodes is not None else {},
-        )
-    )

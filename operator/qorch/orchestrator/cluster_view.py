@@ -1,19 +1,23 @@
 """Between one workflow's planning cycle and the cluster pass: what a workflow tells the pass
-(``workflow_entry``, ``backend_loads``), and what the pass tells the workflow back
-(``requests_for``: where to start its subtasks, which to move, which to hold). Pure."""
+(``workflow_entry``, ``backend_loads``), one pass over all of them (``decide_cluster``: the
+operator's leader and the digital twin both call it), and what the pass tells the workflow
+back (``requests_for``: where to start its subtasks, which to move, which to hold). Pure."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from qorch.api.workflow import Placement, ResourceKind, SubtaskPhase, SubtaskStatus
+from qorch.orchestrator.capacity import NodeInfo, PodUsage, pool_capacity
 from qorch.orchestrator.cluster import (
     BackendLoad,
     ClusterDecision,
+    ClusterSnapshot,
     Stage,
     SubtaskEntry,
     WorkflowEntry,
+    decide,
 )
 from qorch.orchestrator.snapshot import (
     BackendInfo,
@@ -165,3 +169,25 @@ def requests_for(
     }
     held = {w.subtask: w.reason for w in decision.waits if w.workflow == key}
     return places, moves, held
+
+
+def decide_cluster(
+    snaps: Mapping[str, WorkflowSnapshot],
+    nodes: Iterable[NodeInfo] | None = None,
+    pods: Iterable[PodUsage] = (),
+) -> ClusterDecision:
+    """One pass over every workflow's latest snapshot (by key ``namespace/name``).
+    ``nodes`` None: capacity not known (no node is visible), pools are not limited;
+    otherwise each pool's free capacity is what its nodes still hold after ``pods``."""
+    if not snaps:
+        return ClusterDecision()
+    now = max(s.now for s in snaps.values())
+    pools = [p for _, s in sorted(snaps.items()) for p in s.spec.resources.classicalPools]
+    return decide(
+        ClusterSnapshot(
+            now=now,
+            workflows=[workflow_entry(s, key) for key, s in sorted(snaps.items())],
+            backends=backend_loads(snaps.values()),
+            pools=pool_capacity(pools, nodes, pods) if nodes is not None else {},
+        )
+    )
