@@ -1,0 +1,174 @@
+"""A simulated classical pool for the digital twin: its nodes' capacity on the twin's clock,
+the pods Qorch creates there, and the background load other tenants put on it.
+
+A pod is created gated (as ``podspec`` creates it); released, it waits until the pool has
+room for its requests, first come first served (as one kube-scheduler queue would, without
+preemption), then runs for the seconds the twin decided it takes and succeeds. Deleting a
+pod frees its room at once. Background load (``background_gpus(t)``, from the GPU cluster
+trace in ``qorch.sim.exogenous``) takes GPUs away from what Qorch's pods may use. What
+``plan`` reads back is a ``PodState``, as from the apiserver.
+
+Pure and deterministic: the twin calls ``advance(t)`` before it reads, with t never going
+back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qorch.orchestrator.cluster import PodRequest
+from qorch.orchestrator.snapshot import PodPhase, PodState
+
+
+@dataclass
+class SimPod:
+    name: str
+    subtask: str
+    attempt: int
+    request: PodRequest
+    run_seconds: float
+    result: dict[str, object] | None = None
+    released_at: float | None = None
+    start: float = math.inf
+
+    @property
+    def end(self) -> float:
+        return self.start + self.run_seconds
+
+
+def _no_background(t: float) -> float:
+    return 0.0
+
+
+@dataclass
+class SimPool:
+    """Capacity is the sum over the pool's nodes (as ``orchestrator.capacity`` reads it)."""
+
+    name: str
+    cpu_cores: float
+    memory_bytes: float
+    gpus: float = 0.0
+    background_gpus: Callable[[float], float] = _no_background
+    pods: dict[str, SimPod] = field(default_factory=dict)
+    _now: float = 0.0
+
+    def create(
+        self,
+        name: str,
+        subtask: str,
+        attempt: int,
+        request: PodRequest,
+        run_seconds: float,
+        result: dict[str, object] | None = None,
+    ) -> SimPod:
+        """A gated pod; creating a known name again changes nothing (a 409)."""
+        known = self.pods.get(name)
+        if known is not None:
+            return known
+        pod = SimPod(name, subtask, attempt, request, max(run_seconds, 0.0), result)
+        self.pods[name] = pod
+        return pod
+
+    def release(self, name: str, t: float) -> bool:
+        """Remove the gate: the pod queues for room (False: unknown or released already)."""
+        pod = self.pods.get(name)
+        if pod is None or pod.released_at is not None:
+            return False
+        pod.released_at = t
+        self.advance(t)
+        return True
+
+    def delete(self, name: str, t: float) -> bool:
+        """The pod goes (its room is free at once); False when there was none."""
+        self.advance(t)
+        if self.pods.pop(name, None) is None:
+            return False
+        self.advance(t)
+        return True
+
+    def state(self, name: str, t: float) -> PodState | None:
+        self.advance(t)
+        pod = self.pods.get(name)
+        if pod is None:
+            return None
+        if pod.released_at is None:
+            phase = PodPhase.GATED
+        elif t < pod.start:
+            phase = PodPhase.PENDING
+        elif t < pod.end:
+            phase = PodPhase.RUNNING
+        else:
+            phase = PodPhase.SUCCEEDED
+        node = None if phase in (PodPhase.GATED, PodPhase.PENDING) else f"{self.name}-node"
+        result = pod.result if pod.result is not None else {"simulated": True}
+        return PodState(
+            pod.name,
+            pod.subtask,
+            pod.attempt,
+            phase,
+            node=node,
+            result=result if phase is PodPhase.SUCCEEDED else None,
+            usage={"wallSeconds": pod.run_seconds} if phase is PodPhase.SUCCEEDED else None,
+            pool=self.name if pod.released_at is not None else None,
+        )
+
+    def free(self, t: float) -> tuple[float, float, float]:
+        """Room left at ``t`` (cores, bytes, GPUs) after the running pods and the
+        background load."""
+        self.advance(t)
+        return self._room(t)
+
+    def next_change(self, t: float) -> float | None:
+        """The first time after ``t`` at which one of the pods starts or ends."""
+        self.advance(t)
+        times = [x for p in self.pods.values() for x in (p.start, p.end) if t < x < math.inf]
+        return min(times, default=None)
+
+    def advance(self, t: float) -> None:
+        """Start, in release order, every released pod that fits by ``t``: each waits for
+        the ones released before it (no overtaking), and a pod that can never fit the
+        pool waits for ever (as an unschedulable pod stays Pending)."""
+        if t < self._now:
+            return
+        # Nothing starts before what was already read (a pod seen Pending then stays so
+        # up to then), nor before a pod released earlier started.
+        started = [p.start for p in self.pods.values() if p.start < math.inf]
+        floor = max([self._now, *started])
+        self._now = t
+        waiting = sorted(
+            (p for p in self.pods.values() if p.released_at is not None and p.start == math.inf),
+            key=lambda p: (p.released_at, p.name),
+        )
+        for pod in waiting:
+            at = self._earliest_fit(pod, t, floor)
+            if at is None:
+                break  # the head of the queue waits: so does everybody behind it
+            pod.start = floor = at
+
+    def _earliest_fit(self, pod: SimPod, t: float, floor: float) -> float | None:
+        """When ``pod`` fits, no earlier than its release and ``floor`` (the start of the
+        pod released before it) and no later than ``t`` (None: not by then)."""
+        released = pod.released_at if pod.released_at is not None else t
+        first = max(released, floor)
+        candidates = sorted({first, *(p.end for p in self.pods.values() if first < p.end <= t)})
+        for at in candidates:
+            if at > t:
+                break
+            cpu, mem, gpu = self._room(at)
+            if (
+                pod.request.cpu <= cpu + 1e-9
+                and pod.request.memory <= mem + 1e-9
+                and (pod.request.gpus <= gpu + 1e-9)
+            ):
+                return at
+        return None
+
+    def _room(self, at: float) -> tuple[float, float, float]:
+        used = [0.0, 0.0, 0.0]
+        for p in self.pods.values():
+            if p.start <= at < p.end:
+                used = [u + r for u, r in zip(used, p.request, strict=True)]
+        gpus = self.gpus - min(max(self.background_gpus(at), 0.0), self.gpus)
+        return (self.cpu_cores - used[0], self.memory_bytes - used[1], gpus - used[2])

@@ -1,0 +1,69 @@
+"""The twin's simulated classical pool: gated pods wait for their release, then for room,
+first come first served; deleting one frees its room; background GPU load takes GPUs away;
+``PodState`` read back as ``plan`` reads it from the apiserver."""
+
+from __future__ import annotations
+
+from qorch.orchestrator.cluster import PodRequest
+from qorch.orchestrator.snapshot import PodPhase
+from qorch.sim.pool import SimPool
+
+GIB = float(1 << 30)
+ONE_CPU = PodRequest(1.0, GIB, 0.0)
+
+
+def phase(pool: SimPool, name: str, t: float) -> PodPhase | None:
+    state = pool.state(name, t)
+    return state.phase if state is not None else None
+
+
+def test_pods_start_as_room_frees_in_release_order() -> None:
+    pool = SimPool("cpu", cpu_cores=2.0, memory_bytes=8 * GIB)
+    for i, seconds in enumerate((100.0, 50.0, 10.0)):
+        pool.create(f"p{i}", f"s{i}", 1, ONE_CPU, seconds)
+    assert phase(pool, "p0", 0.0) is PodPhase.GATED
+    for i in range(3):
+        assert pool.release(f"p{i}", 0.0)
+    assert not pool.release("p0", 1.0)  # released already
+    assert phase(pool, "p0", 1.0) is PodPhase.RUNNING
+    assert phase(pool, "p2", 1.0) is PodPhase.PENDING  # two cores, two pods running
+    assert pool.free(1.0)[0] == 0.0
+    # p1 ends at 50 s: p2 starts then, and ends at 60 s.
+    assert phase(pool, "p2", 55.0) is PodPhase.RUNNING
+    done = pool.state("p2", 60.0)
+    assert done is not None and done.phase is PodPhase.SUCCEEDED
+    assert done.result == {"simulated": True} and done.usage == {"wallSeconds": 10.0}
+    assert done.pool == "cpu" and done.node is not None
+    assert pool.next_change(60.0) == 100.0
+
+
+def test_no_pod_overtakes_one_released_before_it() -> None:
+    pool = SimPool("cpu", cpu_cores=2.0, memory_bytes=8 * GIB)
+    pool.create("long", "a", 1, ONE_CPU, 100.0)
+    pool.create("big", "b", 1, PodRequest(2.0, GIB, 0.0), 10.0)
+    pool.create("small", "c", 1, ONE_CPU, 10.0)
+    for name in ("long", "big", "small"):
+        pool.release(name, 0.0)
+    # One core is free, but "big" (two cores) is first in line: "small" waits behind it.
+    assert phase(pool, "small", 5.0) is PodPhase.PENDING
+    assert phase(pool, "big", 100.0) is PodPhase.RUNNING
+    assert phase(pool, "small", 111.0) is PodPhase.RUNNING
+
+
+def test_a_deleted_pod_frees_its_room_and_background_load_takes_gpus() -> None:
+    busy = {"gpus": 3.0}
+    pool = SimPool("gpu", cpu_cores=8.0, memory_bytes=32 * GIB, gpus=4.0,
+                   background_gpus=lambda t: busy["gpus"])  # fmt: skip
+    one_gpu = PodRequest(1.0, GIB, 1.0)
+    pool.create("a", "a", 1, one_gpu, 1000.0)
+    pool.create("b", "b", 1, one_gpu, 10.0)
+    pool.release("a", 0.0)
+    pool.release("b", 0.0)
+    assert phase(pool, "a", 0.0) is PodPhase.RUNNING
+    assert phase(pool, "b", 0.0) is PodPhase.PENDING  # the other tenants hold 3 of 4 GPUs
+    assert pool.delete("a", 20.0) and pool.state("a", 20.0) is None
+    assert phase(pool, "b", 20.0) is PodPhase.RUNNING  # a's GPU is free again
+    busy["gpus"] = 4.0
+    assert pool.free(25.0)[2] == -1.0  # b keeps its GPU; nothing else would fit
+    assert not pool.delete("a", 30.0)
+    assert pool.create("b", "x", 9, one_gpu, 1.0).subtask == "b"  # a 409: unchanged
