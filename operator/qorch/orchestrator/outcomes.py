@@ -12,7 +12,7 @@ from typing import Any
 
 from qorch.api.workflow import ActualOutcome, ClassicalPool, PredictedOutcome
 from qorch.orchestrator.prediction import Prediction
-from qorch.orchestrator.prices import pool_price_per_hour
+from qorch.orchestrator.prices import pod_usd
 from qorch.orchestrator.snapshot import JobState, PodState
 from qorch.orchestrator.text import bounded
 
@@ -71,7 +71,7 @@ def pod_outcome(
         queue = max(elapsed_seconds - wall, 0.0)
     cost = None
     if wall is not None and pool is not None:
-        cost = wall * pool_price_per_hour(pool) / 3600.0
+        cost = pod_usd(pool, wall)
     return ActualOutcome(
         queueSeconds=_maybe(queue),
         runSeconds=_maybe(wall),

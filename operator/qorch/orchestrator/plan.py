@@ -19,6 +19,7 @@ from typing import Any
 from qorch.api.meta import Condition
 from qorch.api.workflow import (
     ActualOutcome,
+    ClassicalPool,
     HistoryEntry,
     HybridWorkflowStatus,
     MoveIntent,
@@ -33,7 +34,7 @@ from qorch.api.workflow import (
 from qorch.orchestrator.lifecycle import ACTIVE, TERMINAL, check_transition
 from qorch.orchestrator.outcomes import job_outcome, pod_outcome, predicted_outcome
 from qorch.orchestrator.placement import Infeasible, PlacementPolicy
-from qorch.orchestrator.prices import pool_price_per_hour
+from qorch.orchestrator.prices import pod_usd
 from qorch.orchestrator.snapshot import (
     JobPhase,
     JobState,
@@ -540,18 +541,19 @@ def _relocate(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> bool:
     return True
 
 
+def _pool(cyc: _Cycle, name: str) -> ClassicalPool | None:
+    return next((p for p in cyc.snap.spec.resources.classicalPools if p.name == name), None)
+
+
 def _bill_stopped_pod(cyc: _Cycle, st: SubtaskStatus) -> None:
     """A relaunched simulation's old pod ran, and its pool bills it, until it was stopped:
     its time since it started counts in costUSD (it reports no usage of its own)."""
     assert st.placement is not None
-    pool = next(
-        (p for p in cyc.snap.spec.resources.classicalPools if p.name == st.placement.name), None
-    )
+    pool = _pool(cyc, st.placement.name)
     started = _parse(st.startedAt) if st.startedAt else None
     if pool is None or started is None:
         return
-    seconds = max((cyc.snap.now - started).total_seconds(), 0.0)
-    usd = seconds * pool_price_per_hour(pool) / 3600.0
+    usd = pod_usd(pool, max((cyc.snap.now - started).total_seconds(), 0.0))
     if usd > 0:
         cyc.status.costUSD = round(cyc.status.costUSD + usd, 6)
 
@@ -799,10 +801,7 @@ def _track_pod(cyc: _Cycle, sub: SubtaskSpec, st: SubtaskStatus) -> None:
     }[pod.phase]
     actual = None
     if observed[0] is _Seen.DONE:
-        pool = next(
-            (p for p in cyc.snap.spec.resources.classicalPools if p.name == st.placement.name),
-            None,
-        )
+        pool = _pool(cyc, st.placement.name)
         since = _parse(st.launchedAt) if st.launchedAt else None
         elapsed = (cyc.snap.now - since).total_seconds() if since else None
         actual = pod_outcome(pod, pool, elapsed)

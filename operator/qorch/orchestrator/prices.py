@@ -27,3 +27,8 @@ def pool_price_per_hour(pool: ClassicalPool) -> float:
     if pool.pricePerHourUSD is not None:
         return pool.pricePerHourUSD
     return GPU_POD_USD_PER_HOUR if pool.gpu else CPU_POD_USD_PER_HOUR
+
+
+def pod_usd(pool: ClassicalPool, seconds: float) -> float:
+    """What one worker pod on ``pool`` costs for ``seconds``."""
+    return seconds * pool_price_per_hour(pool) / 3600.0

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from qorch.api.workflow import SPSA_CALIBRATION_EVALUATIONS
 from qorch.worker.errors import BadInputError
 
 ROUTE_ANNOTATION = "qorch.io/route"
@@ -517,7 +518,7 @@ def _spsa(
     point = start.copy()
     samples = []
     iteration[0] = 0
-    for _ in range(5):
+    for _ in range(SPSA_CALIBRATION_EVALUATIONS // 2):  # two evaluations per sample
         delta = rng.choice((-1.0, 1.0), size=point.shape)
         samples.append(abs(objective(point + c * delta) - objective(point - c * delta)) / (2 * c))
     magnitude = float(np.mean(samples)) or 1.0
