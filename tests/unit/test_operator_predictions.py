@@ -23,10 +23,11 @@ from qorch.api.workflow import (
     SubtaskPhase,
     SubtaskStatus,
 )
-from qorch.operator.predictions import PredictionService, backend_input
+from qorch.operator.predictions import PredictionService
 from qorch.orchestrator import BackendInfo, Plan, WorkflowSnapshot
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.snapshot import PredictorReport
+from qorch.predictor.workflow import backend_input
 
 REPO = Path(__file__).resolve().parents[2]
 GHZ = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[3]; creg c[3]; h q[0]; cx q[0],q[1]; cx q[1],q[2]; measure q -> c;'  # noqa: E501

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from qorch.api.backend import Provider
 from qorch.api.workflow import (
     HybridWorkflowSpec,
     HybridWorkflowStatus,
@@ -31,7 +30,6 @@ from qorch.api.workflow import (
 from qorch.metrics import operator_metrics as metrics
 from qorch.orchestrator.plan import Plan
 from qorch.orchestrator.prediction import Prediction
-from qorch.orchestrator.prices import pool_price_per_hour
 from qorch.orchestrator.snapshot import (
     BackendInfo,
     MetricsView,
@@ -39,17 +37,12 @@ from qorch.orchestrator.snapshot import (
     WorkflowSnapshot,
 )
 from qorch.predictor import (
-    BackendInput,
-    CalibrationMedians,
     CircuitCache,
     ModelStore,
-    PoolInput,
-    PredictionContext,
     Predictor,
-    QueueHistory,
     StoreChange,
-    SubtaskInput,
 )
+from qorch.predictor.workflow import placeable, predict_workflow
 
 # Imported here, on the main thread: qiskit's OpenQASM 2 parser (a Rust extension) first
 # loaded in a worker thread that later exits crashes the process on a later parse (seen
@@ -59,8 +52,6 @@ from qorch.quantum import circuits as _circuits  # noqa: F401
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# Worker pods that simulate a circuit request one core (``podspec``).
-WORKER_CORES = 1.0
 # Queue waits remembered per backend for the history features (the models use the last 20).
 RECENT_WAITS = 20
 # Outcomes per quantity the running error is computed over.
@@ -150,7 +141,7 @@ class PredictionService:
     ) -> tuple[dict[tuple[str, str], Prediction], PredictorReport | None]:
         """Predictions for every circuit subtask that may be placed this cycle on every
         resource it may use; (empty, None) when there is none."""
-        subtasks = _placeable(spec, status, sources)
+        subtasks = placeable(spec, status, sources)
         if not subtasks:
             return {}, None
         # Read here, on the event loop that appends to them, not in the pass's thread.
@@ -173,39 +164,12 @@ class PredictionService:
         waits: Mapping[str, tuple[float, ...]],
     ) -> tuple[dict[tuple[str, str], Prediction], PredictorReport | None]:
         """The pass itself, in a worker thread: parsing (cached) and onnxruntime."""
-        inputs = [
-            SubtaskInput(name, self.circuits.parse(sources[name]), shots)
-            for name, shots in subtasks
-        ]
-        known = {b.name: b for b in backends}
-        allowed = [known[b] for b in spec.resources.quantumBackends if b in known]
-        context = PredictionContext.of(
-            inputs,
-            [backend_input(b, live, waits.get(b.name, ())) for b in allowed],
-            [
-                PoolInput.from_pool(
-                    p, cpu_cores=WORKER_CORES, price_per_hour_usd=pool_price_per_hour(p)
-                )
-                for p in spec.resources.classicalPools
-            ],
+        done = predict_workflow(
+            self.predictor, self.circuits, spec, subtasks, sources, backends, live, waits
         )
-        resources = [b.name for b in allowed] + [p.name for p in spec.resources.classicalPools]
-        pairs = [(s.name, r) for s in inputs for r in resources]
-        if not pairs:
-            return {}, None
-        predictions = self.predictor.predict(pairs, context)
-        report = self.predictor.last_report
-        fallbacks: tuple[str, ...] = ()
-        if report is not None:
-            fallbacks = tuple(f"{u.key}: {u.reason or 'analytic'}" for u in report.fallbacks)
-            if report.error:
-                fallbacks += (report.error,)
-            for use in report.fallbacks:
-                metrics.PREDICTOR_FALLBACKS.labels(use.model, use.output).inc()
-        return (
-            {(p.subtask, p.resource): p for p in predictions},
-            PredictorReport(fallbacks=fallbacks, pairs=len(pairs)),
-        )
+        for use in done.fallbacks:
+            metrics.PREDICTOR_FALLBACKS.labels(use.model, use.output).inc()
+        return done.by_pair, done.report
 
     # -- outcomes ----------------------------------------------------------------------------
     def record_outcomes(self, snapshot: WorkflowSnapshot, decided: Plan) -> None:
@@ -277,75 +241,5 @@ class PredictionService:
             )
 
 
-def backend_input(
-    backend: BackendInfo, live: MetricsView | None, waits: tuple[float, ...]
-) -> BackendInput:
-    """A backend as the predictor sees it: calibration, queue now, the queue waits the
-    operator saw its jobs take there (``waits``, oldest first)."""
-    measured = live.backends.get(backend.name) if live and live.available else None
-    if not waits and measured and measured.queue_wait_p50_seconds is not None:
-        # Nothing seen by this operator yet (a fresh start): the gateway's own median
-        # wait, as one observation.
-        waits = (measured.queue_wait_p50_seconds,)
-    return BackendInput(
-        name=backend.name,
-        num_qubits=backend.num_qubits,
-        price_per_qpu_second=backend.price_per_qpu_second,
-        calibration=CalibrationMedians.from_summary(backend.calibration),
-        history=QueueHistory(queue_length=float(backend.queue_length), recent_waits_s=waits),
-        healthy=backend.healthy,
-        ideal=backend.provider is Provider.AER,
-        service_seconds=measured.execution_p50_seconds if measured else None,
-    )
-
-
 def _float(value: int | None) -> float | None:
     return None if value is None else float(value)
-
-
-def _placeable(
-    spec: HybridWorkflowSpec, status: HybridWorkflowStatus, sources: Mapping[str, str]
-) -> list[tuple[str, int]]:
-    """Circuit and variational subtasks (name, shots per batch) that may be placed or moved
-    in this cycle (a variational loop also while it runs: its batches move): not started
-    (or waiting to retry), or launched but not running (a queued job, an unbound pod: the
-    cluster pass weighs moving them), or simulated by a running pod (it may be relaunched);
-    their source read, no dependency failed. A dependency still running counts: the plan
-    may see it finish and place its dependents at once."""
-    phases = {s.name: s.phase for s in status.subtasks}
-    waiting = (
-        SubtaskPhase.PENDING,
-        SubtaskPhase.RETRYING,
-        SubtaskPhase.LAUNCHING,
-        SubtaskPhase.SCHEDULED,
-    )
-    dead = (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
-    simulating = {
-        s.name
-        for s in status.subtasks
-        if s.phase is SubtaskPhase.RUNNING
-        and s.placement is not None
-        and s.placement.kind is ResourceKind.POOL
-    }
-    out = []
-    for sub in spec.subtasks:
-        if sub.name not in sources:
-            continue
-        phase = phases.get(sub.name, SubtaskPhase.PENDING)
-        if sub.variational is not None:
-            # A running loop's next batches may be re-routed: the pass weighs them too.
-            if phase in waiting or phase is SubtaskPhase.RUNNING:
-                out.append((sub.name, sub.variational.shots))
-            continue
-        if sub.circuit is None:
-            continue
-        if sub.name in simulating and spec.reallocation.enabled:
-            # A pod simulating it may be relaunched elsewhere when the gain pays for the
-            # progress it loses: the pass needs its predictions on every resource.
-            out.append((sub.name, sub.circuit.shots))
-            continue
-        if phase not in waiting:
-            continue
-        if not any(phases.get(d) in dead for d in sub.dependsOn):
-            out.append((sub.name, sub.circuit.shots))
-    return out

@@ -1,0 +1,155 @@
+"""One workflow's prediction pass, as the operator and the digital twin both run it: which
+subtasks may be placed or moved this cycle (``placeable``), how a QuantumBackend looks to the
+predictor (``backend_input``), and the pass itself (``predict_workflow``). No I/O: the
+caller hands in the predictor, the parsed-circuit cache and what it read of the world."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from qorch.api.backend import Provider
+from qorch.api.workflow import (
+    HybridWorkflowSpec,
+    HybridWorkflowStatus,
+    ResourceKind,
+    SubtaskPhase,
+)
+from qorch.orchestrator.prediction import Prediction
+from qorch.orchestrator.prices import pool_price_per_hour
+from qorch.orchestrator.snapshot import BackendInfo, MetricsView, PredictorReport
+from qorch.predictor.features import (
+    BackendInput,
+    CalibrationMedians,
+    CircuitCache,
+    PoolInput,
+    PredictionContext,
+    QueueHistory,
+    SubtaskInput,
+)
+from qorch.predictor.service import OutputUse, Predictor
+
+# Worker pods that simulate a circuit request one core (``podspec``).
+WORKER_CORES = 1.0
+
+
+@dataclass(frozen=True)
+class WorkflowPredictions:
+    by_pair: dict[tuple[str, str], Prediction]
+    report: PredictorReport | None
+    fallbacks: tuple[OutputUse, ...] = ()  # the outputs the analytic model answered
+
+
+def predict_workflow(
+    predictor: Predictor,
+    circuits: CircuitCache,
+    spec: HybridWorkflowSpec,
+    subtasks: Sequence[tuple[str, int]],
+    sources: Mapping[str, str],
+    backends: Sequence[BackendInfo],
+    live: MetricsView | None,
+    waits: Mapping[str, tuple[float, ...]],
+) -> WorkflowPredictions:
+    """Predictions for ``subtasks`` (name, shots: ``placeable``) on every resource the
+    workflow allows; empty (report None) when there is no pair."""
+    inputs = [SubtaskInput(name, circuits.parse(sources[name]), shots) for name, shots in subtasks]
+    known = {b.name: b for b in backends}
+    allowed = [known[b] for b in spec.resources.quantumBackends if b in known]
+    context = PredictionContext.of(
+        inputs,
+        [backend_input(b, live, waits.get(b.name, ())) for b in allowed],
+        [
+            PoolInput.from_pool(
+                p, cpu_cores=WORKER_CORES, price_per_hour_usd=pool_price_per_hour(p)
+            )
+            for p in spec.resources.classicalPools
+        ],
+    )
+    resources = [b.name for b in allowed] + [p.name for p in spec.resources.classicalPools]
+    pairs = [(s.name, r) for s in inputs for r in resources]
+    if not pairs:
+        return WorkflowPredictions({}, None)
+    predictions = predictor.predict(pairs, context)
+    report = predictor.last_report
+    fallbacks: tuple[str, ...] = ()
+    uses: tuple[OutputUse, ...] = ()
+    if report is not None:
+        uses = tuple(report.fallbacks)
+        fallbacks = tuple(f"{u.key}: {u.reason or 'analytic'}" for u in uses)
+        if report.error:
+            fallbacks += (report.error,)
+    return WorkflowPredictions(
+        {(p.subtask, p.resource): p for p in predictions},
+        PredictorReport(fallbacks=fallbacks, pairs=len(pairs)),
+        uses,
+    )
+
+
+def backend_input(
+    backend: BackendInfo, live: MetricsView | None, waits: tuple[float, ...]
+) -> BackendInput:
+    """A backend as the predictor sees it: calibration, queue now, the queue waits the
+    operator saw its jobs take there (``waits``, oldest first)."""
+    measured = live.backends.get(backend.name) if live and live.available else None
+    if not waits and measured and measured.queue_wait_p50_seconds is not None:
+        # Nothing seen by this operator yet (a fresh start): the gateway's own median
+        # wait, as one observation.
+        waits = (measured.queue_wait_p50_seconds,)
+    return BackendInput(
+        name=backend.name,
+        num_qubits=backend.num_qubits,
+        price_per_qpu_second=backend.price_per_qpu_second,
+        calibration=CalibrationMedians.from_summary(backend.calibration),
+        history=QueueHistory(queue_length=float(backend.queue_length), recent_waits_s=waits),
+        healthy=backend.healthy,
+        ideal=backend.provider is Provider.AER,
+        service_seconds=measured.execution_p50_seconds if measured else None,
+    )
+
+
+def placeable(
+    spec: HybridWorkflowSpec, status: HybridWorkflowStatus, sources: Mapping[str, str]
+) -> list[tuple[str, int]]:
+    """Circuit and variational subtasks (name, shots per batch) that may be placed or moved
+    in this cycle (a variational loop also while it runs: its batches move): not started
+    (or waiting to retry), or launched but not running (a queued job, an unbound pod: the
+    cluster pass weighs moving them), or simulated by a running pod (it may be relaunched);
+    their source read, no dependency failed. A dependency still running counts: the plan
+    may see it finish and place its dependents at once."""
+    phases = {s.name: s.phase for s in status.subtasks}
+    waiting = (
+        SubtaskPhase.PENDING,
+        SubtaskPhase.RETRYING,
+        SubtaskPhase.LAUNCHING,
+        SubtaskPhase.SCHEDULED,
+    )
+    dead = (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
+    simulating = {
+        s.name
+        for s in status.subtasks
+        if s.phase is SubtaskPhase.RUNNING
+        and s.placement is not None
+        and s.placement.kind is ResourceKind.POOL
+    }
+    out = []
+    for sub in spec.subtasks:
+        if sub.name not in sources:
+            continue
+        phase = phases.get(sub.name, SubtaskPhase.PENDING)
+        if sub.variational is not None:
+            # A running loop's next batches may be re-routed: the pass weighs them too.
+            if phase in waiting or phase is SubtaskPhase.RUNNING:
+                out.append((sub.name, sub.variational.shots))
+            continue
+        if sub.circuit is None:
+            continue
+        if sub.name in simulating and spec.reallocation.enabled:
+            # A pod simulating it may be relaunched elsewhere when the gain pays for the
+            # progress it loses: the pass needs its predictions on every resource.
+            out.append((sub.name, sub.circuit.shots))
+            continue
+        if phase not in waiting:
+            continue
+        if not any(phases.get(d) in dead for d in sub.dependsOn):
+            out.append((sub.name, sub.circuit.shots))
+    return out
