@@ -1,8 +1,9 @@
-"""The ``qorch`` command: operator, gateway, worker, crds, train."""
+"""The ``qorch`` command: operator, gateway, worker, crds, train, simulate."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import sys
 from collections.abc import Mapping, Sequence
@@ -334,6 +335,57 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    """Replay a scenario in the digital twin under each policy: one table, PNG plots."""
+    from pathlib import Path
+
+    try:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from qorch.sim.replay import load_scenario, replay
+        from qorch.sim.report import render_table, write_plots
+    except ImportError as exc:
+        print(
+            f"qorch simulate needs the sim extra (pip install 'qorch[sim]'): {exc}", file=sys.stderr
+        )
+        return 2
+    try:
+        scenario = load_scenario(Path(args.scenario))
+        if args.data_dir:
+            scenario = dataclasses.replace(scenario, data_dir=Path(args.data_dir))
+        policies = args.policy or ["static", "least-busy", "qonductor", "qorch", "oracle"]
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[clock]}"),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def on_progress(policy: str, now: float, horizon: float) -> None:
+                if policy not in tasks:
+                    tasks[policy] = bar.add_task(policy, total=horizon, clock="")
+                bar.update(tasks[policy], completed=min(now, horizon), clock=f"{now / 3600:.1f} h")
+
+            results = replay(
+                scenario,
+                policies,
+                models_dir=args.models,
+                pass_seconds=args.pass_seconds,
+                on_progress=on_progress,
+            )
+    except (ValueError, OSError) as exc:
+        print(f"qorch simulate: {exc}", file=sys.stderr)
+        return 2
+    baseline = "static" if "static" in policies else None
+    print(render_table(results, baseline=baseline, title=f"scenario {scenario.name}"))
+    out = Path(args.out)
+    for path in write_plots(results, out, prefix=scenario.name):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qorch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -505,6 +557,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="fewer seeds and smaller searches")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "simulate",
+        help="replay a scenario in the digital twin, policies side by side",
+        description="Replay SCENARIO (a YAML file of qorch.sim.scenario.Scenario fields) "
+        "in the digital twin: the operator's planner, predictor and cluster pass on a "
+        "simulated clock, driven by the real traces. Prints one table and writes PNG plots.",
+    )
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument(
+        "--policy",
+        action="append",
+        choices=["static", "least-busy", "qonductor", "qorch", "oracle", "qorch-static"],
+        help="replay this policy (repeatable; default: all five)",
+    )
+    p.add_argument(
+        "--data-dir", help="the real traces (default: the scenario's, else ../shared/data)"
+    )
+    p.add_argument("--models", default="models", help="model directory (default: models)")
+    p.add_argument(
+        "--pass-seconds", type=float, default=60.0, help="Qorch's cluster pass period (default 60)"
+    )
+    p.add_argument("--out", default="qorch-simulate", help="where the PNGs go")
+    p.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

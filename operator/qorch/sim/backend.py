@@ -108,6 +108,19 @@ class SimBackend:
             execution_seconds=job.run_seconds,
         )
 
+    def start_if_submitted(self, t: float) -> float:
+        """When a job submitted at ``t`` would start: after the others' queue it finds and
+        after Qorch's jobs already there (what a hindsight oracle knows)."""
+        free = max(
+            (
+                j.end
+                for j in self.jobs.values()
+                if not (j.cancelled_at is not None and j.cancelled_at <= j.start)
+            ),
+            default=t,
+        )
+        return max(t + self.others_wait(t), free, t)
+
     def queue_length(self, t: float) -> int:
         """Jobs waiting at ``t``: the others' and Qorch's still queued."""
         ours = sum(1 for j in self.jobs.values() if j.phase(t) is JobPhase.QUEUED)

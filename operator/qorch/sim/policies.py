@@ -1,0 +1,304 @@
+"""The policies the twin replays side by side. Each runs the operator's ``plan``; they
+differ in where ``plan`` is told to place work and whether anything moves:
+
+- ``static`` (FCFS): each subtask goes, when it is ready, to the backend with the best
+  predicted fidelity at that moment (the best-calibrated device a researcher picks), first
+  come first served there, never moved. Circuits no backend holds are simulated (the rule).
+- ``least-busy``: the operator's rule policy (Qiskit's ``least_busy``: the shortest queue
+  that fits), never moved.
+- ``qonductor``: a batch round every 120 s over the ready work, NSGA-II over mean wait and
+  mean error (``qorch.sim.baselines``); what a round assigns is never moved.
+- ``qorch``: the operator as shipped with the cluster pass: predictor, cost function,
+  ``decide_cluster`` every cycle, moves during the run; ``qorch-static`` is the same with
+  moves switched off (``reallocation.enabled: false``).
+- ``oracle``: knows the future: places each ready subtask where it will really finish first
+  among the resources whose REAL fidelity (the calibration of the day it will start on) is
+  within 2% of the best; never needs to move. A greedy hindsight bound, not an optimum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from qorch.api.workflow import Placement, ResourceKind, SubtaskPhase, SubtaskSpec
+from qorch.orchestrator.cluster import Stage
+from qorch.orchestrator.cluster_view import decide_cluster, requests_for, stage_of
+from qorch.orchestrator.placement import (
+    DecidedPolicy,
+    Infeasible,
+    PlacementPolicy,
+    RulePolicy,
+)
+from qorch.orchestrator.prediction import QPU
+from qorch.orchestrator.snapshot import WorkflowSnapshot
+from qorch.sim.baselines import BatchBackend, BatchJob, batch_assign
+from qorch.sim.twin import CycleView, Twin, TwinPolicy
+
+# The oracle keeps to resources within this relative fidelity of the best.
+ORACLE_FIDELITY_SLACK = 0.02
+QONDUCTOR_ROUND_SECONDS = 120.0
+QONDUCTOR_ROUND_MAX_JOBS = 100
+
+
+def _key(snapshot: WorkflowSnapshot) -> str:
+    return f"{snapshot.namespace}/{snapshot.name}"
+
+
+class _Unchanged:
+    """Snapshots go to ``plan`` as built: no pass."""
+
+    pass_seconds: float | None = None
+
+    def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]:
+        return view.snapshots
+
+
+class LeastBusy(_Unchanged):
+    name = "least-busy"
+    reallocation = False
+
+    def placement_policy(self) -> PlacementPolicy:
+        return RulePolicy()
+
+
+class _BestFidelity:
+    """At first placement: the feasible backend with the best predicted fidelity."""
+
+    def __init__(self) -> None:
+        self.rule = RulePolicy()
+        self.chosen: dict[tuple[str, str], Placement] = {}
+
+    def place(self, subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> Placement | Infeasible:
+        key = (_key(snapshot), subtask.name)
+        if key in self.chosen:
+            return self.chosen[key]
+        if subtask.classical is not None:
+            return self.rule.place(subtask, snapshot)
+        options = [
+            p
+            for (name, resource), p in snapshot.predictions.items()
+            if name == subtask.name
+            and p.feasible
+            and p.kind == QPU
+            and snapshot.backends.get(resource) is not None
+            and snapshot.backends[resource].healthy
+        ]
+        if not options:
+            return self.rule.place(subtask, snapshot)
+        best = max(options, key=lambda p: (p.fidelity, -p.seconds_p50, p.resource))
+        placement = Placement(kind=ResourceKind.BACKEND, name=best.resource)
+        self.chosen[key] = placement
+        return placement
+
+
+class Static(_Unchanged):
+    name = "static"
+    reallocation = False
+
+    def __init__(self) -> None:
+        self.policy = _BestFidelity()
+
+    def placement_policy(self) -> PlacementPolicy:
+        return self.policy
+
+
+class Qorch:
+    """The operator with its cluster pass, as ``QORCH_CLUSTER_PASS`` runs it."""
+
+    name = "qorch"
+    reallocation = True
+
+    def __init__(self, pass_seconds: float = 60.0) -> None:
+        self.pass_seconds: float | None = pass_seconds
+        self.policy = DecidedPolicy(RulePolicy())
+
+    def placement_policy(self) -> PlacementPolicy:
+        return self.policy
+
+    def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]:
+        decision = decide_cluster(view.snapshots, view.nodes, view.pods)
+        out = {}
+        for key, snap in view.snapshots.items():
+            places, moves, held = requests_for(decision, key)
+            out[key] = dataclasses.replace(
+                snap, placements=places, moves=moves, held=held, cluster_pass=True
+            )
+        return out
+
+
+class QorchNoMoves(Qorch):
+    """Qorch's placement (predictor, cost function, cluster pass) with moves switched off
+    (``reallocation.enabled: false``): what re-allocation is measured against."""
+
+    name = "qorch-static"
+    reallocation = False
+
+
+class _Assigned:
+    """The batch rounds' assignments; unassigned circuit work waits for the next round."""
+
+    def __init__(self) -> None:
+        self.rule = RulePolicy()
+        self.assigned: dict[tuple[str, str], Placement] = {}
+
+    def place(self, subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> Placement | Infeasible:
+        chosen = self.assigned.get((_key(snapshot), subtask.name))
+        if chosen is not None:
+            return chosen
+        if subtask.classical is not None or not _fits_a_backend(subtask, snapshot):
+            return self.rule.place(subtask, snapshot)
+        return Infeasible("waiting for the next scheduling round")
+
+
+def _fits_a_backend(subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> bool:
+    return any(
+        p.feasible and p.kind == QPU
+        for (name, _), p in snapshot.predictions.items()
+        if name == subtask.name
+    )
+
+
+class Qonductor:
+    """A batch round every ``QONDUCTOR_ROUND_SECONDS`` over the ready circuit work."""
+
+    name = "qonductor"
+    reallocation = False
+    pass_seconds: float | None = QONDUCTOR_ROUND_SECONDS
+
+    def __init__(self, seed: int = 0) -> None:
+        self.policy = _Assigned()
+        self.seed = seed
+        self.rounds = 0
+
+    def placement_policy(self) -> PlacementPolicy:
+        return self.policy
+
+    def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]:
+        if not view.tick:
+            return view.snapshots
+        jobs: list[BatchJob] = []
+        for key, snap in view.snapshots.items():
+            known = {s.name: s for s in snap.status.subtasks}
+            for sub in snap.spec.subtasks:
+                if sub.classical is not None or (key, sub.name) in self.policy.assigned:
+                    continue
+                st = known.get(sub.name)
+                if st is not None and st.phase not in (SubtaskPhase.PENDING, SubtaskPhase.RETRYING):
+                    continue
+                if st is not None and stage_of(snap, st, sub.dependsOn) is not Stage.READY:
+                    continue
+                if st is None and sub.dependsOn:
+                    continue
+                options = {
+                    r: p
+                    for (name, r), p in snap.predictions.items()
+                    if name == sub.name
+                    and p.feasible
+                    and p.kind == QPU
+                    and snap.backends[r].healthy
+                }
+                if options:
+                    jobs.append(
+                        BatchJob(
+                            f"{key}|{sub.name}",
+                            {r: p.run_seconds for r, p in options.items()},
+                            {r: p.fidelity for r, p in options.items()},
+                        )
+                    )
+        jobs = jobs[:QONDUCTOR_ROUND_MAX_JOBS]
+        if jobs:
+            backends = [
+                BatchBackend(name, b.sim.queue_length(view.now), b.average_job_seconds)
+                for name, b in twin.backends.items()
+            ]
+            decision = batch_assign(jobs, backends, seed=self.seed + self.rounds)
+            self.rounds += 1
+            for job, backend in decision.assignment.items():
+                key, subtask = job.split("|", 1)
+                self.policy.assigned[(key, subtask)] = Placement(
+                    kind=ResourceKind.BACKEND, name=backend
+                )
+        return view.snapshots
+
+
+class _Hindsight:
+    """Places by what will really happen (the twin's own world)."""
+
+    def __init__(self) -> None:
+        self.rule = RulePolicy()
+        self.twin: Twin | None = None
+
+    def place(self, subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> Placement | Infeasible:
+        twin = self.twin
+        if twin is None or subtask.classical is not None:
+            return self.rule.place(subtask, snapshot)
+        wf = twin.active.get(_key(snapshot))
+        truth = wf.truths.get(subtask.name) if wf else None
+        t = twin.now
+        options: list[tuple[float, float, Placement]] = []  # (finish, fidelity, where)
+        shots = (
+            subtask.circuit.shots
+            if subtask.circuit
+            else (subtask.variational.shots if subtask.variational else 1024)
+        )
+        for (name, resource), p in snapshot.predictions.items():
+            if name != subtask.name or not p.feasible:
+                continue
+            if p.kind == QPU:
+                backend = twin.backends[resource]
+                if not backend.healthy_at(t):
+                    continue
+                start = backend.sim.start_if_submitted(t)
+                run = twin.expected_qpu_seconds(shots)
+                fidelity = twin.fidelity_at(backend, truth, start)
+                options.append(
+                    (start + run, fidelity, Placement(kind=ResourceKind.BACKEND, name=resource))
+                )
+            elif subtask.variational is None:
+                pool = twin.pools.get(resource)
+                if pool is None:
+                    continue
+                run = twin.expected_simulation_seconds(truth, pool.gpu)
+                options.append((t + run, 1.0, Placement(kind=ResourceKind.POOL, name=resource)))
+        options = [o for o in options if math.isfinite(o[1])]
+        if not options:
+            return self.rule.place(subtask, snapshot)
+        best_fidelity = max(o[1] for o in options)
+        good = [o for o in options if o[1] >= best_fidelity * (1 - ORACLE_FIDELITY_SLACK)]
+        return min(good, key=lambda o: (o[0], -o[1], o[2].name))[2]
+
+
+class Oracle(_Unchanged):
+    name = "oracle"
+    reallocation = False
+
+    def __init__(self) -> None:
+        self.policy = _Hindsight()
+
+    def placement_policy(self) -> PlacementPolicy:
+        return self.policy
+
+    def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]:
+        self.policy.twin = twin
+        return view.snapshots
+
+
+POLICIES = ("static", "least-busy", "qonductor", "qorch", "oracle", "qorch-static")
+
+
+def make_policy(name: str, *, seed: int = 0, pass_seconds: float = 60.0) -> TwinPolicy:
+    """A fresh policy by its name in ``POLICIES``."""
+    if name == "static":
+        return Static()
+    if name == "least-busy":
+        return LeastBusy()
+    if name == "qonductor":
+        return Qonductor(seed)
+    if name == "qorch":
+        return Qorch(pass_seconds)
+    if name == "oracle":
+        return Oracle()
+    if name == "qorch-static":
+        return QorchNoMoves(pass_seconds)
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")

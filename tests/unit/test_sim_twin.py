@@ -1,0 +1,341 @@
+"""The digital twin (``qorch.sim.twin``): the operator's plan, predictor and cluster pass on
+a simulated clock. Small hand-built worlds; the shipped models predict."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qorch.api.backend import CalibrationSummary, Provider
+from qorch.api.workflow import HybridWorkflowSpec, SubtaskPhase
+from qorch.orchestrator.snapshot import BackendInfo
+from qorch.sim.backend import SimBackend
+from qorch.sim.policies import POLICIES, make_policy
+from qorch.sim.pool import SimPool
+from qorch.sim.records import SpanEnd
+from qorch.sim.replay import load_scenario
+from qorch.sim.scenario import Scenario
+from qorch.sim.twin import Twin, TwinBackend, TwinPolicy, TwinPool, TwinWorkflow, make_predictor
+from tests.integration.test_gateway_calibration import MIRROR, QUBITS
+
+REPO = Path(__file__).resolve().parents[2]
+PREDICTOR = make_predictor(str(REPO / "models"))
+GIB = 2.0**30
+# fake_perth's medians, roughly: both devices of the e2e serve the same fake device.
+PERTH = CalibrationSummary(
+    medianTwoQubitError=0.0085,
+    medianSingleQubitError=2.8e-4,
+    medianReadoutError=0.025,
+    medianT1Seconds=150e-6,
+    medianT2Seconds=110e-6,
+    updatedAt="2023-03-01T00:00:00Z",
+)
+WORSE = PERTH.model_copy(update={"medianTwoQubitError": 0.03, "medianReadoutError": 0.06})
+
+
+def _policy(name: str, **kw: Any) -> TwinPolicy:
+    return make_policy(name, **kw)
+
+
+def _backend(
+    name: str,
+    *,
+    others: int = 0,
+    burst_at: float = math.inf,
+    job_seconds: float = 4.0,
+    calibration: CalibrationSummary = PERTH,
+    refresh: float = 0.0,
+) -> TwinBackend:
+    """A device whose others' queue is ``others`` jobs, plus a burst that arrives at
+    ``burst_at``; each of the others' jobs holds it ``job_seconds``."""
+
+    def length(t: float) -> int:
+        if t < burst_at:
+            return 0 if burst_at < math.inf else others
+        return max(others - int((t - burst_at) // job_seconds), 0)
+
+    def wait(t: float) -> float:
+        return length(t) * job_seconds
+
+    info = BackendInfo(name, Provider.FAKE, QUBITS, backend_name="fake_perth")
+    sim = SimBackend(name, QUBITS, others_wait=wait, others_length=length)
+    return TwinBackend(
+        info,
+        sim,
+        lambda t: calibration,
+        average_job_seconds=job_seconds,
+        metrics_refresh_seconds=refresh,
+    )
+
+
+def _pools() -> list[TwinPool]:
+    return [
+        TwinPool(SimPool("cpu", 16, 64 * GIB), {"qorch.io/pool": "cpu"}),
+        TwinPool(SimPool("gpu", 16, 64 * GIB, 2), {"qorch.io/pool": "gpu"}, gpu=True),
+    ]
+
+
+def _workflow(
+    name: str, backends: list[str], *, reallocate: bool = True, preset: str = "speed",
+    prepare: float = 6.0, circuits: int = 4,
+) -> TwinWorkflow:  # fmt: skip
+    """The e2e's workflow (``test_reallocation_gain.workflow``): a GPU step, then four
+    7-qubit mirror circuits that may run on either device (the pool may not simulate)."""
+    names = [f"c{i}" for i in range(circuits)]
+    spec = HybridWorkflowSpec.model_validate(
+        {
+            "subtasks": [
+                {"name": "prepare", "classical": {"image": "busybox", "resources": {"gpu": 1}}},
+                *(
+                    {
+                        "name": c,
+                        "dependsOn": ["prepare"],
+                        "circuit": {"qasm": MIRROR, "shots": 2000},
+                    }
+                    for c in names
+                ),
+            ],
+            "resources": {
+                "quantumBackends": backends,
+                "classicalPools": [
+                    {
+                        "name": "gpu",
+                        "nodeSelector": {"qorch.io/pool": "gpu"},
+                        "gpu": True,
+                        "maxQubits": QUBITS - 1,
+                        "tolerations": [
+                            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                        ],
+                    }
+                ],
+            },
+            "objective": {"preset": preset},
+            "reallocation": {"enabled": reallocate},
+        }
+    )
+    return TwinWorkflow(name, "spike", 0.0, spec, {c: MIRROR for c in names}, {"prepare": prepare})
+
+
+def _moves(wf: TwinWorkflow) -> list[tuple[str, str, str]]:
+    """(subtask, from, to) of each move in the history."""
+    out = []
+    for st in wf.status.subtasks:
+        for h in st.history:
+            if h.event == "Moved":
+                where = h.message.split(":")[0].split()
+                out.append((st.name, where[1], where[3]))
+    return out
+
+
+def _placed(wf: TwinWorkflow) -> dict[str, str]:
+    out = {}
+    for st in wf.status.subtasks:
+        for h in st.history:
+            if h.event == "Placed":
+                out[st.name] = h.message.rsplit(" ", 1)[-1]
+                break
+    return out
+
+
+def test_the_e2e_queue_spike_makes_the_same_moves_in_the_twin() -> None:
+    """``test_reallocation_gain``'s spike on the real control plane (run at 3fba110 and
+    since): both workflows place c0 and c2 on device A and c1 and c3 on B from a reading
+    without the burst; 18 of other clients' jobs (4 s each) reach A while the first step
+    runs; at the next reading (every 12 s) the pass moves the moving workflow's c0 and c2
+    from A to B; the other workflow makes no move and finishes later."""
+    a = _backend("perth-a", others=18, burst_at=3.0, refresh=12.0)
+    b = _backend("perth-b", refresh=12.0)
+    moving = _workflow("spike-moves", ["perth-a", "perth-b"])
+    staying = _workflow("spike-stays", ["perth-a", "perth-b"], reallocate=False)
+    twin = Twin(
+        [a, b],
+        _pools(),
+        [moving, staying],
+        _policy("qorch", pass_seconds=15.0),
+        predictor=PREDICTOR,
+        step_seconds=1.0,
+        run_noise=0.0,
+        min_job_seconds=4.0,
+        recent_waits={"perth-a": [0.0], "perth-b": [0.0]},
+    )
+    result = twin.run(600.0)
+    assert all(w.finished is not None for w in result.workflows), result.workflows
+    assert _placed(moving) == {
+        "prepare": "gpu", "c0": "perth-a", "c1": "perth-b", "c2": "perth-a", "c3": "perth-b"
+    }, _placed(moving)  # fmt: skip
+    assert _placed(staying) == _placed(moving)
+    assert sorted(_moves(moving)) == [("c0", "perth-a", "perth-b"), ("c2", "perth-a", "perth-b")]
+    assert _moves(staying) == []
+    assert moving.status.moves == 2 and staying.status.moves == 0
+    assert moving.finished is not None and staying.finished is not None
+    assert moving.finished < staying.finished
+    moved = [s for s in result.spans if s.outcome is SpanEnd.MOVED]
+    assert {(s.workflow, s.subtask, s.resource) for s in moved} == {
+        ("twin/spike-moves", "c0", "perth-a"),
+        ("twin/spike-moves", "c2", "perth-a"),
+    }
+
+
+def _two_devices() -> tuple[TwinBackend, TwinBackend]:
+    """A: better calibration, 30 jobs of others queued; B: worse calibration, empty."""
+    return (
+        _backend("good", others=30, job_seconds=10.0),
+        _backend("idle", calibration=WORSE),
+    )
+
+
+def _run(policy: str, workflows: list[TwinWorkflow], **kw: Any) -> Twin:
+    twin = Twin(
+        list(_two_devices()),
+        _pools(),
+        workflows,
+        _policy(policy),
+        predictor=PREDICTOR,
+        run_noise=0.0,
+        **kw,
+    )
+    twin.run(3600.0)
+    return twin
+
+
+def test_static_takes_the_best_calibration_and_least_busy_the_shortest_queue() -> None:
+    static = _run("static", [_workflow("w", ["good", "idle"], prepare=1.0)])
+    busy = _run("least-busy", [_workflow("w", ["good", "idle"], prepare=1.0)])
+    assert set(_placed(static.done[0]).values()) == {"gpu", "good"}
+    assert set(_placed(busy.done[0]).values()) == {"gpu", "idle"}
+    s, b = static.result.summary(), busy.result.summary()
+    # The good device's queue costs 300 s; its fidelity is better.
+    assert s.mean_jct > b.mean_jct + 250
+    assert s.mean_fidelity > b.mean_fidelity
+    assert s.moves == b.moves == 0
+
+
+def test_the_oracle_weighs_real_fidelity_before_finish_time() -> None:
+    """Within 2% of the best real fidelity it takes the earliest finish: here the idle
+    device is far worse, so the oracle waits for the good one; at equal calibrations it
+    takes the idle one."""
+    twin = _run("oracle", [_workflow("w", ["good", "idle"], prepare=1.0)])
+    assert set(_placed(twin.done[0]).values()) == {"gpu", "good"}
+    a = _backend("a", others=30, job_seconds=10.0)
+    b = _backend("b")
+    same = Twin(
+        [a, b],
+        _pools(),
+        [_workflow("w", ["a", "b"], prepare=1.0)],
+        _policy("oracle"),
+        predictor=PREDICTOR,
+        run_noise=0.0,
+    )
+    same.run(3600.0)
+    assert set(_placed(same.done[0]).values()) == {"gpu", "b"}
+
+
+def test_qonductor_places_circuits_only_at_its_rounds_and_never_moves() -> None:
+    twin = _run("qonductor", [_workflow("w", ["good", "idle"], prepare=1.0)])
+    wf = twin.done[0]
+    for st in wf.status.subtasks:
+        if st.name.startswith("c"):
+            assert st.launchedAt is not None
+            seconds = int(st.launchedAt[-3:-1]) + 60 * int(st.launchedAt[-6:-4])
+            assert seconds % 120 == 0, st.launchedAt  # the round at 0 s had nothing ready
+            assert st.moves == 0
+
+
+def test_a_variational_loop_sends_its_batches_and_is_billed_for_them() -> None:
+    ansatz = (
+        'OPENQASM 3.0; include "stdgates.inc"; input float[64] t0; input float[64] t1; '
+        "qubit[2] q; ry(t0) q[0]; ry(t1) q[1]; cx q[0], q[1];"
+    )
+    spec = HybridWorkflowSpec.model_validate(
+        {
+            "subtasks": [
+                {
+                    "name": "vqe",
+                    "variational": {
+                        "qasm": ansatz,
+                        "hamiltonian": [{"pauli": "ZZ", "coefficient": -1.0}],
+                        "maxIterations": 5,
+                        "shots": 1000,
+                    },
+                }
+            ],
+            "resources": {
+                "quantumBackends": ["idle"],
+                "classicalPools": [
+                    {"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}, "maxQubits": 1}
+                ],
+            },
+        }
+    )
+    good, idle = _two_devices()
+    idle.info = BackendInfo("idle", Provider.IBM, QUBITS, price_per_qpu_second=1.6)
+    twin = Twin(
+        [good, idle],
+        _pools(),
+        [TwinWorkflow("loop", "vqe", 0.0, spec, {"vqe": ansatz})],
+        _policy("qorch"),
+        predictor=PREDICTOR,
+        run_noise=0.0,
+        min_job_seconds=4.0,
+    )
+    result = twin.run(3600.0)
+    wf = twin.done[0]
+    st = wf.status.subtasks[0]
+    assert st.phase is SubtaskPhase.SUCCEEDED, st.message
+    assert st.progress is not None and st.progress.batches == {"idle": 5}
+    assert st.progress.qpuSeconds["idle"] == pytest.approx(5 * 4.0)
+    assert wf.status.costUSD >= 5 * 4.0 * 1.6
+    jobs = [j for j in idle.sim.jobs if j.startswith("twin.loop.vqe.1.e")]
+    assert len(jobs) == 5
+    assert len(wf.fidelities["vqe"]) == 5
+    assert result.workflows[0].fidelity is not None
+
+
+def test_a_replay_is_deterministic() -> None:
+    def once() -> Any:
+        return _run(
+            "qorch",
+            [_workflow(f"w{i}", ["good", "idle"], prepare=1.0 + i) for i in range(3)],
+        ).result.summary()
+
+    first, second = once(), once()
+    assert (first.mean_jct, first.mean_fidelity, first.usd, first.moves) == (
+        second.mean_jct,
+        second.mean_fidelity,
+        second.usd,
+        second.moves,
+    )
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_every_policy_finishes_a_mixed_load(name: str) -> None:
+    twin = _run(
+        name,
+        [
+            _workflow("a", ["good", "idle"], prepare=1.0),
+            _workflow("b", ["good", "idle"], prepare=30.0, preset="accuracy"),
+        ],
+    )
+    summary = twin.result.summary()
+    assert summary.finished == 2 and summary.failed == 0
+    assert summary.passes > 0 and summary.decision_median >= 0
+    assert 0 < summary.mean_fidelity <= 1
+
+
+def test_a_scenario_file_with_an_unknown_field_is_refused_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hours: 2\nworkflowz: 3\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*workflowz"):
+        load_scenario(bad)
+    bad.write_text("mix: {sampling: 1, quantum-magic: 2}\n")
+    with pytest.raises(ValueError, match="quantum-magic"):
+        load_scenario(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_scenario(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("name: t\nhours: 2\nworkflows: 3\nstationary: true\n")
+    assert load_scenario(good) == Scenario(name="t", hours=2, workflows=3, stationary=True)
