@@ -13,7 +13,7 @@ from qorch.api.backend import CalibrationSummary, Provider
 from qorch.api.workflow import HybridWorkflowSpec, SubtaskPhase
 from qorch.orchestrator.snapshot import BackendInfo
 from qorch.sim.backend import SimBackend
-from qorch.sim.policies import POLICIES, make_policy
+from qorch.sim.policies import POLICIES, _perfect, make_policy
 from qorch.sim.pool import SimPool
 from qorch.sim.records import SpanEnd
 from qorch.sim.replay import load_scenario
@@ -213,24 +213,26 @@ def test_static_takes_the_best_calibration_and_least_busy_the_shortest_queue() -
     assert s.moves == b.moves == 0
 
 
-def test_the_oracle_weighs_real_fidelity_before_finish_time() -> None:
-    """Within 2% of the best real fidelity it takes the earliest finish: here the idle
-    device is far worse, so the oracle waits for the good one; at equal calibrations it
-    takes the idle one."""
-    twin = _run("oracle", [_workflow("w", ["good", "idle"], prepare=1.0)])
-    assert set(_placed(twin.done[0]).values()) == {"gpu", "good"}
-    a = _backend("a", others=30, job_seconds=10.0)
-    b = _backend("b")
-    same = Twin(
-        [a, b],
-        _pools(),
-        [_workflow("w", ["a", "b"], prepare=1.0)],
-        _policy("oracle"),
-        predictor=PREDICTOR,
-        run_noise=0.0,
-    )
-    same.run(3600.0)
-    assert set(_placed(same.done[0]).values()) == {"gpu", "b"}
+def test_the_oracle_decides_on_what_will_really_happen() -> None:
+    """Its predictions are the truth: the wait the replayed queue gives a job submitted now,
+    the fidelity on the calibration of the day the job will start on."""
+    good, idle = _two_devices()
+    wf = _workflow("w", ["good", "idle"], prepare=1.0)
+    twin = Twin([good, idle], _pools(), [wf], _policy("oracle"), predictor=PREDICTOR)
+    twin.now = 5.0
+    twin.cycle()  # admits the workflow and predicts
+    snap = twin._with_predictions({wf.key: twin._snapshot(wf, 5.0)})[wf.key]
+    perfect = _perfect(snap, twin)
+    truth = wf.truths["c0"]
+    for name, backend in (("good", good), ("idle", idle)):
+        p, q = snap.predictions[("c0", name)], perfect[("c0", name)]
+        assert q.queue_seconds_p50 == backend.sim.others_wait(5.0) == q.queue_seconds_p90
+        assert q.fidelity == twin.fidelity_at(backend, truth, 5.0 + q.queue_seconds_p50)
+        assert q.seconds_p50 == pytest.approx(q.queue_seconds_p50 + q.run_seconds)
+        assert p.queue_seconds_p50 != q.queue_seconds_p50 or name == "idle"
+    assert perfect[("c0", "good")].queue_seconds_p50 == 300.0
+    twin.run(3600.0)
+    assert twin.done and twin.done[0].status.moves == 0
 
 
 def test_qonductor_places_circuits_only_at_its_rounds_and_never_moves() -> None:

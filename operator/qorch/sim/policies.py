@@ -11,9 +11,9 @@ differ in where ``plan`` is told to place work and whether anything moves:
 - ``qorch``: the operator as shipped with the cluster pass: predictor, cost function,
   ``decide_cluster`` every cycle, moves during the run; ``qorch-static`` is the same with
   moves switched off (``reallocation.enabled: false``).
-- ``oracle``: knows the future: places each ready subtask where it will really finish first
-  among the resources whose REAL fidelity (the calibration of the day it will start on) is
-  within 2% of the best; never needs to move. A greedy hindsight bound, not an optimum.
+- ``oracle``: Qorch's decisions on perfect predictions (the real wait ahead, the real
+  fidelity on the day the job will start): the bound better predictions could reach with
+  the same cost function. Greedy over time like Qorch, so a bound, not an optimum.
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ from qorch.orchestrator.placement import (
     PlacementPolicy,
     RulePolicy,
 )
-from qorch.orchestrator.prediction import QPU
+from qorch.orchestrator.prediction import QPU, Prediction
 from qorch.orchestrator.snapshot import WorkflowSnapshot
 from qorch.sim.baselines import BatchBackend, BatchJob, batch_assign
 from qorch.sim.twin import CycleView, Twin, TwinPolicy
 
-# The oracle keeps to resources within this relative fidelity of the best.
-ORACLE_FIDELITY_SLACK = 0.02
 QONDUCTOR_ROUND_SECONDS = 120.0
 QONDUCTOR_ROUND_MAX_JOBS = 100
 
@@ -222,66 +220,63 @@ class Qonductor:
         return view.snapshots
 
 
-class _Hindsight:
-    """Places by what will really happen (the twin's own world)."""
+class Oracle(Qorch):
+    """Qorch's own decisions (cost function, cluster pass) on PERFECT predictions: each
+    pair's queue wait is the wait a job submitted now will really get (the replayed queue
+    ahead of it), its run time the device's, its fidelity the success estimate on the
+    calibration of the day it will really start on. With the future known there is nothing
+    to move. The bound shows what better predictions could still win."""
 
-    def __init__(self) -> None:
-        self.rule = RulePolicy()
-        self.twin: Twin | None = None
-
-    def place(self, subtask: SubtaskSpec, snapshot: WorkflowSnapshot) -> Placement | Infeasible:
-        twin = self.twin
-        if twin is None or subtask.classical is not None:
-            return self.rule.place(subtask, snapshot)
-        wf = twin.active.get(_key(snapshot))
-        truth = wf.truths.get(subtask.name) if wf else None
-        t = twin.now
-        options: list[tuple[float, float, Placement]] = []  # (finish, fidelity, where)
-        shots = (
-            subtask.circuit.shots
-            if subtask.circuit
-            else (subtask.variational.shots if subtask.variational else 1024)
-        )
-        for (name, resource), p in snapshot.predictions.items():
-            if name != subtask.name or not p.feasible:
-                continue
-            if p.kind == QPU:
-                backend = twin.backends[resource]
-                if not backend.healthy_at(t):
-                    continue
-                start = backend.sim.start_if_submitted(t)
-                run = twin.expected_qpu_seconds(shots)
-                fidelity = twin.fidelity_at(backend, truth, start)
-                options.append(
-                    (start + run, fidelity, Placement(kind=ResourceKind.BACKEND, name=resource))
-                )
-            elif subtask.variational is None:
-                pool = twin.pools.get(resource)
-                if pool is None:
-                    continue
-                run = twin.expected_simulation_seconds(truth, pool.gpu)
-                options.append((t + run, 1.0, Placement(kind=ResourceKind.POOL, name=resource)))
-        options = [o for o in options if math.isfinite(o[1])]
-        if not options:
-            return self.rule.place(subtask, snapshot)
-        best_fidelity = max(o[1] for o in options)
-        good = [o for o in options if o[1] >= best_fidelity * (1 - ORACLE_FIDELITY_SLACK)]
-        return min(good, key=lambda o: (o[0], -o[1], o[2].name))[2]
-
-
-class Oracle(_Unchanged):
     name = "oracle"
     reallocation = False
 
-    def __init__(self) -> None:
-        self.policy = _Hindsight()
-
-    def placement_policy(self) -> PlacementPolicy:
-        return self.policy
-
     def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]:
-        self.policy.twin = twin
-        return view.snapshots
+        known = {
+            key: dataclasses.replace(snap, predictions=_perfect(snap, twin))
+            for key, snap in view.snapshots.items()
+        }
+        return super().decide(dataclasses.replace(view, snapshots=known), twin)
+
+
+def _perfect(snap: WorkflowSnapshot, twin: Twin) -> dict[tuple[str, str], Prediction]:
+    wf = twin.active.get(_key(snap))
+    specs = {s.name: s for s in snap.spec.subtasks}
+    out = {}
+    for (name, resource), p in snap.predictions.items():
+        sub = specs.get(name)
+        if not p.feasible or sub is None or wf is None:
+            out[(name, resource)] = p
+            continue
+        truth = wf.truths.get(name)
+        if p.kind == QPU:
+            backend = twin.backends[resource]
+            wait = backend.sim.others_wait(twin.now)
+            shots = (
+                sub.circuit.shots
+                if sub.circuit
+                else (sub.variational.shots if sub.variational else 1024)
+            )
+            run = twin.expected_qpu_seconds(shots)
+            fidelity = twin.fidelity_at(backend, truth, twin.now + wait)
+            fidelity = p.fidelity if math.isnan(fidelity) else fidelity
+            out[(name, resource)] = p._replace(
+                seconds_p10=wait + run,
+                seconds_p50=wait + run,
+                seconds_p90=wait + run,
+                queue_seconds_p10=wait,
+                queue_seconds_p50=wait,
+                queue_seconds_p90=wait,
+                run_seconds=run,
+                fidelity=fidelity,
+                usd=run * backend.info.price_per_qpu_second,
+            )
+        else:
+            pool = twin.pools.get(resource)
+            run = twin.expected_simulation_seconds(truth, pool.gpu if pool else False)
+            out[(name, resource)] = p._replace(
+                seconds_p10=run, seconds_p50=run, seconds_p90=run, run_seconds=run
+            )
+    return out
 
 
 POLICIES = ("static", "least-busy", "qonductor", "qorch", "oracle", "qorch-static")
@@ -298,7 +293,7 @@ def make_policy(name: str, *, seed: int = 0, pass_seconds: float = 60.0) -> Twin
     if name == "qorch":
         return Qorch(pass_seconds)
     if name == "oracle":
-        return Oracle()
+        return Oracle(pass_seconds)
     if name == "qorch-static":
         return QorchNoMoves(pass_seconds)
     raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
