@@ -67,3 +67,25 @@ def test_a_deleted_pod_frees_its_room_and_background_load_takes_gpus() -> None:
     assert pool.free(25.0)[2] == -1.0  # b keeps its GPU; nothing else would fit
     assert not pool.delete("a", 30.0)
     assert pool.create("b", "x", 9, one_gpu, 1.0).subtask == "b"  # a 409: unchanged
+
+
+def test_node_loss_fails_the_newest_running_pods_and_shrinks_the_pool() -> None:
+    pool = SimPool("cpu", cpu_cores=4, memory_bytes=8 * GIB, outages=((100.0, 400.0, 0.5),))
+    for i in range(4):
+        pool.create(f"p{i}", f"s{i}", 1, PodRequest(1, GIB, 0), 1000.0)
+        pool.release(f"p{i}", float(i))
+    pool.create("late", "s", 1, PodRequest(1, GIB, 0), 10.0)
+    pool.release("late", 150.0)
+    states = {n: pool.state(n, 200.0) for n in ("p0", "p1", "p2", "p3", "late")}
+    # Half the nodes left at 100 s: the two newest pods failed, the oldest two still run.
+    assert [states[n].phase for n in ("p0", "p1")] == [PodPhase.RUNNING] * 2  # type: ignore[union-attr]
+    for n in ("p2", "p3"):
+        state = states[n]
+        assert state is not None and state.phase is PodPhase.FAILED
+        assert "left pool cpu" in state.message
+    # The pod released during the outage waits: the half that is left is full.
+    assert states["late"] is not None and states["late"].phase is PodPhase.PENDING
+    assert pool.capacity_share(200.0) == 0.5 and pool.capacity_share(400.0) == 1.0
+    assert pool.next_change(200.0) == 400.0  # the nodes come back
+    late = pool.state("late", 400.0)
+    assert late is not None and late.phase is PodPhase.RUNNING

@@ -32,7 +32,7 @@ def test_workflows_are_drawn_in_every_shape_and_each_is_a_valid_spec() -> None:
     workflows = make_workflows(scenario, backends)
     assert len(workflows) == 200
     arrivals = [w.arrival for w in workflows]
-    assert arrivals == sorted(arrivals) and 0 <= arrivals[0] and arrivals[-1] <= 10 * 3600
+    assert arrivals == sorted(arrivals) and arrivals[0] >= 0 and arrivals[-1] <= 10 * 3600
     shapes = Counter(w.shape for w in workflows)
     assert set(shapes) == {"sampling", "deep", "vqe", "wide", "classical"}
     assert shapes["sampling"] > shapes["wide"]  # the mix's weights

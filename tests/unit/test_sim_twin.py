@@ -341,3 +341,23 @@ def test_a_scenario_file_with_an_unknown_field_is_refused_naming_it(tmp_path: Pa
     good = tmp_path / "good.yaml"
     good.write_text("name: t\nhours: 2\nworkflows: 3\nstationary: true\n")
     assert load_scenario(good) == Scenario(name="t", hours=2, workflows=3, stationary=True)
+
+
+def test_a_lost_gpu_node_fails_its_pod_and_the_plan_retries_the_step() -> None:
+    pools = _pools()
+    gpu = pools[1].sim
+    gpu.outages = ((10.0, 100.0, 1.0),)  # every GPU node gone from 10 s to 100 s
+    wf = _workflow("w", ["good", "idle"], prepare=30.0)
+    twin = Twin(
+        list(_two_devices()), pools, [wf], _policy("qorch"), predictor=PREDICTOR, run_noise=0.0
+    )
+    result = twin.run(3600.0)
+    prepare = next(st for st in wf.status.subtasks if st.name == "prepare")
+    assert prepare.phase is SubtaskPhase.SUCCEEDED
+    assert prepare.attempts == 2 and prepare.failures == 1, prepare.history
+    assert "left pool gpu" in " ".join(h.message for h in prepare.history)
+    assert wf.finished is not None and wf.finished >= 100.0 + 30.0  # after the nodes came back
+    assert [s.outcome for s in result.spans if s.subtask == "prepare"] == [
+        SpanEnd.FAILED,
+        SpanEnd.DONE,
+    ]

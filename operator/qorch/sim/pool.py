@@ -32,6 +32,7 @@ class SimPod:
     result: dict[str, object] | None = None
     released_at: float | None = None
     start: float = math.inf
+    lost_at: float | None = None  # its node was lost then: the pod failed
 
     @property
     def end(self) -> float:
@@ -51,8 +52,12 @@ class SimPool:
     memory_bytes: float
     gpus: float = 0.0
     background_gpus: Callable[[float], float] = _no_background
+    # Node loss: (start, end, share of the pool's nodes lost). Pods running there fail at
+    # the start (the newest first, until the rest fit), and the room stays smaller till end.
+    outages: tuple[tuple[float, float, float], ...] = ()
     pods: dict[str, SimPod] = field(default_factory=dict)
     _now: float = 0.0
+    _outages_applied: int = 0
 
     def create(
         self,
@@ -102,6 +107,16 @@ class SimPool:
         else:
             phase = PodPhase.SUCCEEDED
         node = None if phase in (PodPhase.GATED, PodPhase.PENDING) else f"{self.name}-node"
+        if pod.lost_at is not None and t >= pod.lost_at:
+            return PodState(
+                pod.name,
+                pod.subtask,
+                pod.attempt,
+                PodPhase.FAILED,
+                node=node,
+                message=f"the node it ran on left pool {self.name}",
+                pool=self.name,
+            )
         result = pod.result if pod.result is not None else {"simulated": True}
         return PodState(
             pod.name,
@@ -121,9 +136,11 @@ class SimPool:
         return self._room(t)
 
     def next_change(self, t: float) -> float | None:
-        """The first time after ``t`` at which one of the pods starts or ends."""
+        """The first time after ``t`` at which one of the pods starts or ends, or nodes
+        leave or come back."""
         self.advance(t)
         times = [x for p in self.pods.values() for x in (p.start, p.end) if t < x < math.inf]
+        times += [x for start, end, _ in self.outages for x in (start, end) if t < x < math.inf]
         return min(times, default=None)
 
     def advance(self, t: float) -> None:
@@ -132,6 +149,12 @@ class SimPool:
         pool waits for ever (as an unschedulable pod stays Pending)."""
         if t < self._now:
             return
+        ordered = sorted(self.outages)
+        while self._outages_applied < len(ordered) and ordered[self._outages_applied][0] <= t:
+            lost, _, _ = ordered[self._outages_applied]
+            self._outages_applied += 1
+            self.advance(lost)
+            self._lose_nodes(lost)
         # Nothing starts before what was already read (a pod seen Pending then stays so
         # up to then), nor before a pod released earlier started.
         started = [p.start for p in self.pods.values() if p.start < math.inf]
@@ -152,7 +175,8 @@ class SimPool:
         pod released before it) and no later than ``t`` (None: not by then)."""
         released = pod.released_at if pod.released_at is not None else t
         first = max(released, floor)
-        candidates = sorted({first, *(p.end for p in self.pods.values() if first < p.end <= t)})
+        ends = [p.end for p in self.pods.values()] + [end for _, end, _ in self.outages]
+        candidates = sorted({first, *(x for x in ends if first < x <= t)})
         for at in candidates:
             if at > t:
                 break
@@ -165,10 +189,34 @@ class SimPool:
                 return at
         return None
 
+    def capacity_share(self, at: float) -> float:
+        """The share of the pool's nodes up at ``at``."""
+        lost = [share for start, end, share in self.outages if start <= at < end]
+        return 1.0 - min(max(lost, default=0.0), 1.0)
+
+    def _lose_nodes(self, at: float) -> None:
+        """Fail running pods, the newest first, until the rest fit what is left."""
+        running = sorted(
+            (p for p in self.pods.values() if p.start <= at < p.end),
+            key=lambda p: (p.start, p.name),
+            reverse=True,
+        )
+        for pod in running:
+            cpu, mem, gpu = self._room(at)
+            if cpu >= -1e-9 and mem >= -1e-9 and gpu >= -1e-9:
+                break
+            pod.lost_at = at
+            pod.run_seconds = at - pod.start  # it holds nothing from then on
+
     def _room(self, at: float) -> tuple[float, float, float]:
         used = [0.0, 0.0, 0.0]
         for p in self.pods.values():
             if p.start <= at < p.end:
                 used = [u + r for u, r in zip(used, p.request, strict=True)]
-        gpus = self.gpus - min(max(self.background_gpus(at), 0.0), self.gpus)
-        return (self.cpu_cores - used[0], self.memory_bytes - used[1], gpus - used[2])
+        share = self.capacity_share(at)
+        gpus = self.gpus * share - min(max(self.background_gpus(at), 0.0), self.gpus * share)
+        return (
+            self.cpu_cores * share - used[0],
+            self.memory_bytes * share - used[1],
+            gpus - used[2],
+        )

@@ -11,10 +11,11 @@ The world (``../shared/data``, read through ``qorch.sim.exogenous``):
   ``dedicated``) or not operational takes no new work;
 - calibrations: each backend follows ibm_perth's real daily calibrations from its own start
   day (backends are spread over the calibration days), the day changing at midnight;
-- a CPU pool and a GPU pool; the GPU pool's background load is the production GPU
-  cluster's busy curve (its 149 days compressed ``gpu_time_scale`` times), rescaled so that
-  its peak takes ``gpu_background_peak`` of the pool (the pod list is a sample of a much
-  larger cluster: held against all its nodes it never passes 1%).
+- a CPU pool and a GPU pool, which may lose nodes for a while (``node_loss``); the GPU
+  pool's background load is the production GPU cluster's busy curve (its 149 days
+  compressed ``gpu_time_scale`` times), rescaled so that its peak takes
+  ``gpu_background_peak`` of the pool (the pod list is a sample of a much larger cluster:
+  held against all its nodes it never passes 1%).
 
 The workflows are drawn (seeded) from five shapes a hybrid platform runs: sampling batches
 with a classical post-processing step, deep circuits, variational loops between classical
@@ -105,6 +106,9 @@ class Scenario:
     stationary: bool = False
     # The replay starts this many hours into the queue trace.
     offset_hours: float = 0.0
+    # Nodes lost: (pool, at hour, for hours, share of the pool's nodes), e.g. a GPU node
+    # failing; the pods running there fail and are retried (``plan``).
+    node_loss: tuple[tuple[str, float, float, float], ...] = ()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Scenario:
@@ -117,6 +121,8 @@ class Scenario:
             values["data_dir"] = Path(values["data_dir"])
         if "backends" in values:
             values["backends"] = tuple(values["backends"])
+        if "node_loss" in values:
+            values["node_loss"] = tuple(_node_loss(item) for item in values["node_loss"] or ())
         scenario = cls(**values)
         scenario.check()
         return scenario
@@ -129,10 +135,21 @@ class Scenario:
             raise ValueError(f"unknown workflow shape(s) in mix: {', '.join(unknown)}")
         if not self.mix or sum(self.mix.values()) <= 0:
             raise ValueError("mix needs a positive weight")
+        for pool, at, hours, share in self.node_loss:
+            if pool not in ("cpu", "gpu"):
+                raise ValueError(f"node_loss: unknown pool {pool!r} (cpu or gpu)")
+            if not (at >= 0 and hours > 0 and 0 < share <= 1):
+                raise ValueError("node_loss: at_hours >= 0, hours > 0, 0 < share <= 1")
         presets = {p.value for p in ObjectivePreset}
         bad = sorted(set(self.presets) - presets)
         if bad:
             raise ValueError(f"unknown preset(s): {', '.join(bad)}")
+
+
+def _node_loss(item: Any) -> tuple[str, float, float, float]:
+    if not isinstance(item, Mapping) or set(item) != {"pool", "at_hours", "hours", "share"}:
+        raise ValueError("node_loss: each item is {pool, at_hours, hours, share}")
+    return (str(item["pool"]), float(item["at_hours"]), float(item["hours"]), float(item["share"]))
 
 
 # ---- the world -----------------------------------------------------------------------------------
@@ -193,7 +210,15 @@ def build_world(scenario: Scenario, traces: Traces) -> World:
         backends.append(
             _backend(name, i, len(names), service, mean, traces, scenario.stationary, offset)
         )
-    cpu = SimPool("cpu", scenario.cpu_cores, scenario.cpu_memory_gib * GIB)
+
+    def lost(pool: str) -> tuple[tuple[float, float, float], ...]:
+        return tuple(
+            (at * 3600.0, (at + hours) * 3600.0, share)
+            for name, at, hours, share in scenario.node_loss
+            if name == pool
+        )
+
+    cpu = SimPool("cpu", scenario.cpu_cores, scenario.cpu_memory_gib * GIB, outages=lost("cpu"))
     peak = traces.gpu.peak_fraction or 1.0
     share = scenario.gpu_background_peak / peak
     gpus = scenario.gpus
@@ -202,7 +227,12 @@ def build_world(scenario: Scenario, traces: Traces) -> World:
         return min(traces.gpu.busy_fraction(t) * share, 1.0) * gpus
 
     gpu = SimPool(
-        "gpu", scenario.gpu_cores, scenario.gpu_memory_gib * GIB, gpus, background_gpus=background
+        "gpu",
+        scenario.gpu_cores,
+        scenario.gpu_memory_gib * GIB,
+        gpus,
+        background_gpus=background,
+        outages=lost("gpu"),
     )
     return World(
         backends,

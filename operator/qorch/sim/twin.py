@@ -258,6 +258,7 @@ class Twin:
         self.wakeups: list[tuple[float, str]] = []  # (time, workflow key): retry times
         self.spans: dict[tuple[str, str, int, str], list[Any]] = {}
         self.closed_spans: list[Span] = []
+        self.handles: dict[tuple[str, str], str] = {}  # (workflow, subtask) -> pod or job
         self.job_fidelity: dict[str, float] = {}  # job id -> realised fidelity
         self.job_subtask: dict[str, tuple[str, str]] = {}
         self.result = TwinResult(policy=policy.name, horizon=0.0)
@@ -616,7 +617,7 @@ class Twin:
         if pod is None:
             return
         pool.advance(t)
-        if not pod.start <= t or loop.done_at is not None:
+        if not pod.start <= t or loop.done_at is not None or pod.lost_at is not None:
             return
         clock = pod.start
         wf = self.active.get(loop.workflow)
@@ -713,9 +714,15 @@ class Twin:
                 st.jobId if st.placement and st.placement.kind is ResourceKind.BACKEND else None
             )
             handle = handle or st.podName
-            if st.phase in (SubtaskPhase.SUCCEEDED, SubtaskPhase.FAILED) and handle:
+            before = self.handles.get((wf.key, st.name))
+            if before is not None and before != handle:
+                self._close(before, t, SpanEnd.FAILED)  # a new attempt: the old one failed
+            if handle is not None:
+                self.handles[(wf.key, st.name)] = handle
+            if st.phase in (SubtaskPhase.SUCCEEDED, SubtaskPhase.FAILED, SubtaskPhase.RETRYING):
                 end = SpanEnd.DONE if st.phase is SubtaskPhase.SUCCEEDED else SpanEnd.FAILED
-                self._close(handle, t, end)
+                if handle:
+                    self._close(handle, t, end)
             if st.phase is not SubtaskPhase.SUCCEEDED:
                 continue
             key = (wf.key, st.name, st.attempts)
