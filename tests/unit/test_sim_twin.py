@@ -223,11 +223,10 @@ def test_the_oracle_decides_on_what_will_really_happen() -> None:
     twin.cycle()  # admits the workflow and predicts
     snap = twin._with_predictions({wf.key: twin._snapshot(wf, 5.0)})[wf.key]
     perfect = _perfect(snap, twin)
-    truth = wf.truths["c0"]
     for name, backend in (("good", good), ("idle", idle)):
         p, q = snap.predictions[("c0", name)], perfect[("c0", name)]
         assert q.queue_seconds_p50 == backend.sim.others_wait(5.0) == q.queue_seconds_p90
-        assert q.fidelity == twin.fidelity_at(backend, truth, 5.0 + q.queue_seconds_p50)
+        assert q.fidelity == twin.fidelity_at(backend, MIRROR, 2000, 5.0 + q.queue_seconds_p50)
         assert q.seconds_p50 == pytest.approx(q.queue_seconds_p50 + q.run_seconds)
         assert p.queue_seconds_p50 != q.queue_seconds_p50 or name == "idle"
     assert perfect[("c0", "good")].queue_seconds_p50 == 300.0

@@ -257,7 +257,7 @@ def _perfect(snap: WorkflowSnapshot, twin: Twin) -> dict[tuple[str, str], Predic
                 else (sub.variational.shots if sub.variational else 1024)
             )
             run = twin.expected_qpu_seconds(shots)
-            fidelity = twin.fidelity_at(backend, truth, twin.now + wait)
+            fidelity = twin.fidelity_at(backend, wf.sources.get(name), shots, twin.now + wait)
             fidelity = p.fidelity if math.isnan(fidelity) else fidelity
             out[(name, resource)] = p._replace(
                 seconds_p10=wait + run,

@@ -69,10 +69,9 @@ from qorch.orchestrator.snapshot import (
     PodState,
     WorkflowSnapshot,
 )
-from qorch.predictor import CircuitCache, Predictor
+from qorch.predictor import CircuitCache, PredictionContext, Predictor, SubtaskInput
 from qorch.predictor.analytic import AnalyticConfig, qpu_run_seconds, simulation_seconds
-from qorch.predictor.features import approximate_success
-from qorch.predictor.workflow import placeable, predict_workflow
+from qorch.predictor.workflow import backend_input, placeable, predict_workflow
 from qorch.sim.backend import SimBackend
 from qorch.sim.pool import SimPool
 from qorch.sim.records import Span, SpanEnd, TwinResult, WorkflowOutcome
@@ -236,6 +235,12 @@ class Twin:
         self.pools = {p.sim.name: p for p in pools}
         self.policy = policy
         self.predictor = predictor
+        # The world's expected fidelity of a job: the shipped fidelity model (Hellinger
+        # fidelity under a day's calibration, what the predictor's labels measure) on the
+        # calibration of the day the job STARTS; a separate instance, so that the decision
+        # passes' own row memory is not disturbed.
+        self.truth = Predictor(predictor.models)
+        self._fidelities: dict[tuple[str, str, str, int], float] = {}
         self.circuits = circuits or CircuitCache(max_entries=8192)
         self.start = start
         self.step = step_seconds
@@ -555,8 +560,9 @@ class Twin:
         run = self._qpu_seconds(shots, action.job_id)
         job = backend.sim.submit(action.job_id, t, run, {"counts": {}})
         self.job_subtask[action.job_id] = (wf.key, action.subtask)
-        truth = wf.truths.get(action.subtask)
-        self.job_fidelity[action.job_id] = self._fidelity(backend, truth, job.start)
+        self.job_fidelity[action.job_id] = self._fidelity(
+            backend, wf.sources.get(action.subtask), shots, job.start
+        )
         self._open(wf, action.job_id, action.backend, "backend", t)
 
     # -- what the world does -------------------------------------------------------------
@@ -566,8 +572,8 @@ class Twin:
     def expected_simulation_seconds(self, truth: CircuitTruth | None, gpu: bool) -> float:
         return self._simulation_seconds(truth, gpu, "")
 
-    def fidelity_at(self, backend: TwinBackend, truth: CircuitTruth | None, at: float) -> float:
-        return self._fidelity(backend, truth, at)
+    def fidelity_at(self, backend: TwinBackend, source: str | None, shots: int, at: float) -> float:
+        return self._fidelity(backend, source, shots, at)
 
     def _noise(self, key: str) -> float:
         if not key:
@@ -592,22 +598,27 @@ class Twin:
         )
         return float(seconds[0]) * self._noise(key) + 2.0  # + the pod's start
 
-    def _fidelity(self, backend: TwinBackend, truth: CircuitTruth | None, at: float) -> float:
-        """The success estimate of the circuit on the calibration of the day it starts."""
+    def _fidelity(self, backend: TwinBackend, source: str | None, shots: int, at: float) -> float:
+        """The job's expected fidelity on the calibration of the day it starts on."""
         if backend.info.provider is Provider.AER:
             return 1.0
-        cal = backend.calibration_at(at if math.isfinite(at) else self.now)
-        if truth is None or cal is None:
+        if source is None:
             return math.nan
-        value = approximate_success(
-            np.array([float(truth.two_qubit_gates)]),
-            np.array([float(truth.one_qubit_gates)]),
-            np.array([float(truth.measurements)]),
-            np.array([cal.medianTwoQubitError or 0.0]),
-            np.array([cal.medianSingleQubitError or 0.0]),
-            np.array([cal.medianReadoutError or 0.0]),
+        cal = backend.calibration_at(at if math.isfinite(at) else self.now)
+        parsed = self.circuits.parse(source)
+        if parsed.counts is None:
+            return math.nan
+        key = (parsed.key, backend.info.name, cal.updatedAt or "" if cal else "", shots)
+        known = self._fidelities.get(key)
+        if known is not None:
+            return known
+        info = dataclasses.replace(backend.info, calibration=cal)
+        context = PredictionContext.of(
+            [SubtaskInput("job", parsed, shots)], [backend_input(info, None, ())]
         )
-        return float(value[0])
+        value = float(self.truth.predict([("job", info.name)], context)[0].fidelity)
+        self._fidelities[key] = value
+        return value
 
     def _advance_loop(self, loop: _Loop, t: float) -> None:
         """Run the loop's worker up to ``t``: each batch ends, the next goes out at once to
@@ -653,7 +664,8 @@ class Twin:
                 job_id = f"{loop.prefix}.e{loop.sent}"
                 run = self._qpu_seconds(loop.shots, job_id)
                 job = backend.sim.submit(job_id, clock, run, {"energy": -1.0})
-                self.job_fidelity[job_id] = self._fidelity(backend, truth, job.start)
+                source = wf.sources.get(loop.subtask) if wf else None
+                self.job_fidelity[job_id] = self._fidelity(backend, source, loop.shots, job.start)
                 loop.current = (backend.info.name, job_id)
             backend_name, job_id = loop.current
             sim = self.backends[backend_name].sim
