@@ -4,9 +4,11 @@ from the real traces (those tests skip where ../shared/data is absent)."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from qorch.cli import main
 from qorch.predictor import CircuitCache
 from qorch.sim.exogenous import DAY_S
 from qorch.sim.replay import replay
@@ -116,3 +118,56 @@ def test_a_short_real_replay_finishes_under_every_policy() -> None:
         assert s.finished == 12, s
         assert 0 < s.mean_fidelity <= 1 and s.usd > 0
     assert make_predictor(None) is not None
+
+
+@needs_real
+def test_qorch_simulate_prints_one_table_and_writes_the_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text("name: tiny\nhours: 2\nworkflows: 6\nseed: 2\n")
+    out = tmp_path / "plots"
+    code = main(
+        ["simulate", str(scenario), "--policy", "static", "--policy", "qorch", "--out", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = [line for line in printed.splitlines() if line.strip().startswith(("static", "qorch"))]
+    assert [r.split()[0] for r in rows] == ["static", "qorch"]
+    assert all("6/6" in r for r in rows), printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "tiny-cost.png",
+        "tiny-jct.png",
+        "tiny-queues.png",
+        "tiny-timeline-qorch.png",
+        "tiny-timeline-static.png",
+    ]
+    assert all((out / n).read_bytes().startswith(b"\x89PNG") for n in names)
+
+
+def test_qorch_simulate_names_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("hours: 1\nworkflows: 1\n")
+    code = main(["simulate", str(scenario), "--data-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nowhere" in err
+    scenario.write_text("hourz: 1\n")
+    assert main(["simulate", str(scenario)]) == 2
+    assert "hourz" in capsys.readouterr().err
+
+
+def test_departures_bound_a_wait_by_the_jobs_the_trace_shows_gone() -> None:
+    from qorch.sim.scenario import Departures
+
+    d = Departures(times=(60.0, 120.0, 300.0), gone=(5, 7, 20))
+    assert d.seconds_until(0.0, 0) == 0.0
+    assert d.seconds_until(0.0, 5) == 60.0  # the 5 ahead had left by the first minute
+    assert d.seconds_until(0.0, 6) == 120.0
+    assert d.seconds_until(60.0, 2) == 60.0  # counted from t: 5 gone before it
+    assert d.seconds_until(100.0, 13) == 200.0
+    assert d.seconds_until(100.0, 15) == 200.0
+    assert d.seconds_until(100.0, 16) == float("inf")  # not within the trace

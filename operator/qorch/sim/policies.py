@@ -223,9 +223,10 @@ class Qonductor:
 class Oracle(Qorch):
     """Qorch's own decisions (cost function, cluster pass) on PERFECT predictions: each
     pair's queue wait is the wait a job submitted now will really get (the replayed queue
-    ahead of it), its run time the device's, its fidelity the success estimate on the
-    calibration of the day it will really start on. With the future known there is nothing
-    to move. The bound shows what better predictions could still win."""
+    ahead of it and Qorch's jobs already there), its run time the device's, its fidelity
+    the fidelity model's on the calibration of the day it will really start on. With the
+    future known there is nothing to move. The bound shows what better predictions could
+    still win."""
 
     name = "oracle"
     reallocation = False
@@ -250,7 +251,9 @@ def _perfect(snap: WorkflowSnapshot, twin: Twin) -> dict[tuple[str, str], Predic
         truth = wf.truths.get(name)
         if p.kind == QPU:
             backend = twin.backends[resource]
-            wait = backend.sim.others_wait(twin.now)
+            # The wait a job sent now will really get: the others ahead of it and
+            # Qorch's own jobs already queued there (first come first served).
+            wait = backend.sim.start_if_submitted(twin.now) - twin.now
             shots = (
                 sub.circuit.shots
                 if sub.circuit

@@ -7,8 +7,10 @@ The world (``../shared/data``, read through ``qorch.sim.exogenous``):
   minute by minute; a job found behind ``n`` others waits for ``n`` run times drawn from the
   real per-job run times (2019-20), scaled to the mean service time the backend's own queue
   drains at in the trace (2023: jobs served per minute, from the trace's decreases), since
-  the two eras' jobs differ; a backend marked other than ``active`` (``internal``,
-  ``dedicated``) or not operational takes no new work;
+  the two eras' jobs differ; and no longer than until the trace shows ``n`` jobs gone
+  (first come first served: a queue that empties takes its waiting jobs with it); a
+  backend marked other than ``active`` (``internal``, ``dedicated``) or not operational
+  takes no new work;
 - calibrations: each backend follows ibm_perth's real daily calibrations from its own start
   day (backends are spread over the calibration days), the day changing at midnight;
 - a CPU pool and a GPU pool, which may lose nodes for a while (``node_loss``); the GPU
@@ -26,6 +28,7 @@ uses.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import random
@@ -240,6 +243,37 @@ def build_world(scenario: Scenario, traces: Traces) -> World:
     )
 
 
+@dataclass(frozen=True)
+class Departures:
+    """The jobs a backend's queue lost over the trace, cumulated: where its length fell,
+    by how much (minute samples net arrivals against departures, so this counts fewer
+    departures than there were: a bound that holds, never an invented drain)."""
+
+    times: tuple[float, ...]
+    gone: tuple[int, ...]  # jobs gone by times[i]
+
+    @classmethod
+    def of(cls, queues: QueueReplay, backend: str) -> Departures:
+        times, gone, total, last = [], [], 0, None
+        for t, pending, _ in queues.changes(backend):
+            if last is not None and pending < last:
+                total += last - pending
+                times.append(t)
+                gone.append(total)
+            last = pending
+        return cls(tuple(times), tuple(gone))
+
+    def seconds_until(self, t: float, jobs: int) -> float:
+        """Seconds from trace time ``t`` until ``jobs`` more have left (inf: not within
+        the trace)."""
+        if jobs <= 0:
+            return 0.0
+        i = bisect.bisect_right(self.times, t)
+        before = self.gone[i - 1] if i > 0 else 0
+        j = bisect.bisect_left(self.gone, before + jobs, lo=i)
+        return self.times[j] - t if j < len(self.times) else math.inf
+
+
 def scaled(service: ServiceTimes, mean: float) -> ServiceTimes:
     """The same measured shape, scaled to ``mean``."""
     factor = mean / service.mean
@@ -263,10 +297,18 @@ def _backend(
     def length(t: float) -> int:
         return queues.queue_length(name, offset + (0.0 if stationary else t))
 
+    departures = Departures.of(queues, name)
+
     def wait(t: float) -> float:
         # Seeded by the instant: the same question gets the same answer.
         rng = random.Random(f"{name}:{round(t, 3)}")
-        return service.wait(length(t), rng)
+        ahead = length(t)
+        sampled = service.wait(ahead, rng)
+        if stationary:
+            return sampled
+        # First come first served: once the trace shows as many jobs gone as were ahead,
+        # the job is at the front, whatever the run-time draws said.
+        return min(sampled, departures.seconds_until(offset + t, ahead))
 
     def calibration(t: float) -> Any:
         return days.summary_at(0.0 if stationary else t, start_day)
