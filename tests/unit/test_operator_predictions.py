@@ -25,6 +25,7 @@ from qorch.api.workflow import (
 )
 from qorch.operator.predictions import PredictionService
 from qorch.orchestrator import BackendInfo, Plan, WorkflowSnapshot
+from qorch.orchestrator.plan import SubmitJob
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.snapshot import PredictorReport
 from qorch.predictor.workflow import backend_input
@@ -238,8 +239,49 @@ def test_outcomes_feed_the_queue_history_and_the_running_error() -> None:
     assert list(other.recent_waits["ibm-a"]) == [30.0]
     # The waits it saw become the backend's history in the next pass.
     seen: list[tuple[float, ...]] = []
-    service._predict = lambda *args: seen.append(args[-1]["ibm-a"]) or ({}, None)  # type: ignore[method-assign]
+    service._predict = lambda *args: seen.append(args[-2]["ibm-a"]) or ({}, None)  # type: ignore[method-assign]
     predict(service, spec, HybridWorkflowStatus())
     assert seen == [(30.0,)]
     backend = backend_input(BACKENDS[0], None, seen[0])
     assert backend.history.recent_waits_s == (30.0,)
+
+
+def test_a_backends_service_time_is_learned_from_the_waits_per_job_ahead() -> None:
+    """Each job the plan submits is noted with the queue its backend showed; when it has
+    waited, wait / jobs ahead is one sample of the seconds a job holds the backend. From
+    three on, their median reaches the predictor as the backend's service time, and the
+    median wait of a queue of 20 becomes 20 x that instead of 20 x the analytic 66 s."""
+    service = PredictionService(None)
+    spec = workflow("a")
+    backend = dataclasses.replace(BACKENDS[0], queue_length=10)
+    for i, wait in enumerate((300.0, 250.0, 400.0)):
+        job = f"ns.wf.a.{i + 1}"
+        before = HybridWorkflowStatus(subtasks=[SubtaskStatus(name="a")])
+        snap = WorkflowSnapshot(
+            "ns", "wf", 1, spec, before, dt.datetime.now(dt.UTC), backends={"ibm-a": backend}
+        )
+        service.record_outcomes(
+            snap, Plan(status=before, actions=(SubmitJob("a", i + 1, job, "ibm-a"),))
+        )
+        assert service.queues.service_seconds() == {}  # fewer than three samples yet
+        done = before.model_copy(deep=True)
+        st = done.subtasks[0]
+        st.phase, st.attempts, st.jobId = SubtaskPhase.SUCCEEDED, i + 1, job
+        st.placement = Placement(kind=ResourceKind.BACKEND, name="ibm-a")
+        st.actual = ActualOutcome(queueSeconds=wait, runSeconds=2.0)
+        service.record_outcomes(snap, Plan(status=done))
+    assert service.queues.service_seconds() == {"ibm-a": 30.0}  # median of 30, 25, 40
+    # A wait without its submission seen (another replica submitted it) teaches no rate.
+    service.queues.waited("ibm-b", 500.0, "unknown-job")
+    assert "ibm-b" not in service.queues.service_seconds()
+    busy = dataclasses.replace(BACKENDS[0], queue_length=20)
+    learned = backend_input(busy, None, (), service.queues.service_seconds()["ibm-a"])
+    assert learned.service_seconds == 30.0
+    from qorch.predictor import PredictionContext, Predictor, SubtaskInput
+
+    parsed = service.circuits.parse(GHZ)
+    predictor = Predictor(None)
+    for b, median in ((learned, 600.0), (backend_input(busy, None, ()), 20 * 66.0)):
+        context = PredictionContext.of([SubtaskInput("a", parsed, 100)], [b])
+        (p,) = predictor.predict([("a", "ibm-a")], context)
+        assert p.queue_seconds_p50 == pytest.approx(median)

@@ -28,7 +28,7 @@ from qorch.api.workflow import (
     SubtaskStatus,
 )
 from qorch.metrics import operator_metrics as metrics
-from qorch.orchestrator.plan import Plan
+from qorch.orchestrator.plan import Plan, SubmitJob
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.snapshot import (
     BackendInfo,
@@ -42,7 +42,7 @@ from qorch.predictor import (
     Predictor,
     StoreChange,
 )
-from qorch.predictor.workflow import placeable, predict_workflow
+from qorch.predictor.workflow import QueueObservations, placeable, predict_workflow
 
 # Imported here, on the main thread: qiskit's OpenQASM 2 parser (a Rust extension) first
 # loaded in a worker thread that later exits crashes the process on a later parse (seen
@@ -52,8 +52,6 @@ from qorch.quantum import circuits as _circuits  # noqa: F401
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# Queue waits remembered per backend for the history features (the models use the last 20).
-RECENT_WAITS = 20
 # Outcomes per quantity the running error is computed over.
 ERROR_WINDOW = 256
 # Outcomes remembered as counted (a finished workflow's daemon stops, so old keys only age).
@@ -84,9 +82,10 @@ class PredictionService:
         # A threading lock, taken in the worker thread itself, so that a daemon cancelled
         # while its pass runs cannot let a second pass start beside it.
         self._lock = threading.Lock()
-        # Queue waits the operator saw its own gateway jobs take, per backend, oldest first:
-        # the history window of the queue-wait model (cluster-wide, all workflows).
-        self.recent_waits: dict[str, deque[float]] = {}
+        # What the operator saw its own gateway jobs wait, per backend (cluster-wide, all
+        # workflows): the queue-wait model's history window and each backend's learned
+        # service time.
+        self.queues = QueueObservations()
         self._running: dict[str, _RunningError] = {}
         # Outcomes already counted by this process, oldest first (bounded).
         self._counted: OrderedDict[tuple[str, str, int], None] = OrderedDict()
@@ -145,10 +144,23 @@ class PredictionService:
         if not subtasks:
             return {}, None
         # Read here, on the event loop that appends to them, not in the pass's thread.
-        waits = {name: tuple(seen) for name, seen in self.recent_waits.items()}
+        waits = self.queues.recent_waits()
+        service = self.queues.service_seconds()
         return await asyncio.to_thread(
-            self._locked, self._predict, spec, subtasks, sources, list(backends), live, waits
+            self._locked,
+            self._predict,
+            spec,
+            subtasks,
+            sources,
+            list(backends),
+            live,
+            waits,
+            service,
         )
+
+    @property
+    def recent_waits(self) -> dict[str, deque[float]]:
+        return self.queues.waits
 
     def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
         with self._lock:
@@ -162,10 +174,11 @@ class PredictionService:
         backends: list[BackendInfo],
         live: MetricsView | None,
         waits: Mapping[str, tuple[float, ...]],
+        service: Mapping[str, float] | None = None,
     ) -> tuple[dict[tuple[str, str], Prediction], PredictorReport | None]:
         """The pass itself, in a worker thread: parsing (cached) and onnxruntime."""
         done = predict_workflow(
-            self.predictor, self.circuits, spec, subtasks, sources, backends, live, waits
+            self.predictor, self.circuits, spec, subtasks, sources, backends, live, waits, service
         )
         for use in done.fallbacks:
             metrics.PREDICTOR_FALLBACKS.labels(use.model, use.output).inc()
@@ -173,13 +186,19 @@ class PredictionService:
 
     # -- outcomes ----------------------------------------------------------------------------
     def record_outcomes(self, snapshot: WorkflowSnapshot, decided: Plan) -> None:
-        """For each succeeded subtask this process has not yet counted: remember its queue
-        wait (history features) and export how far the prediction its placement used was
-        off. Keyed by (workflow, subtask, attempt), not by the transition in this plan: the
+        """Note the jobs this plan submits with the queue each found; for each succeeded
+        subtask this process has not yet counted, remember its queue wait (history
+        features, learned service time) and export how far the prediction its placement
+        used was off. Keyed by (workflow, subtask, attempt), not by the transition in this plan: the
         transition may have been stored by another writer (a replica that led before, a
         write whose answer was lost), and each process counts each outcome once (its
         metrics start from zero, so a restarted operator counts the running workflows'
         finished subtasks again, into its own fresh counters)."""
+        for action in decided.actions:
+            if isinstance(action, SubmitJob):
+                backend = snapshot.backends.get(action.backend)
+                if backend is not None:
+                    self.queues.submitted(action.job_id, backend.queue_length)
         workflow = f"{snapshot.namespace}/{snapshot.name}"
         for st in decided.status.subtasks:
             if st.phase is not SubtaskPhase.SUCCEEDED:
@@ -201,8 +220,7 @@ class PredictionService:
             or st.actual.queueSeconds is None
         ):
             return
-        waits = self.recent_waits.setdefault(st.placement.name, deque(maxlen=RECENT_WAITS))
-        waits.append(st.actual.queueSeconds)
+        self.queues.waited(st.placement.name, st.actual.queueSeconds, st.jobId)
 
     def _compare(self, st: SubtaskStatus) -> None:
         predicted, actual = st.predicted, st.actual

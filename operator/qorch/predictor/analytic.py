@@ -62,11 +62,13 @@ def qpu_run_seconds(config: AnalyticConfig, shots: FloatArray, circuits: FloatAr
 
 
 def queue_wait_seconds(
-    config: AnalyticConfig, queue_length: FloatArray
+    config: AnalyticConfig, queue_length: FloatArray, service_seconds: FloatArray | None = None
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """P10, P50, P90 of the wait: the live queue length times the service time per job,
-    times each multiple (no queue reading: an empty queue is assumed)."""
-    base = np.nan_to_num(queue_length, nan=0.0).clip(min=0.0) * config.service_seconds_per_job
+    """P10, P50, P90 of the wait: the live queue length times the service time per job
+    (each row's backend's where known, else ``service_seconds_per_job``), times each
+    multiple (no queue reading: an empty queue is assumed)."""
+    per_job = config.service_seconds_per_job if service_seconds is None else service_seconds
+    base = np.nan_to_num(queue_length, nan=0.0).clip(min=0.0) * per_job
     lo, mid, hi = sorted(config.queue_multiples)
     return base * lo, base * mid, base * hi
 

@@ -334,11 +334,22 @@ class _Pass:
             lambda: qpu_run_seconds(cfg, block.column("shots"), block.column("circuits")),
         )
         _flag(mask, rows, fell, _BITS["qpu_runtime"])
+        # The seconds a job ahead holds each row's backend: its measured or learned service
+        # time (``BackendInput.service_seconds``), else the analytic figure.
+        service = np.array(
+            [
+                b_.service_seconds if b_.service_seconds is not None
+                else self.cfg.service_seconds_per_job
+                for b_ in feats.backends
+            ],
+            dtype=np.float64,
+        )[block.res]  # fmt: skip
         queue: list[FloatArray] = []  # the analytic quantiles, computed when first needed
 
         def analytic_queue(i: int) -> FloatArray:
             if not queue:
-                queue.extend(queue_wait_seconds(cfg, block.column("queue_length")))
+                known = np.where(service > 0, service, cfg.service_seconds_per_job)
+                queue.extend(queue_wait_seconds(cfg, block.column("queue_length"), known))
             return queue[i]
 
         quantiles = []
@@ -358,14 +369,6 @@ class _Pass:
         # execution, else the analytic service time; Qonductor estimates a wait the same
         # way). The trained model reads recent waits only, so without this a queue that has
         # just spiked would not show until its waits are seen. Shifted, not widened.
-        service = np.array(
-            [
-                b_.service_seconds if b_.service_seconds is not None
-                else self.cfg.service_seconds_per_job
-                for b_ in feats.backends
-            ],
-            dtype=np.float64,
-        )[block.res]  # fmt: skip
         ahead = np.nan_to_num(block.column("queue_length"), nan=0.0).clip(min=0.0)
         shift = np.maximum(ahead * service - b, 0.0)
         if shift.any():

@@ -28,7 +28,6 @@ import heapq
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -71,12 +70,16 @@ from qorch.orchestrator.snapshot import (
 )
 from qorch.predictor import CircuitCache, PredictionContext, Predictor, SubtaskInput
 from qorch.predictor.analytic import AnalyticConfig, qpu_run_seconds, simulation_seconds
-from qorch.predictor.workflow import backend_input, placeable, predict_workflow
+from qorch.predictor.workflow import (
+    QueueObservations,
+    backend_input,
+    placeable,
+    predict_workflow,
+)
 from qorch.sim.backend import SimBackend
 from qorch.sim.pool import SimPool
 from qorch.sim.records import Span, SpanEnd, TwinResult, WorkflowOutcome
 
-RECENT_WAITS = 20  # as the operator's PredictionService remembers them
 _ANALYTIC = AnalyticConfig()
 _GPU_TAINT = Taint("nvidia.com/gpu", "", "NoSchedule")
 
@@ -254,11 +257,12 @@ class Twin:
         self.done: list[TwinWorkflow] = []
         self.loops: dict[str, _Loop] = {}  # by pod name
         self.pod_pool: dict[str, str] = {}  # pod name -> pool
-        # Queue waits seen per backend (the history features), as the operator keeps them;
-        # ``recent_waits`` seeds them (a device in service has served jobs before).
-        self.recent_waits: dict[str, deque[float]] = {
-            name: deque(waits, maxlen=RECENT_WAITS) for name, waits in (recent_waits or {}).items()
-        }
+        # What the operator learns of the queues from its own jobs (waits, service times);
+        # ``recent_waits`` seeds the waits (a device in service has served jobs before).
+        self.queues = QueueObservations()
+        for name, waits in (recent_waits or {}).items():
+            for wait in waits:
+                self.queues.waited(name, wait)
         self.counted: set[tuple[str, str, int]] = set()
         self.wakeups: list[tuple[float, str]] = []  # (time, workflow key): retry times
         self.spans: dict[tuple[str, str, int, str], list[Any]] = {}
@@ -442,7 +446,8 @@ class Twin:
     def _with_predictions(
         self, snapshots: dict[str, WorkflowSnapshot]
     ) -> dict[str, WorkflowSnapshot]:
-        waits = {name: tuple(seen) for name, seen in self.recent_waits.items()}
+        waits = self.queues.recent_waits()
+        service = self.queues.service_seconds()
         out = {}
         for key, snap in snapshots.items():
             wf = self.active[key]
@@ -459,6 +464,7 @@ class Twin:
                 list(snap.backends.values()),
                 None,
                 waits,
+                service,
             )
             out[key] = dataclasses.replace(snap, predictions=done.by_pair, predictor=done.report)
         return out
@@ -720,6 +726,9 @@ class Twin:
         return handle
 
     def _record(self, wf: TwinWorkflow, snap: WorkflowSnapshot, decided: Plan, t: float) -> None:
+        for action in decided.actions:  # as the operator's PredictionService notes them
+            if isinstance(action, SubmitJob) and action.backend in snap.backends:
+                self.queues.submitted(action.job_id, snap.backends[action.backend].queue_length)
         status = decided.status
         for st in status.subtasks:
             handle = (
@@ -743,10 +752,7 @@ class Twin:
             self.counted.add(key)
             if st.placement is not None and st.placement.kind is ResourceKind.BACKEND:
                 if st.actual is not None and st.actual.queueSeconds is not None:
-                    seen = self.recent_waits.setdefault(
-                        st.placement.name, deque(maxlen=RECENT_WAITS)
-                    )
-                    seen.append(st.actual.queueSeconds)
+                    self.queues.waited(st.placement.name, st.actual.queueSeconds, st.jobId)
                 if st.jobId in self.job_fidelity:
                     wf.fidelities.setdefault(st.name, []).append(self.job_fidelity[st.jobId])
         if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
