@@ -28,7 +28,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -553,7 +553,6 @@ class Twin:
             truth = wf.truths.get(sub.name)
             run = self._simulation_seconds(truth, spec_pool.gpu, action.pod_name)
             result = {"counts": {}, "method": "statevector"}
-            wf.fidelities.setdefault(sub.name, []).append(1.0)
         pool.sim.create(action.pod_name, sub.name, action.attempt, request, run, result)
         self.pod_pool[action.pod_name] = action.pool
 
@@ -755,6 +754,8 @@ class Twin:
                     self.queues.waited(st.placement.name, st.actual.queueSeconds, st.jobId)
                 if st.jobId in self.job_fidelity:
                     wf.fidelities.setdefault(st.name, []).append(self.job_fidelity[st.jobId])
+            elif st.placement is not None and st.name in wf.sources and st.route is None:
+                wf.fidelities.setdefault(st.name, []).append(1.0)  # simulated exactly
         if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
             wf.finished = t
             self.active.pop(wf.key, None)
@@ -818,10 +819,6 @@ def _parameters(circuit: Any) -> tuple[str, ...]:
 
 def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def active_keys(workflows: Iterable[TwinWorkflow]) -> list[str]:
-    return [w.key for w in workflows]
 
 
 def make_predictor(models_dir: str | None) -> Predictor:
