@@ -103,7 +103,11 @@ def results() -> list[TwinResult]:
         gpu_busy_seconds=10.0,
         gpu_capacity_seconds=40.0,
     )
-    stuck = TwinResult("stuck", horizon=7200.0, workflows=[wf("a", None, fidelity=None)])
+    # Its only workflow failed: no completion time to average (an unfinished one would count
+    # as finishing when the replay ended).
+    stuck = TwinResult(
+        "stuck", horizon=7200.0, workflows=[wf("a", None, fidelity=None, failed=True)]
+    )
     return [fifo, qorch, stuck]
 
 
@@ -194,7 +198,7 @@ def test_table_counts_money_utilisation_moves_and_decision_passes() -> None:
 
 def test_nan_shows_as_a_dash() -> None:
     stuck = table_cells(render_table(results(), baseline="fifo"))["stuck"]
-    assert stuck["workflows"] == "0/1"
+    assert stuck["workflows"] == "0/1 (1 failed)"
     for name in ("mean JCT", "p95 JCT", "vs fifo", "fidelity", "Δ fidelity"):
         assert stuck[name] == DASH, name
     for name in ("QPU util", "GPU util", "pass p50", "pass p99"):  # no capacity, no passes
@@ -421,3 +425,10 @@ def test_importing_the_report_loads_neither_matplotlib_nor_rich() -> None:
     code = "import sys, qorch.sim.report; print('matplotlib' in sys.modules, 'rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_an_unfinished_workflow_counts_as_finishing_when_the_replay_ended() -> None:
+    late = TwinResult("late", horizon=7200.0, workflows=[wf("a", 100.0), wf("b", None)])
+    summary = late.summary()
+    assert summary.finished == 1
+    assert summary.mean_jct == (100.0 + (7200.0 - 1000.0)) / 2

@@ -11,6 +11,7 @@ import pytest
 
 from qorch.api.backend import CalibrationSummary, Provider
 from qorch.api.workflow import HybridWorkflowSpec, SubtaskPhase
+from qorch.orchestrator.prices import CPU_POD_USD_PER_HOUR
 from qorch.orchestrator.snapshot import BackendInfo
 from qorch.sim.backend import SimBackend
 from qorch.sim.policies import POLICIES, _perfect, make_policy
@@ -288,7 +289,9 @@ def test_a_variational_loop_sends_its_batches_and_is_billed_for_them() -> None:
     assert st.phase is SubtaskPhase.SUCCEEDED, st.message
     assert st.progress is not None and st.progress.batches == {"idle": 5}
     assert st.progress.qpuSeconds["idle"] == pytest.approx(5 * 4.0)
-    assert wf.status.costUSD >= 5 * 4.0 * 1.6
+    pod = twin.pools["cpu"].sim.pods[st.podName or ""]
+    pod_usd = pod.run_seconds * CPU_POD_USD_PER_HOUR / 3600
+    assert wf.status.costUSD == pytest.approx(5 * 4.0 * 1.6 + pod_usd, abs=1e-5)
     jobs = [j for j in idle.sim.jobs if j.startswith("twin.loop.vqe.1.e")]
     assert len(jobs) == 5
     assert len(wf.fidelities["vqe"]) == 5
@@ -360,3 +363,73 @@ def test_a_lost_gpu_node_fails_its_pod_and_the_plan_retries_the_step() -> None:
         SpanEnd.FAILED,
         SpanEnd.DONE,
     ]
+
+
+def test_a_loop_simulated_in_its_pod_runs_its_batches_one_after_another() -> None:
+    """No backend: the loop's batches are simulated in its own pod, one after the other,
+    whatever the twin's cycles; the pod ends after the last."""
+    ansatz = (
+        'OPENQASM 3.0; include "stdgates.inc"; input float[64] t0; input float[64] t1; '
+        "qubit[2] q; ry(t0) q[0]; ry(t1) q[1]; cx q[0], q[1];"
+    )
+    spec = HybridWorkflowSpec.model_validate(
+        {
+            "subtasks": [
+                {
+                    "name": "vqe",
+                    "variational": {
+                        "qasm": ansatz,
+                        "hamiltonian": [{"pauli": "ZZ", "coefficient": -1.0}],
+                        "maxIterations": 20,
+                    },
+                }
+            ],
+            "resources": {
+                "quantumBackends": [],
+                "classicalPools": [{"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}}],
+            },
+        }
+    )
+    twin = Twin(
+        list(_two_devices()),
+        _pools(),
+        [TwinWorkflow("sim", "vqe", 0.0, spec, {"vqe": ansatz})],
+        _policy("qorch"),
+        predictor=PREDICTOR,
+        run_noise=0.0,
+        step_seconds=1.0,
+    )
+    twin.run(3600.0)
+    wf = twin.done[0]
+    st = wf.status.subtasks[0]
+    assert st.phase is SubtaskPhase.SUCCEEDED and st.progress is not None
+    assert st.progress.batches == {"cpu": 20}
+    pod = twin.pools["cpu"].sim.pods[st.podName or ""]
+    one = twin.expected_simulation_seconds(wf.truths["vqe"], False)
+    assert pod.run_seconds == pytest.approx(20 * one)  # not shortened by the cycles
+    assert wf.finished is not None and wf.finished >= pod.start + 20 * one
+
+
+def test_queue_observations_learn_per_job_ahead_and_forget_what_will_not_run() -> None:
+    from qorch.orchestrator.plan import CancelJob, SubmitJob
+    from qorch.predictor.workflow import SUBMISSIONS_MAX, QueueObservations
+
+    obs = QueueObservations()
+    backends = {"b": BackendInfo("b", Provider.IBM, 27, queue_length=9)}
+    # Three jobs sent in one plan: each finds the queue the plan read plus those before it.
+    obs.note_plan(backends, [SubmitJob("s", 1, f"j{i}", "b") for i in range(3)])
+    for i, wait in enumerate((90.0, 100.0, 110.0)):
+        obs.waited("b", wait, f"j{i}")
+    assert obs.service_seconds() == {"b": 10.0}  # 90/9, 100/10, 110/11
+    assert obs.recent_waits() == {"b": (90.0, 100.0, 110.0)}
+    # A cancelled (moved) job teaches nothing, even if a wait is reported for it later.
+    obs.note_plan(backends, [SubmitJob("s", 2, "moved", "b")])
+    obs.note_plan(backends, [CancelJob("moved", "b", "moved away")])
+    obs.waited("b", 5000.0, "moved")
+    assert obs.service_seconds() == {"b": 10.0}
+    # Bounded: the oldest submissions age out.
+    for i in range(SUBMISSIONS_MAX + 5):
+        obs.submitted(f"x{i}", 1)
+    obs.waited("b", 1.0, "x0")  # aged out: a wait, but no rate
+    assert len(obs._submitted) == SUBMISSIONS_MAX
+    assert obs.service_seconds() == {"b": 10.0}

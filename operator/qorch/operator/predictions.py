@@ -28,7 +28,7 @@ from qorch.api.workflow import (
     SubtaskStatus,
 )
 from qorch.metrics import operator_metrics as metrics
-from qorch.orchestrator.plan import Plan, SubmitJob
+from qorch.orchestrator.plan import Plan
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.snapshot import (
     BackendInfo,
@@ -194,11 +194,7 @@ class PredictionService:
         write whose answer was lost), and each process counts each outcome once (its
         metrics start from zero, so a restarted operator counts the running workflows'
         finished subtasks again, into its own fresh counters)."""
-        for action in decided.actions:
-            if isinstance(action, SubmitJob):
-                backend = snapshot.backends.get(action.backend)
-                if backend is not None:
-                    self.queues.submitted(action.job_id, backend.queue_length)
+        self.queues.note_plan(snapshot.backends, decided.actions)
         workflow = f"{snapshot.namespace}/{snapshot.name}"
         for st in decided.status.subtasks:
             if st.phase is not SubtaskPhase.SUCCEEDED:

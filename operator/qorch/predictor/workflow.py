@@ -10,6 +10,7 @@ import statistics
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from qorch.api.backend import Provider
 from qorch.api.workflow import (
@@ -18,6 +19,7 @@ from qorch.api.workflow import (
     ResourceKind,
     SubtaskPhase,
 )
+from qorch.orchestrator.plan import CancelJob, SubmitJob
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.prices import pool_price_per_hour
 from qorch.orchestrator.snapshot import BackendInfo, MetricsView, PredictorReport
@@ -38,8 +40,12 @@ WORKER_CORES = 1.0
 RECENT_WAITS = 20
 # A backend's service time is learned from its own jobs once this many found others ahead.
 MIN_SERVICE_SAMPLES = 3
-# Submissions remembered until their job starts (bounded: a job never seen finishing ages).
-SUBMISSIONS_MAX = 100_000
+# Submissions remembered until their job's wait is known (bounded: a job never seen
+# finishing ages out; a cancelled one is forgotten at once).
+SUBMISSIONS_MAX = 10_000
+# A learned service time under this is taken as this (a queue served "instantly" by a
+# handful of samples must not make every queue look free).
+MIN_SERVICE_SECONDS = 1.0
 
 
 class QueueObservations:
@@ -61,11 +67,31 @@ class QueueObservations:
         self._submitted: OrderedDict[str, int] = OrderedDict()  # job id -> jobs ahead
 
     def submitted(self, job_id: str, ahead: int) -> None:
-        """A job was sent to a backend that showed ``ahead`` jobs queued."""
-        if job_id not in self._submitted:
-            self._submitted[job_id] = max(ahead, 0)
-            while len(self._submitted) > SUBMISSIONS_MAX:
-                self._submitted.popitem(last=False)
+        """A job was sent to a backend that showed ``ahead`` jobs queued (a later
+        submission of the same id replaces it: a workflow created again by its name)."""
+        self._submitted.pop(job_id, None)
+        self._submitted[job_id] = max(ahead, 0)
+        while len(self._submitted) > SUBMISSIONS_MAX:
+            self._submitted.popitem(last=False)
+
+    def forget(self, job_id: str) -> None:
+        """The job will not run (cancelled, moved): its wait will teach nothing."""
+        self._submitted.pop(job_id, None)
+
+    def note_plan(self, backends: Mapping[str, BackendInfo], actions: Sequence[object]) -> None:
+        """What a plan's actions tell: each job it submits, with the jobs ahead of it (the
+        backend's queue as the plan saw it, plus the plan's own earlier submissions there:
+        they were read before any of them went in); each job it cancels is forgotten."""
+        sent: dict[str, int] = {}
+        for action in actions:
+            if isinstance(action, SubmitJob):
+                backend = backends.get(action.backend)
+                if backend is not None:
+                    earlier = sent.get(action.backend, 0)
+                    self.submitted(action.job_id, backend.queue_length + earlier)
+                    sent[action.backend] = earlier + 1
+            elif isinstance(action, CancelJob):
+                self.forget(action.job_id)
 
     def waited(self, backend: str, wait: float, job_id: str | None = None) -> None:
         """A job of ours on ``backend`` started after ``wait`` seconds in its queue."""
@@ -82,7 +108,7 @@ class QueueObservations:
         """Per backend with enough jobs that found others ahead: the median seconds per job
         ahead."""
         return {
-            name: statistics.median(seen)
+            name: max(statistics.median(seen), MIN_SERVICE_SECONDS)
             for name, seen in self._per_job_ahead.items()
             if len(seen) >= MIN_SERVICE_SAMPLES
         }
@@ -105,9 +131,11 @@ def predict_workflow(
     live: MetricsView | None,
     waits: Mapping[str, tuple[float, ...]],
     service: Mapping[str, float] | None = None,
+    now: datetime | None = None,
 ) -> WorkflowPredictions:
     """Predictions for ``subtasks`` (name, shots: ``placeable``) on every resource the
-    workflow allows; empty (report None) when there is no pair."""
+    workflow allows; empty (report None) when there is no pair. ``now``: the time the
+    features read (None: the clock; the twin passes its simulated one)."""
     inputs = [SubtaskInput(name, circuits.parse(sources[name]), shots) for name, shots in subtasks]
     known = {b.name: b for b in backends}
     allowed = [known[b] for b in spec.resources.quantumBackends if b in known]
@@ -123,6 +151,7 @@ def predict_workflow(
             )
             for p in spec.resources.classicalPools
         ],
+        now,
     )
     resources = [b.name for b in allowed] + [p.name for p in spec.resources.classicalPools]
     pairs = [(s.name, r) for s in inputs for r in resources]
@@ -153,8 +182,9 @@ def backend_input(
     """A backend as the predictor sees it: calibration, queue now, the queue waits the
     operator saw its jobs take there (``waits``, oldest first), and the seconds a job holds
     it: learned from those jobs' waits per job ahead (``QueueObservations``) where known,
-    else the gateway's measured median execution (which, behind IBM's own queue, counts
-    only our jobs, not the others' ahead of them)."""
+    else, for a device whose gateway runs every job (fake, aer), the gateway's measured
+    median execution; behind IBM's own queue that median counts only our jobs, not the
+    others' ahead of them, so an IBM backend has none until it is learned."""
     measured = live.backends.get(backend.name) if live and live.available else None
     if not waits and measured and measured.queue_wait_p50_seconds is not None:
         # Nothing seen by this operator yet (a fresh start): the gateway's own median
@@ -170,7 +200,11 @@ def backend_input(
         ideal=backend.provider is Provider.AER,
         service_seconds=learned_service
         if learned_service is not None
-        else (measured.execution_p50_seconds if measured else None),
+        else (
+            measured.execution_p50_seconds
+            if measured and backend.provider is not Provider.IBM
+            else None
+        ),
     )
 
 

@@ -123,7 +123,9 @@ class SimBackend:
 
     def queue_length(self, t: float) -> int:
         """Jobs waiting at ``t``: the others' and Qorch's still queued."""
-        ours = sum(1 for j in self.jobs.values() if j.phase(t) is JobPhase.QUEUED)
+        ours = sum(
+            1 for j in self.jobs.values() if j.submitted <= t and j.phase(t) is JobPhase.QUEUED
+        )
         return self.others_length(t) + ours
 
     def next_change(self, t: float) -> float | None:

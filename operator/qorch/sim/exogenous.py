@@ -155,6 +155,23 @@ class QueueReplay:
         series, i = self._at(backend, t)
         return series.operational[i]
 
+    def down_intervals(self, backend: str) -> list[tuple[float, float]]:
+        """``(from, to)`` stretches in which the backend took no work: not operational, or
+        its status other than ``active`` (``to`` is inf when it stays so to the end)."""
+        series, _ = self._at(backend, self._series[backend].times[0])
+        out: list[tuple[float, float]] = []
+        since: float | None = None
+        for t, up, status in zip(series.times, series.operational, series.status, strict=True):
+            down = not up or status != "active"
+            if down and since is None:
+                since = t
+            elif not down and since is not None:
+                out.append((since, t))
+                since = None
+        if since is not None:
+            out.append((since, math.inf))
+        return out
+
     def status(self, backend: str, t: float) -> str:
         """The backend's status message at ``t``: ``active``, or ``internal``/``dedicated``
         when IBM reserved it (``operational`` stays true then)."""

@@ -32,10 +32,12 @@ from qorch.orchestrator.placement import (
 )
 from qorch.orchestrator.prediction import QPU, Prediction
 from qorch.orchestrator.snapshot import WorkflowSnapshot
+from qorch.predictor.analytic import AnalyticConfig
 from qorch.sim.baselines import BatchBackend, BatchJob, batch_assign
 from qorch.sim.twin import CycleView, Twin, TwinPolicy
 
 QONDUCTOR_ROUND_SECONDS = 120.0
+DEFAULT_JOB_SECONDS = AnalyticConfig().service_seconds_per_job
 QONDUCTOR_ROUND_MAX_JOBS = 100
 
 
@@ -206,9 +208,13 @@ class Qonductor:
                     )
         jobs = jobs[:QONDUCTOR_ROUND_MAX_JOBS]
         if jobs:
+            # What the operator knows too: the queue lengths of this cycle's view, and the
+            # service time learned from the jobs sent so far (else the analytic figure).
+            seen = next(iter(view.snapshots.values())).backends
+            learned = twin.queues.service_seconds()
             backends = [
-                BatchBackend(name, b.sim.queue_length(view.now), b.average_job_seconds)
-                for name, b in twin.backends.items()
+                BatchBackend(name, b.queue_length, learned.get(name, DEFAULT_JOB_SECONDS))
+                for name, b in seen.items()
             ]
             decision = batch_assign(jobs, backends, seed=self.seed + self.rounds)
             self.rounds += 1

@@ -71,12 +71,20 @@ class TwinResult:
     wall_seconds: float = 0.0
 
     def summary(self) -> PolicySummary:
-        done = [w.completion_seconds for w in self.workflows if w.completion_seconds is not None]
+        """The table's row. A workflow still unfinished when the replay ended counts as
+        finishing then (a lower bound): leaving work behind never looks fast."""
+        done = [
+            w.completion_seconds
+            if w.completion_seconds is not None
+            else max(self.horizon - w.arrived, 0.0)
+            for w in self.workflows
+            if not w.failed
+        ]
         fids = [w.fidelity for w in self.workflows if w.fidelity is not None]
         return PolicySummary(
             policy=self.policy,
             workflows=len(self.workflows),
-            finished=len(done),
+            finished=sum(1 for w in self.workflows if w.completion_seconds is not None),
             failed=sum(1 for w in self.workflows if w.failed),
             mean_jct=statistics.fmean(done) if done else math.nan,
             p95_jct=_quantile(sorted(done), 0.95) if done else math.nan,

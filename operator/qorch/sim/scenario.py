@@ -10,7 +10,7 @@ The world (``../shared/data``, read through ``qorch.sim.exogenous``):
   the two eras' jobs differ; and no longer than until the trace shows ``n`` jobs gone
   (first come first served: a queue that empties takes its waiting jobs with it); a
   backend marked other than ``active`` (``internal``, ``dedicated``) or not operational
-  takes no new work;
+  takes no new work, and the jobs queued there wait until it is back;
 - calibrations: each backend follows ibm_perth's real daily calibrations from its own start
   day (backends are spread over the calibration days), the day changing at midnight;
 - a CPU pool and a GPU pool, which may lose nodes for a while (``node_loss``); the GPU
@@ -298,6 +298,19 @@ def _backend(
         return queues.queue_length(name, offset + (0.0 if stationary else t))
 
     departures = Departures.of(queues, name)
+    down = [] if stationary else queues.down_intervals(name)
+
+    def with_downtime(t: float, wait: float) -> float:
+        """A wait stretched by the time the device was down within it (it served none)."""
+        at = offset + t
+        end = at + wait
+        for begin, finish in down:
+            if finish <= at:
+                continue
+            if begin >= end:
+                break
+            end += finish - max(begin, at)
+        return end - at
 
     def wait(t: float) -> float:
         # Seeded by the instant: the same question gets the same answer.
@@ -308,7 +321,7 @@ def _backend(
             return sampled
         # First come first served: once the trace shows as many jobs gone as were ahead,
         # the job is at the front, whatever the run-time draws said.
-        return min(sampled, departures.seconds_until(offset + t, ahead))
+        return min(with_downtime(t, sampled), departures.seconds_until(offset + t, ahead))
 
     def calibration(t: float) -> Any:
         return days.summary_at(0.0 if stationary else t, start_day)

@@ -81,6 +81,10 @@ from qorch.sim.pool import SimPool
 from qorch.sim.records import Span, SpanEnd, TwinResult, WorkflowOutcome
 
 _ANALYTIC = AnalyticConfig()
+# The world's fidelity departs from the model's by a normal residual whose mean absolute
+# value is the model's held-out error (MAE 0.0149 on held-out calibration days, MODEL_CARD):
+# sd = MAE x sqrt(pi / 2).
+FIDELITY_RESIDUAL = 0.0149 * math.sqrt(math.pi / 2)
 _GPU_TAINT = Taint("nvidia.com/gpu", "", "NoSchedule")
 
 
@@ -96,8 +100,8 @@ class TwinBackend:
     sim: SimBackend
     calibration_at: Callable[[float], CalibrationSummary | None] = lambda t: None
     healthy_at: Callable[[float], bool] = lambda t: True
-    # The mean seconds one of the others' jobs holds it (what a scheduler learns from the
-    # backend's history: Qonductor's ``pending jobs x average job time``).
+    # The mean seconds one of the others' jobs holds it in this world (what the scenario
+    # scaled its service times to; no policy reads it: they learn it from their jobs).
     average_job_seconds: float = _ANALYTIC.service_seconds_per_job
     # The operator reads the live metrics this often (QORCH_METRICS_REFRESH_SECONDS): what
     # it sees at ``t`` is the reading of the last refresh (0: always current).
@@ -188,6 +192,7 @@ class _Loop:
     batches: dict[str, int] = field(default_factory=dict)
     qpu_seconds: dict[str, float] = field(default_factory=dict)
     done_at: float | None = None
+    clock: float | None = None  # where the worker got to (None: not started)
 
 
 @dataclass
@@ -229,6 +234,7 @@ class Twin:
         circuits: CircuitCache | None = None,
         start: dt.datetime = dt.datetime(2023, 11, 16, tzinfo=dt.UTC),
         step_seconds: float = 5.0,
+        resync_seconds: float = 60.0,
         seed: int = 0,
         run_noise: float = 0.25,
         recent_waits: Mapping[str, Sequence[float]] | None = None,
@@ -240,13 +246,18 @@ class Twin:
         self.predictor = predictor
         # The world's expected fidelity of a job: the shipped fidelity model (Hellinger
         # fidelity under a day's calibration, what the predictor's labels measure) on the
-        # calibration of the day the job STARTS; a separate instance, so that the decision
-        # passes' own row memory is not disturbed.
+        # calibration of the day the job STARTS, with a residual error drawn at the model's
+        # held-out error (``FIDELITY_RESIDUAL``): the policies decide on the model, the world
+        # is not the model. A separate instance, so its calls stay out of the decision
+        # passes' reports.
         self.truth = Predictor(predictor.models)
         self._fidelities: dict[tuple[str, str, str, int], float] = {}
         self.circuits = circuits or CircuitCache(max_entries=8192)
         self.start = start
         self.step = step_seconds
+        # Every policy re-plans at least this often while work is active (the operator
+        # resyncs every 10 s; coarser here, the same for all policies).
+        self.resync = resync_seconds
         self.seed = seed
         self.run_noise = run_noise
         # A device holds each job at least this long (the gateway's --min-job-seconds).
@@ -268,6 +279,7 @@ class Twin:
         self.spans: dict[tuple[str, str, int, str], list[Any]] = {}
         self.closed_spans: list[Span] = []
         self.handles: dict[tuple[str, str], str] = {}  # (workflow, subtask) -> pod or job
+        self.deleted_gpu_seconds = 0.0
         self.job_fidelity: dict[str, float] = {}  # job id -> realised fidelity
         self.job_subtask: dict[str, tuple[str, str]] = {}
         self.result = TwinResult(policy=policy.name, horizon=0.0)
@@ -295,6 +307,8 @@ class Twin:
             times.append(self.wakeups[0][0])
         if self.policy.pass_seconds is not None and self.active:
             times.append(self._last_tick + self.policy.pass_seconds)
+        if self.active:
+            times.append(self._last_cycle + self.resync)
         t = min(times)
         # Rounded up to the step, as the operator's polls would see it; never back.
         t = math.ceil(t / self.step - 1e-9) * self.step
@@ -465,6 +479,7 @@ class Twin:
                 None,
                 waits,
                 service,
+                snap.now,
             )
             out[key] = dataclasses.replace(snap, predictions=done.by_pair, predictor=done.report)
         return out
@@ -486,10 +501,15 @@ class Twin:
     # -- applying a plan ------------------------------------------------------------------
     def _apply(self, wf: TwinWorkflow, decided: Plan, t: float) -> None:
         specs = {s.name: s for s in wf.spec.subtasks}
+        # What a stopped pod or job was: moved away, or its workflow failed.
+        failed = decided.status.phase is WorkflowPhase.FAILED
+        stopped = SpanEnd.FAILED if failed else SpanEnd.MOVED
         for action in decided.actions:
             if isinstance(action, CreatePod):
                 self._create_pod(wf, action, specs, t)
             elif isinstance(action, ReleasePod):
+                if action.pod_name not in self.pod_pool:
+                    continue  # never created (its pool is not in this world)
                 pool = self.pools[self.pod_pool[action.pod_name]]
                 if action.pool != pool.sim.name and action.pool in self.pools:
                     # A narrow: the pod is now the new pool's (requests as they were).
@@ -500,21 +520,22 @@ class Twin:
                 pool.sim.release(action.pod_name, t)
                 self._open(wf, action.pod_name, pool.sim.name, "pool", t)
             elif isinstance(action, DeletePod):
+                self._close(action.pod_name, t, stopped)
                 pool_name = self.pod_pool.get(action.pod_name)
                 if pool_name is not None:
+                    self._count_gpu(self.pools[pool_name].sim, action.pod_name, t)
                     self.pools[pool_name].sim.delete(action.pod_name, t)
                 loop = self.loops.pop(action.pod_name, None)
                 if loop is not None and loop.current is not None:
                     in_flight, job_id = loop.current
                     self.backends[in_flight].sim.cancel(job_id, t)
-                self._close(action.pod_name, t, SpanEnd.MOVED)
             elif isinstance(action, SubmitJob):
                 self._submit(wf, action, t)
             elif isinstance(action, CancelJob):
                 target = self.backends.get(action.backend)
                 if target is not None:
                     target.sim.cancel(action.job_id, t)
-                self._close(action.job_id, t, SpanEnd.MOVED)
+                self._close(action.job_id, t, stopped)
             elif isinstance(action, RoutePod):
                 loop = self.loops.get(action.pod_name)
                 if loop is not None:
@@ -622,6 +643,8 @@ class Twin:
             [SubtaskInput("job", parsed, shots)], [backend_input(info, None, ())]
         )
         value = float(self.truth.predict([("job", info.name)], context)[0].fidelity)
+        residual = random.Random(f"{self.seed}:fidelity:{':'.join(map(str, key))}")
+        value = min(max(value + residual.gauss(0.0, FIDELITY_RESIDUAL), 0.0), 1.0)
         self._fidelities[key] = value
         return value
 
@@ -635,7 +658,8 @@ class Twin:
         pool.advance(t)
         if not pod.start <= t or loop.done_at is not None or pod.lost_at is not None:
             return
-        clock = pod.start
+        clock = pod.start if loop.clock is None else loop.clock
+        loop.clock = clock
         wf = self.active.get(loop.workflow)
         truth = wf.truths.get(loop.subtask) if wf else None
         while True:
@@ -656,10 +680,9 @@ class Twin:
                 if loop.route.kind is not ResourceKind.BACKEND:
                     # Simulated in its own pod: a short exact evaluation.
                     seconds = self._simulation_seconds(truth, False, f"{loop.pod}.{loop.sent}")
-                    clock += seconds
-                    if clock > t:
-                        clock -= seconds
+                    if clock + seconds > t:
                         return
+                    clock = loop.clock = clock + seconds
                     loop.sent += 1
                     loop.batches[loop.route.name] = loop.batches.get(loop.route.name, 0) + 1
                     if wf is not None:
@@ -677,7 +700,7 @@ class Twin:
             job = sim.jobs[job_id]
             if job.end > t:
                 return
-            clock = job.end
+            clock = loop.clock = job.end
             loop.current = None
             loop.sent += 1
             loop.batches[backend_name] = loop.batches.get(backend_name, 0) + 1
@@ -688,6 +711,13 @@ class Twin:
                 wf.fidelities.setdefault(loop.subtask, []).append(self.job_fidelity[job_id])
 
     # -- recording -------------------------------------------------------------------------
+    def _count_gpu(self, pool: SimPool, name: str, t: float) -> None:
+        """GPU-seconds a pod held before it is deleted (utilisation counts them)."""
+        pod = pool.pods.get(name)
+        if pod is not None and math.isfinite(pod.start) and pod.request.gpus > 0:
+            held = max(min(pod.end, t) - pod.start, 0.0)
+            self.deleted_gpu_seconds += held * pod.request.gpus
+
     def _open(self, wf: TwinWorkflow, handle: str, resource: str, kind: str, t: float) -> None:
         self.spans[(wf.key, handle, 0, resource)] = [wf.key, handle, resource, kind, t]
 
@@ -725,9 +755,7 @@ class Twin:
         return handle
 
     def _record(self, wf: TwinWorkflow, snap: WorkflowSnapshot, decided: Plan, t: float) -> None:
-        for action in decided.actions:  # as the operator's PredictionService notes them
-            if isinstance(action, SubmitJob) and action.backend in snap.backends:
-                self.queues.submitted(action.job_id, snap.backends[action.backend].queue_length)
+        self.queues.note_plan(snap.backends, decided.actions)  # as the operator does
         status = decided.status
         for st in status.subtasks:
             handle = (
@@ -760,8 +788,15 @@ class Twin:
             wf.finished = t
             self.active.pop(wf.key, None)
             self.done.append(wf)
-        elif decided.requeue_after is not None and decided.requeue_after.total_seconds() >= 10:
-            heapq.heappush(self.wakeups, (t + decided.requeue_after.total_seconds(), wf.key))
+        elif any(st.moving is not None for st in status.subtasks):
+            # A move is three stored steps (intent, stop the old attempt, start the new
+            # one): the operator re-plans at once, and so does the twin.
+            heapq.heappush(self.wakeups, (t + self.step, wf.key))
+        else:
+            for st in status.subtasks:
+                if st.phase is SubtaskPhase.RETRYING and st.retryAfter:
+                    due = (_parse(st.retryAfter) - self.start).total_seconds()
+                    heapq.heappush(self.wakeups, (max(due, t + self.step), wf.key))
 
     def _sample(self, t: float) -> None:
         for name, b in self.backends.items():
@@ -796,7 +831,7 @@ class Twin:
         self.result.qpu_busy_seconds = sum(b.sim.busy_seconds(end) for b in up)
         self.result.qpu_capacity_seconds = len(up) * end
         gpu_pools = [p for p in self.pools.values() if p.sim.gpus > 0]
-        self.result.gpu_busy_seconds = sum(
+        self.result.gpu_busy_seconds = self.deleted_gpu_seconds + sum(
             sum(
                 max(min(pod.end, end) - pod.start, 0.0) * pod.request.gpus
                 for pod in p.sim.pods.values()
@@ -815,6 +850,10 @@ def _parameters(circuit: Any) -> tuple[str, ...]:
     if circuit is None:
         return ()
     return tuple(sorted(p.name for p in circuit.parameters))
+
+
+def _parse(stamp: str) -> dt.datetime:
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def _iso(t: dt.datetime) -> str:
