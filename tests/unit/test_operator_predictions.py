@@ -271,6 +271,7 @@ def test_a_backends_service_time_is_learned_from_the_waits_per_job_ahead() -> No
         st.actual = ActualOutcome(queueSeconds=wait, runSeconds=2.0)
         service.record_outcomes(snap, Plan(status=done))
     assert service.queues.service_seconds() == {"ibm-a": 30.0}  # median of 30, 25, 40
+    assert sample("qorch_backend_learned_service_seconds", {"quantum_backend": "ibm-a"}) == 30.0
     # A wait without its submission seen (another replica submitted it) teaches no rate.
     service.queues.waited("ibm-b", 500.0, "unknown-job")
     assert "ibm-b" not in service.queues.service_seconds()

@@ -73,6 +73,12 @@ PREDICTION_MEDIAN_RELATIVE_ERROR = Gauge(
     "Median relative error over the last 256 outcomes of each quantity (running error).",
     ["quantity"],
 )
+BACKEND_LEARNED_SERVICE_SECONDS = Gauge(
+    "qorch_backend_learned_service_seconds",
+    "Seconds each job ahead holds the backend, learned from the operator's own jobs (median "
+    "of wait / jobs ahead at submission); it sets the floor under the predicted queue wait.",
+    ["quantum_backend"],
+)
 PREDICTION_QUEUE_INTERVAL_COVERAGE = Gauge(
     "qorch_prediction_queue_interval_coverage",
     "Share of the last 256 gateway jobs whose queue wait fell inside the predicted P10-P90.",

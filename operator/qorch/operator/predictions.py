@@ -217,6 +217,9 @@ class PredictionService:
         ):
             return
         self.queues.waited(st.placement.name, st.actual.queueSeconds, st.jobId)
+        learned = self.queues.service_seconds().get(st.placement.name)
+        if learned is not None:
+            metrics.BACKEND_LEARNED_SERVICE_SECONDS.labels(st.placement.name).set(learned)
 
     def _compare(self, st: SubtaskStatus) -> None:
         predicted, actual = st.predicted, st.actual
