@@ -246,38 +246,46 @@ def test_qonductor_places_circuits_only_at_its_rounds_and_never_moves() -> None:
             assert st.moves == 0
 
 
-def test_a_variational_loop_sends_its_batches_and_is_billed_for_them() -> None:
-    ansatz = (
-        'OPENQASM 3.0; include "stdgates.inc"; input float[64] t0; input float[64] t1; '
-        "qubit[2] q; ry(t0) q[0]; ry(t1) q[1]; cx q[0], q[1];"
-    )
+LOOP_ANSATZ = (
+    'OPENQASM 3.0; include "stdgates.inc"; input float[64] t0; input float[64] t1; '
+    "qubit[2] q; ry(t0) q[0]; ry(t1) q[1]; cx q[0], q[1];"
+)
+
+
+def _loop(name: str, resources: dict[str, Any], **variational: Any) -> TwinWorkflow:
+    """A workflow of one two-qubit variational loop (``variational``: its other fields)."""
     spec = HybridWorkflowSpec.model_validate(
         {
             "subtasks": [
                 {
                     "name": "vqe",
                     "variational": {
-                        "qasm": ansatz,
+                        "qasm": LOOP_ANSATZ,
                         "hamiltonian": [{"pauli": "ZZ", "coefficient": -1.0}],
-                        "maxIterations": 5,
-                        "shots": 1000,
+                        **variational,
                     },
                 }
             ],
-            "resources": {
-                "quantumBackends": ["idle"],
-                "classicalPools": [
-                    {"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}, "maxQubits": 1}
-                ],
-            },
+            "resources": resources,
         }
+    )
+    return TwinWorkflow(name, "vqe", 0.0, spec, {"vqe": LOOP_ANSATZ})
+
+
+def test_a_variational_loop_sends_its_batches_and_is_billed_for_them() -> None:
+    cpu = {"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}, "maxQubits": 1}
+    loop = _loop(
+        "loop",
+        {"quantumBackends": ["idle"], "classicalPools": [cpu]},
+        maxIterations=5,
+        shots=1000,
     )
     good, idle = _two_devices()
     idle.info = BackendInfo("idle", Provider.IBM, QUBITS, price_per_qpu_second=1.6)
     twin = Twin(
         [good, idle],
         _pools(),
-        [TwinWorkflow("loop", "vqe", 0.0, spec, {"vqe": ansatz})],
+        [loop],
         _policy("qorch"),
         predictor=PREDICTOR,
         run_noise=0.0,
@@ -368,32 +376,12 @@ def test_a_lost_gpu_node_fails_its_pod_and_the_plan_retries_the_step() -> None:
 def test_a_loop_simulated_in_its_pod_runs_its_batches_one_after_another() -> None:
     """No backend: the loop's batches are simulated in its own pod, one after the other,
     whatever the twin's cycles; the pod ends after the last."""
-    ansatz = (
-        'OPENQASM 3.0; include "stdgates.inc"; input float[64] t0; input float[64] t1; '
-        "qubit[2] q; ry(t0) q[0]; ry(t1) q[1]; cx q[0], q[1];"
-    )
-    spec = HybridWorkflowSpec.model_validate(
-        {
-            "subtasks": [
-                {
-                    "name": "vqe",
-                    "variational": {
-                        "qasm": ansatz,
-                        "hamiltonian": [{"pauli": "ZZ", "coefficient": -1.0}],
-                        "maxIterations": 20,
-                    },
-                }
-            ],
-            "resources": {
-                "quantumBackends": [],
-                "classicalPools": [{"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}}],
-            },
-        }
-    )
+    cpu = {"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}}
+    loop = _loop("sim", {"quantumBackends": [], "classicalPools": [cpu]}, maxIterations=20)
     twin = Twin(
         list(_two_devices()),
         _pools(),
-        [TwinWorkflow("sim", "vqe", 0.0, spec, {"vqe": ansatz})],
+        [loop],
         _policy("qorch"),
         predictor=PREDICTOR,
         run_noise=0.0,
