@@ -126,10 +126,14 @@ def subtask(name: str, n: int = 5, shots: int = 1000, **kw: Any) -> SubtaskInput
 
 
 def backend(
-    name: str, qubits: int = 27, price: float = 1.6, queue: float = 10.0, service: float = 0.0
+    name: str,
+    qubits: int = 27,
+    price: float = 1.6,
+    queue: float = 10.0,
+    service: float | None = 0.0,
 ) -> BackendInput:
-    """``service``: seconds a job ahead holds the device (0: no queue-length floor, so the
-    figures here are the models' own)."""
+    """``service``: seconds a job ahead holds the device (0: no queue-length term, so the
+    figures here are the models' own; None: not known, the analytic figure is a floor)."""
     return BackendInput(
         name,
         qubits,
@@ -473,7 +477,9 @@ def test_quantiles_never_cross_even_when_the_models_do(tmp_path: Path) -> None:
             assert p.seconds_p50 == pytest.approx(300.0 + p.run_seconds)
 
 
-def test_the_queue_length_is_a_floor_under_the_median_wait(tmp_path: Path) -> None:
+def test_the_live_queue_sets_the_median_wait_where_the_service_time_is_known(
+    tmp_path: Path,
+) -> None:
     for output, value in (("p10", 10.0), ("p50", 20.0), ("p90", 40.0)):
         data = onnx_bytes("queue_wait", output, ("queue_length",), bias=value)
         write(tmp_path, f"queue_wait_{output}.onnx", data)
@@ -482,6 +488,8 @@ def test_the_queue_length_is_a_floor_under_the_median_wait(tmp_path: Path) -> No
             backend("q1", queue=0.0, service=60.0),
             backend("q2", queue=50.0, service=60.0),
             backend("q3", queue=50.0, service=0.1),
+            backend("q4", queue=50.0, service=None),
+            backend("q5", queue=0.0, service=None),
         ]
     )
     preds = {
@@ -489,15 +497,22 @@ def test_the_queue_length_is_a_floor_under_the_median_wait(tmp_path: Path) -> No
         for p in Predictor(store_for(tmp_path)).predict(all_pairs(ctx), ctx)
     }
     idle, busy, fast = preds["a", "q1"], preds["a", "q2"], preds["a", "q3"]
+    unknown, unknown_idle = preds["a", "q4"], preds["a", "q5"]
+    # An empty queue whose service time is known: no wait expected; the model's spread
+    # above its median is kept.
     assert (idle.queue_seconds_p10, idle.queue_seconds_p50, idle.queue_seconds_p90) == (
-        10.0, 20.0, 40.0,
+        0.0, 0.0, 20.0,
     )  # fmt: skip
     # 50 jobs of 60 s ahead: the median is 3,000 s, the interval shifted with it.
     assert (busy.queue_seconds_p10, busy.queue_seconds_p50, busy.queue_seconds_p90) == (
         pytest.approx(2990.0), pytest.approx(3000.0), pytest.approx(3020.0),
     )  # fmt: skip
-    # 50 jobs of 0.1 s ahead: 5 s, below what the model says: the model stands.
-    assert fast.queue_seconds_p50 == 20.0
+    # 50 jobs of 0.1 s ahead: 5 s, though the model's recent waits say 20 (they lag).
+    assert fast.queue_seconds_p50 == pytest.approx(5.0)
+    # Service time not known: the analytic figure per job ahead is a floor only.
+    per_job = Predictor(None).analytic.service_seconds_per_job
+    assert unknown.queue_seconds_p50 == pytest.approx(50 * per_job)
+    assert (unknown_idle.queue_seconds_p10, unknown_idle.queue_seconds_p50) == (10.0, 20.0)
 
 
 def test_batch_predictions_equal_row_by_row(tmp_path: Path) -> None:

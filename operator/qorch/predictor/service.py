@@ -364,15 +364,22 @@ class _Pass:
         a, b = np.minimum(a, b), np.maximum(a, b)
         b, c = np.minimum(b, c), np.maximum(b, c)
         a, b = np.minimum(a, b), np.maximum(a, b)
-        # The jobs ahead hold the device first: the median wait is at least the live queue
-        # length times the time a job holds the device there (the backend's measured median
-        # execution, else the analytic service time; Qonductor estimates a wait the same
-        # way). The trained model reads recent waits only, so without this a queue that has
-        # just spiked would not show until its waits are seen. Shifted, not widened.
-        ahead = np.nan_to_num(block.column("queue_length"), nan=0.0).clip(min=0.0)
-        shift = np.maximum(ahead * service - b, 0.0)
+        # The jobs ahead hold the device first. The trained model reads recent waits only,
+        # which lag the queue: a queue that has just spiked would not show until its waits
+        # are seen, and one that has drained still looks long for 20 jobs. So the median is
+        # the live queue length times the seconds a job holds that backend wherever that is
+        # known (learned from our own jobs' waits, or a gateway's measured execution;
+        # Qonductor estimates a wait the same way), and at least that (with the analytic
+        # service time) elsewhere. The model's spread is kept: shifted, not widened.
+        length = block.column("queue_length")
+        ahead = np.nan_to_num(length, nan=0.0).clip(min=0.0)
+        live = ahead * service
+        measured = np.array(
+            [(b_.service_seconds or 0.0) > 0.0 for b_ in feats.backends], dtype=bool
+        )[block.res] & np.isfinite(length)
+        shift = np.where(measured, live - b, np.maximum(live - b, 0.0))
         if shift.any():
-            a, b, c = a + shift, b + shift, c + shift
+            a, b, c = np.maximum(a + shift, 0.0), b + shift, c + shift
         _flag(mask, rows, queue_fell, _BITS["queue_wait"])
         fid, fell = self._output(
             block, "fidelity", "value", lambda: block.column("estimated_success"), upper=1.0
