@@ -324,8 +324,9 @@ class BackendInput:
     # An ideal (noise-free) simulator behind a gateway (provider aer): its results are
     # exact, so its expected fidelity is 1 whatever the model says of a missing calibration.
     ideal: bool = False
-    # Seconds a job holds this backend (its measured median execution); None: the analytic
-    # service time. The queue length times this is a floor under the median wait.
+    # Seconds a job holds this backend (learned from our jobs' waits, or a gateway's measured
+    # median execution); None: the analytic service time. The queue length times this is the
+    # median wait where it is known, a floor under the model's median where it is not.
     service_seconds: float | None = None
 
     @classmethod

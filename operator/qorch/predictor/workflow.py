@@ -55,9 +55,9 @@ class QueueObservations:
     - the seconds each job AHEAD held the backend: a job that found ``n`` jobs queued when it
       was submitted and waited ``w`` says ``w / n``. The median over the backend's recent
       jobs is its live service time, which the predictor multiplies by the queue length
-      (a floor under the median wait). Without it that floor takes one analytic figure
-      (66 s) for every backend, though real backends serve a job in 40 s or in 5 minutes
-      (the 2023 queue trace drains at both rates).
+      for the median wait. Without it the queue length only sets a floor, at one analytic
+      figure (66 s) per job for every backend, though real backends serve a job in 40 s or
+      in 5 minutes (the 2023 queue trace drains at both rates).
     """
 
     def __init__(self, window: int = RECENT_WAITS) -> None:
