@@ -1,4 +1,4 @@
-"""The ``qorch`` command: operator, gateway, worker, crds, train, simulate."""
+"""The ``qorch`` command: operator, gateway, worker, crds, train, simulate, run."""
 
 from __future__ import annotations
 
@@ -386,6 +386,82 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run HybridWorkflows on this machine with the operator's own decisions."""
+    import asyncio
+    import os
+    from pathlib import Path
+
+    try:
+        from rich.console import Console
+        from rich.live import Live
+
+        from qorch.local.gateways import LocalBackendError
+        from qorch.local.manifests import ManifestError, load
+        from qorch.local.report import classical_output, final_table, live_table, write_report
+        from qorch.local.runner import LocalRun
+    except ImportError as exc:
+        print(f"qorch run needs the sim extra (pip install 'qorch[sim]'): {exc}", file=sys.stderr)
+        return 2
+    console = Console(stderr=True)
+    try:
+        manifests = load([Path(f) for f in args.files])
+        backends = manifests.backend_specs()
+    except ManifestError as exc:
+        print(f"qorch run: {exc}", file=sys.stderr)
+        return 2
+    for line in manifests.skipped:
+        console.print(f"skipped {line}")
+    out = Path(args.out)
+    models = args.models if args.models is not None else os.environ.get("QORCH_MODELS_DIR")
+    if models is None and Path("models").is_dir():
+        models = "models"
+    if models == "none":
+        models = None
+    import tempfile
+
+    workdir = tempfile.TemporaryDirectory(prefix="qorch-run-")
+    run = LocalRun(manifests, Path(workdir.name), models_dir=models)
+    console.print(
+        f"running {', '.join(w.name for w in manifests.workflows)} on this machine: "
+        f"backends {', '.join(f'{n} ({b.provider.value})' for n, b in backends.items()) or 'none'}"
+        f"; predictor: {models or 'analytic'}"
+    )
+    try:
+        with Live(live_table(run), console=console, refresh_per_second=4, transient=True) as live:
+            result = asyncio.run(
+                run.run(
+                    timeout_seconds=args.timeout,
+                    on_cycle=lambda r: live.update(live_table(r)),
+                )
+            )
+    except LocalBackendError as exc:
+        print(f"qorch run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "qorch run: interrupted; its pods were stopped and its jobs cancelled", file=sys.stderr
+        )
+        return 130
+    finally:
+        workdir.cleanup()
+    Console(width=None if sys.stdout.isatty() else 160).print(final_table(result))
+    for line in classical_output(result):
+        print(line)
+    for event in result.events:
+        if event.warning:
+            console.print(f"[yellow]{event.workflow}: {event.reason}: {event.message}[/]")
+    for path in write_report(result, out):
+        print(f"wrote {path}")
+    failed = [wf.name for wf in result.workflows if wf.status.phase.value != "Succeeded"]
+    if result.timed_out:
+        print(f"qorch run: stopped after {args.timeout:g} s (--timeout)", file=sys.stderr)
+    if failed:
+        print(f"qorch run: not succeeded: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qorch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -502,6 +578,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="every ServiceAccount of this namespace may call (repeatable)",
     )
     p.set_defaults(func=_gateway)
+
+    p = sub.add_parser(
+        "run",
+        help="run HybridWorkflow files on this machine, no cluster needed",
+        description="Run the HybridWorkflows of FILE(s) on this machine with the operator's "
+        "own validation, predictor, cost function, cluster pass and planner: circuits on "
+        "local quantum gateways (a QuantumBackend document of the files, or 'aer' and "
+        "'fake-<device>' by name) or simulated by worker processes, classical steps as "
+        "local processes (their command runs here; 'python' and 'qorch' are this "
+        "installation's). Shows each subtask live, then a report; writes qorch-run.json "
+        "and qorch-run-timeline.png to --out. Needs the sim extra.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML manifests (kubectl apply -f)")
+    p.add_argument("--out", default=".", help="where the report and PNG go (default: here)")
+    p.add_argument(
+        "--models",
+        help="predictor model directory (default: $QORCH_MODELS_DIR, else ./models if "
+        "present; 'none': the analytic model alone)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS", help="stop after this long"
+    )
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("worker", help="run a subtask: simulate QORCH_QASM, or -- COMMAND")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (command mode)")

@@ -21,6 +21,7 @@ from qorch.sim.report import (
     summary_rows,
     timeline_lanes,
     write_plots,
+    write_timeline,
 )
 
 if TYPE_CHECKING:
@@ -387,7 +388,7 @@ def test_timeline_bars_queued_running_and_moved(
     figures = capture_figures(monkeypatch)
     result = TwinResult(
         "p",
-        7200.0,
+        4 * 3600.0,  # over 3 h: drawn in hours
         spans=[
             span("qb", 0.0, 3600.0, running_from=1800.0),
             span("qb", 3600.0, 5400.0, outcome=SpanEnd.MOVED),  # never ran
@@ -432,3 +433,18 @@ def test_an_unfinished_workflow_counts_as_finishing_when_the_replay_ended() -> N
     summary = late.summary()
     assert summary.finished == 1
     assert summary.mean_jct == (100.0 + (7200.0 - 1000.0)) / 2
+
+
+@pytest.mark.parametrize(
+    ("horizon", "unit", "right"),
+    [(60.0, "seconds", 60.0), (7200.0, "minutes", 120.0), (4 * 3600.0, "hours", 4.0)],
+)
+def test_a_timeline_is_drawn_in_the_unit_its_length_reads_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, horizon: float, unit: str, right: float
+) -> None:
+    figures = capture_figures(monkeypatch)
+    result = TwinResult("p", horizon, spans=[span("qb", 0.0, horizon / 2, running_from=0.0)])
+    write_timeline(result, tmp_path / "t.png", title="a run")
+    ax = figures["t.png"].axes[0]
+    assert ax.get_xlabel() == unit and ax.get_title() == "a run"
+    assert ax.get_xlim()[1] == pytest.approx(right)

@@ -259,7 +259,25 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _timeline(result: TwinResult, path: Path) -> Path:
+def write_timeline(result: TwinResult, path: Path, title: str | None = None) -> Path:
+    """One allocation timeline (``write_plots`` draws one per policy); ``title`` replaces
+    "allocation timeline — <policy>"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    return _timeline(result, Path(path), title)
+
+
+def _time_unit(horizon: float) -> tuple[float, str]:
+    """Seconds per unit of the x axis, and its name: a run of minutes is not drawn in hours."""
+    if horizon <= 600.0:
+        return 1.0, "seconds"
+    if horizon <= 3 * HOUR:
+        return 60.0, "minutes"
+    return HOUR, "hours"
+
+
+def _timeline(result: TwinResult, path: Path, title: str | None = None) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
@@ -267,11 +285,12 @@ def _timeline(result: TwinResult, path: Path) -> Path:
     resources = {span.resource for span in result.spans}
     height = min(max(3.0, 0.32 * len(lanes) + 1.6), 16.0)
     fig, ax = plt.subplots(figsize=(12.0, height), layout="constrained")
-    title = f"allocation timeline — {result.policy}"
+    title = title or f"allocation timeline — {result.policy}"
+    unit, unit_name = _time_unit(result.horizon)
     if len(resources) > len(lanes):
         title += f" (busiest {len(lanes)} of {len(resources)} resources)"
     ax.set_title(title)
-    ax.set_xlabel("hours")
+    ax.set_xlabel(unit_name)
     if not lanes:
         _no_data(ax)
         ax.set_yticks([])
@@ -286,8 +305,8 @@ def _timeline(result: TwinResult, path: Path) -> Path:
             continue
         kinds.setdefault(span.resource, span.kind)
         moved = span.outcome is SpanEnd.MOVED
-        start, end = span.start / HOUR, max(span.end, span.start) / HOUR
-        run = end if span.running_from is None else min(max(span.running_from / HOUR, start), end)
+        start, end = span.start / unit, max(span.end, span.start) / unit
+        run = end if span.running_from is None else min(max(span.running_from / unit, start), end)
         if run > start:
             bars.setdefault((span.resource, False, moved), []).append((start, run - start))
         if end > run:
@@ -303,7 +322,7 @@ def _timeline(result: TwinResult, path: Path) -> Path:
         )
     ax.set_yticks(range(len(lanes)), list(reversed(lanes)), fontsize=7 if len(lanes) > 20 else 9)
     ax.set_ylim(-0.6, len(lanes) - 0.4)
-    ax.set_xlim(left=0.0, right=max(result.horizon / HOUR, ax.get_xlim()[1]))
+    ax.set_xlim(left=0.0, right=max(result.horizon / unit, ax.get_xlim()[1]))
     ax.grid(axis="x", alpha=0.3)
     backend_q, backend_r = _COLOURS["backend"]
     pool_q, pool_r = _COLOURS["pool"]
