@@ -12,10 +12,10 @@ import pytest
 from tests.harness import operator as operator_mod
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.controlplane import ControlPlane
+from tests.harness.overlays import kwok_example
 from tests.harness.podwatch import PodWatcher
 
 pytestmark = pytest.mark.controlplane
-REPO = Path(__file__).resolve().parents[2]
 
 
 def phase_of(cluster: Cluster, name: str, namespace: str) -> str | None:
@@ -41,8 +41,9 @@ def test_three_stage_example_runs_gated_placed_and_completed(
 ) -> None:
     phases_seen: list[str] = []
     with PodWatcher(str(control_plane.kubeconfig), namespace) as watcher:
+        # The example as users apply it, plus KWOK's completion annotation (2 s per step).
         out = control_plane.kubectl(
-            "apply", "-n", namespace, "-f", str(REPO / "examples" / "three-stage-dag.yaml")
+            "apply", "-n", namespace, "-f", "-", input=kwok_example("three-stage-dag.yaml", "2s")
         )
         assert "created" in out.stdout
 

@@ -37,6 +37,8 @@ RESULT_LIMIT_BYTES = TERMINATION_MESSAGE_LIMIT_BYTES
 METRICS_PORT = 9090  # `qorch worker` serves /metrics here (QORCH_METRICS_PORT)
 ROUTE_ANNOTATION = "qorch.io/route"  # where a variational pod sends its next batch
 POOL_ANNOTATION = "qorch.io/pool"  # the pool a pod was released to (set with the release)
+# A container's termination message (Kubernetes' default path): a step's result.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 POOL_MOVES_ANNOTATION = "qorch.io/pool-moves"  # the subtask's moves then (a narrow's count)
 ROUTE_DIR = "/etc/qorch/route"
 GATEWAY_TOKEN_DIR = "/var/run/secrets/qorch/gateway"
@@ -113,6 +115,9 @@ def build_pod(
         if spec.args:
             container["args"] = list(spec.args)
         env.extend({"name": k, "value": v} for k, v in sorted(spec.env.items()))
+        # Where a step leaves its result (JSON): the container's termination message, which
+        # the operator copies into the status (``qorch run`` points it at a file).
+        env.append({"name": "QORCH_RESULT_PATH", "value": TERMINATION_MESSAGE_PATH})
         requests: dict[str, str] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
         limits: dict[str, str] = {"memory": spec.resources.memory}
         if spec.resources.gpu:
