@@ -399,7 +399,7 @@ def _run(args: argparse.Namespace) -> int:
         from qorch.local.gateways import LocalBackendError
         from qorch.local.manifests import ManifestError, load
         from qorch.local.report import classical_output, final_table, live_table, write_report
-        from qorch.local.runner import LocalRun
+        from qorch.local.runner import LocalRun, MissingHardwareError
     except ImportError as exc:
         print(f"qorch run needs the sim extra (pip install 'qorch[sim]'): {exc}", file=sys.stderr)
         return 2
@@ -421,7 +421,12 @@ def _run(args: argparse.Namespace) -> int:
     import tempfile
 
     workdir = tempfile.TemporaryDirectory(prefix="qorch-run-")
-    run = LocalRun(manifests, Path(workdir.name), models_dir=models)
+    try:
+        run = LocalRun(manifests, Path(workdir.name), models_dir=models)
+    except MissingHardwareError as exc:
+        workdir.cleanup()
+        print(f"qorch run: {exc}", file=sys.stderr)
+        return 2
     console.print(
         f"running {', '.join(w.name for w in manifests.workflows)} on this machine: "
         f"backends {', '.join(f'{n} ({b.provider.value})' for n, b in backends.items()) or 'none'}"

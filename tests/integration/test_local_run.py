@@ -5,6 +5,7 @@ classical steps as real processes. Run as a user runs it, by the command."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,25 @@ def test_a_bad_file_is_refused_before_anything_runs(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"{manifest}#1: spec.subtasks[0].circuit.shots" in done.stderr
     assert not (tmp_path / "qorch-run.json").exists()
+
+
+EXAMPLES = sorted(
+    p.name for p in (ROOT / "examples").glob("*.yaml") if "kind: HybridWorkflow" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if e != "three-stage-dag.yaml"])
+def test_every_example_runs_here(example: str, tmp_path: Path) -> None:
+    done = qorch_run(f"examples/{example}", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    doc = report(tmp_path)
+    assert all(wf["phase"] == "Succeeded" for wf in doc["workflows"])
+    assert (tmp_path / "qorch-run-timeline.png").stat().st_size > 0
+
+
+def test_a_step_that_needs_a_gpu_is_refused_on_a_machine_without_one(tmp_path: Path) -> None:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    done = qorch_run("examples/three-stage-dag.yaml", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert "subtask 'train' asks for 1 GPU(s) and this machine has 0" in done.stderr

@@ -27,8 +27,8 @@ _PHASE_STYLE = {
 def live_table(run: LocalRun) -> Table:
     """Each subtask now: phase, where, moves, and a loop's progress."""
     table = Table(title=f"qorch run — {run.elapsed():.1f} s", title_justify="left")
-    for column in ("workflow", "subtask", "phase", "resource", "moves", "progress"):
-        table.add_column(column)
+    for column in ("workflow", "subtask", "phase", "resource", "moves", "progress", "note"):
+        table.add_column(column, overflow="ellipsis", no_wrap=column == "note")
     for wf in run.workflows:
         names = [st.name for st in wf.status.subtasks] or [s.name for s in wf.local.spec.subtasks]
         by_name = {st.name: st for st in wf.status.subtasks}
@@ -44,6 +44,7 @@ def live_table(run: LocalRun) -> Table:
                 _resource(st),
                 str(st.moves) if st is not None else "0",
                 _progress(st),
+                st.message[:120] if st is not None else "",
             )
     return table
 

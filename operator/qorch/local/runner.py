@@ -17,6 +17,8 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -112,8 +114,26 @@ class RunResult:
     logs: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
+class MissingHardwareError(ValueError):
+    """A step asks for more GPUs than this machine has: it would wait forever."""
+
+
+def local_gpus() -> int:
+    """The GPUs ``nvidia-smi`` lists here (0 without it)."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return 0
+    try:
+        listed = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listed.stdout.splitlines() if line.startswith("GPU "))
+
+
 class LocalRun:
-    """One run of the workflows in ``manifests``; ``await run()`` once."""
+    """One run of the workflows in ``manifests``; ``await run()`` once. Raises
+    ``MissingHardwareError`` when a step asks for GPUs this machine lacks (``gpus``:
+    how many it has, default ``local_gpus()``)."""
 
     def __init__(
         self,
@@ -122,7 +142,20 @@ class LocalRun:
         *,
         models_dir: str | None = None,
         planner: PlannerConfig | None = None,
+        gpus: int | None = None,
     ) -> None:
+        self.gpus = local_gpus() if gpus is None else gpus
+        for wf in manifests.workflows:
+            for sub in wf.spec.subtasks:
+                step = sub.classical or sub.variational
+                wanted = step.resources.gpu if step is not None else 0
+                if wanted > self.gpus:
+                    raise MissingHardwareError(
+                        f"{wf.source}: subtask {sub.name!r} asks for {wanted} GPU(s) and "
+                        f"this machine has {self.gpus}; on a cluster it would wait for a GPU "
+                        "node, here it would wait forever (remove resources.gpu to run it "
+                        "on the CPU)"
+                    )
         self.manifests = manifests
         self.pods = LocalPods(workdir / "pods", manifests.config_maps)
         self.predictions = PredictionService(models_dir)
@@ -256,19 +289,20 @@ class LocalRun:
         return states
 
     def _nodes(self) -> list[NodeInfo]:
-        """This machine, once per pool that needs no GPU (a GPU pool has no node here)."""
+        """This machine, once per pool (a GPU pool only where it has GPUs)."""
         cores = float(os.cpu_count() or 1)
         memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         seen: dict[str, NodeInfo] = {}
         for wf in self.workflows:
             for pool in wf.local.spec.resources.classicalPools:
-                if pool.gpu or pool.name in seen:
+                if (pool.gpu and not self.gpus) or pool.name in seen:
                     continue
                 seen[pool.name] = NodeInfo(
                     name=local_node(pool.name),
                     labels=dict(pool.nodeSelector),
                     cpu_cores=cores,
                     memory_bytes=memory,
+                    gpus=float(self.gpus) if pool.gpu else 0.0,
                 )
         return list(seen.values())
 
