@@ -4,14 +4,19 @@ the operator under; the gateway's rules are the file test_gateway_auth runs a ga
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from qorch import cli
 from qorch.operator.podspec import LABEL_MANAGED_BY
+from qorch.operator.settings import OperatorSettings
 from tests.harness.controlplane import REPO, ControlPlane
 from tests.harness.rbac import RULES
 
@@ -75,6 +80,7 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         "CustomResourceDefinition",
         "Deployment",
         "NetworkPolicy",
+        "Service",
         "ServiceAccount",
     ]
     role = one(docs, "ClusterRole", "qorch-operator")
@@ -111,6 +117,10 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         (["--set", "models.refreshSeconds=0"], "refreshSeconds"),
         (["--set", "models.existingClaim=Not_A_Name"], "existingClaim"),
         (["--set", "models.existingClaim=a", "--set", "models.configMaps={b}"], "not both"),
+        (["--set", "serviceMonitor.enabled=maybe"], "enabled"),
+        (["--set", "serviceMonitor.interval=soon"], "interval"),
+        (["--set", "serviceMonitor.scrapeEvery=30s"], "scrapeEvery"),
+        (["--set", "serviceMonitor.labels.tier=1"], "tier"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm: Path, values: list[str], message: str) -> None:
@@ -217,3 +227,134 @@ def test_network_policy_admits_only_operator_workflow_pods_and_prometheus(helm: 
     )
     assert not [d for d in off if d["kind"] == "NetworkPolicy"]
     assert not [d for d in off if d["metadata"]["name"] == "qorch-gateway"]
+
+
+def operator_args(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """The operator container's args as the real `qorch operator` parses them."""
+    parsed: list[argparse.Namespace] = []
+
+    def capture(args: argparse.Namespace) -> int:
+        parsed.append(args)
+        return 0
+
+    monkeypatch.setattr(cli, "_operator", capture)
+    assert cli.main(container["args"]) == 0
+    return parsed[0]
+
+
+def test_operator_probes_ask_kopfs_health_endpoint(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kopf serves one endpoint (--liveness), opened once the startup handler is done: the
+    startupProbe gives that minutes, readiness and liveness ask the same endpoint."""
+    _, container = operator_container(docs_of(render(helm).stdout))
+    liveness = urllib.parse.urlsplit(operator_args(container, monkeypatch).liveness)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert liveness.port == ports["health"] == 8081
+    assert liveness.hostname == "0.0.0.0", "the kubelet probes the pod IP, not loopback"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": liveness.path, "port": "health"}, probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    assert container["readinessProbe"]["timeoutSeconds"] >= 5
+    assert container["livenessProbe"]["timeoutSeconds"] >= 5
+
+
+def test_operator_writes_only_to_an_emptydir_at_tmp_and_home_is_there(helm: Path) -> None:
+    pod, container = operator_container(docs_of(render(helm).stdout))
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    tmp = mounts["/tmp"]
+    assert tmp.get("readOnly") is not True
+    [volume] = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+    assert volume == {"name": tmp["name"], "emptyDir": {}}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HOME"] == "/tmp"
+    # Every other mount is read-only: /tmp is the one place the operator can write.
+    assert [m["mountPath"] for m in mounts.values() if not m.get("readOnly")] == ["/tmp"]
+
+
+def test_metrics_service_selects_the_operator_on_its_exporter_port(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = docs_of(render(helm, "--set", "metricsPort=9102").stdout)
+    pod_labels = one(docs, "Deployment", "qorch-operator")["spec"]["template"]["metadata"]["labels"]
+    _, container = operator_container(docs)
+    service = one(docs, "Service", "qorch-operator-metrics")
+    assert service["metadata"]["namespace"] == "qorch-system"
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "operator"
+    [port] = service["spec"]["ports"]
+    assert port == {"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}
+    assert {"name": "metrics", "containerPort": 9102} in container["ports"]
+    # The port the operator's exporter really listens on (settings read from the env).
+    for e in container["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    assert OperatorSettings.from_env().metrics_port == 9102
+
+
+def test_service_monitors_are_off_by_default_one_per_metrics_service_when_on(
+    helm: Path, tmp_path: Path
+) -> None:
+    backends = [
+        {"name": "aer", "provider": "aer"},
+        {"name": "twin", "provider": "fake", "backendName": "fake_manila"},
+    ]
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"backends": backends, "gateway": {"port": 9443}}))
+    off = docs_of(render(helm, "-f", str(values)).stdout)
+    assert not [d for d in off if d["kind"] == "ServiceMonitor"]
+
+    on = docs_of(
+        render(
+            helm, "-f", str(values), "--set", "serviceMonitor.enabled=true",
+            "--set", "serviceMonitor.interval=45s",
+            "--set", "serviceMonitor.labels.release=kube-prometheus-stack",
+        ).stdout
+    )  # fmt: skip
+    services = [d for d in on if d["kind"] == "Service"]
+    monitors = [d for d in on if d["kind"] == "ServiceMonitor"]
+    assert sorted(m["metadata"]["name"] for m in monitors) == [
+        "qorch-gateway-aer",
+        "qorch-gateway-twin",
+        "qorch-operator",
+    ]
+    scraped: dict[str, tuple[str, int]] = {}
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["metadata"]["namespace"] == "qorch-system"
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        spec = monitor["spec"]
+        assert spec["namespaceSelector"] == {"matchNames": ["qorch-system"]}
+        selector = spec["selector"]["matchLabels"]
+        [service] = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+        [endpoint] = spec["endpoints"]
+        assert endpoint["interval"] == "45s" and endpoint["path"] == "/metrics"
+        [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        scraped[service["metadata"]["name"]] = (port["name"], port["port"])
+    assert scraped == {
+        "qorch-operator-metrics": ("metrics", 8080),
+        "qorch-gateway-aer": ("http", 9443),
+        "qorch-gateway-twin": ("http", 9443),
+    }
+    # Every scraped Service reaches pods that serve that port.
+    deployments = [d for d in on if d["kind"] == "Deployment"]
+    for name, (port_name, number) in scraped.items():
+        selector = one(on, "Service", name)["spec"]["selector"]
+        [deployment] = [
+            d
+            for d in deployments
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert {p["name"]: p["containerPort"] for p in container["ports"]}[port_name] == number
+
+    default_interval = docs_of(
+        render(
+            helm, "--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.interval="
+        ).stdout
+    )
+    [monitor] = [d for d in default_interval if d["kind"] == "ServiceMonitor"]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics"}]

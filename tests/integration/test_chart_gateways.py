@@ -106,7 +106,10 @@ def test_chart_with_backends_lints(helm: Path, tmp_path: Path) -> None:
 
 def test_no_backends_no_gateways(helm: Path) -> None:
     docs = docs_of(render(helm).stdout)
-    assert not [d for d in docs if d["kind"] in ("QuantumBackend", "Service")]
+    assert not [d for d in docs if d["kind"] == "QuantumBackend"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == [
+        f"{OPERATOR_SA}-metrics"
+    ], "only the operator's metrics Service"
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"] == [OPERATOR_SA]
 
 

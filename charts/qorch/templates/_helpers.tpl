@@ -7,6 +7,14 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{/*
+Labels that select the operator's pods (not the gateways', whose app.kubernetes.io/name differs).
+*/}}
+{{- define "qorch.operatorSelectorLabels" -}}
+app.kubernetes.io/name: qorch
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+{{/*
 A quantum gateway's Deployment and Service name: <release>-gateway-<backend name>, at most 63
 characters. Call with (dict "root" $ "backend" $backend).
 */}}
