@@ -192,6 +192,10 @@ class NodeAgent:
             for mount_path, local in paths.items():
                 if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                     own[name] = str(local) + value[len(mount_path.rstrip("/")) :]
+        # The kubelet mounts the termination message file at the container's
+        # terminationMessagePath; here that path is the run directory's file.
+        message_path = container.termination_message_path or "/dev/termination-log"
+        own = {k: str(result_file) if v == message_path else v for k, v in own.items()}
         env.update(own)
         self.mounts[key] = mounts
         if not command:
