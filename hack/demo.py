@@ -41,8 +41,8 @@ def main() -> int:
         gw = stack.enter_context(gateway.running(work / "gateway.log", "--provider", "aer",
                                                  "--backend", "aer_simulator"))
         prom.set_targets("gateway", [f"127.0.0.1:{gw.port}"])
-        stack.enter_context(operator.running(plane, work / "operator.log", extra_env={
-            "QORCH_GATEWAY": "http", "QORCH_PROMETHEUS_URL": prom.url}))
+        stack.enter_context(operator.running(plane, work / "operator.log", gateway="http",
+                                                 extra_env={"QORCH_PROMETHEUS_URL": prom.url}))
         cluster = Cluster(plane)
         cluster.apply(json.dumps({
             "apiVersion": "qorch.io/v1alpha1", "kind": "QuantumBackend",

@@ -32,16 +32,21 @@ def operator_process(
 def own_operator(
     control_plane: ControlPlane, session_dir: Path, request: pytest.FixtureRequest
 ) -> Iterator[Any]:
-    """An operator this test may kill; extra settings come from the test's parameters."""
+    """An operator this test may kill; extra settings come from the test's parameters.
+    ``gateway``: "scripted" (the default: the harness's test double) or "http" (the real
+    ``qorch operator`` and the QuantumBackends' gateways)."""
     started: list[operator_mod.OperatorProcess] = []
 
-    def start(**env: str) -> operator_mod.OperatorProcess:
+    def start(
+        gateway: operator_mod.Gateway | None = None, **env: str
+    ) -> operator_mod.OperatorProcess:
         kubeconfig = least_privilege_kubeconfig(control_plane, session_dir / "sa-trust.yaml")
         op = operator_mod.start(
             control_plane,
             session_dir / f"operator-{request.node.name}.log",
             kubeconfig=kubeconfig,
             extra_env=env,
+            gateway=gateway,
         )
         started.append(op)
         return op
@@ -52,7 +57,7 @@ def own_operator(
 
 
 def scripted_backend(name: str, **spec: Any) -> dict[str, Any]:
-    """A QuantumBackend manifest for the operator's scripted gateway (which ignores the
+    """A QuantumBackend manifest for the harness's scripted gateway (which ignores the
     URL): an aer backend of 4 qubits unless ``spec`` says otherwise."""
     return {
         "apiVersion": "qorch.io/v1alpha1",
@@ -69,7 +74,7 @@ def scripted_backend(name: str, **spec: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def backend(cluster: Cluster, namespace: str) -> Iterator[str]:
-    """A QuantumBackend for the operator's scripted gateway (which ignores the URL)."""
+    """A QuantumBackend for the harness's scripted gateway (which ignores the URL)."""
     name = f"qb-{namespace}"[:63].rstrip("-")
     cluster.apply(json.dumps(scripted_backend(name)))
     yield name

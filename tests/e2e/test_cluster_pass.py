@@ -55,8 +55,8 @@ def test_twenty_workflows_at_once_spread_over_the_backends(
     cluster: Cluster, namespace: str, own_operator: Any, three_backends: list[str]
 ) -> None:
     # Scripted gateway jobs take long enough that the queues matter.
-    own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="1",
-                 QORCH_SCRIPTED_RUN_SECONDS="3")  # fmt: skip
+    own_operator(QORCH_CLUSTER_PASS="on", QORCH_TEST_SCRIPTED_QUEUE_SECONDS="1",
+                 QORCH_TEST_SCRIPTED_RUN_SECONDS="3")  # fmt: skip
     manifests = [
         json.loads(
             workflow(
@@ -89,8 +89,8 @@ def test_twenty_workflows_at_once_spread_over_the_backends(
 def test_a_stationary_run_makes_no_moves(
     cluster: Cluster, namespace: str, own_operator: Any, three_backends: list[str]
 ) -> None:
-    own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="2",
-                 QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+    own_operator(QORCH_CLUSTER_PASS="on", QORCH_TEST_SCRIPTED_QUEUE_SECONDS="2",
+                 QORCH_TEST_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
     subtasks = [{"name": f"c{i}", "circuit": {"qasm": BELL, "shots": 500}} for i in range(6)]
     subtasks.append({"name": "last", "dependsOn": [f"c{i}" for i in range(6)],
                      "circuit": {"qasm": BELL}})  # fmt: skip
@@ -112,8 +112,8 @@ def test_a_queue_spike_moves_queued_jobs_away_with_the_numbers_in_events(
     cluster: Cluster, namespace: str, own_operator: Any, three_backends: list[str]
 ) -> None:
     # Jobs wait 25 s in the (scripted) gateways' queues: long enough to be moved.
-    own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="25",
-                 QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+    own_operator(QORCH_CLUSTER_PASS="on", QORCH_TEST_SCRIPTED_QUEUE_SECONDS="25",
+                 QORCH_TEST_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
     subtasks = [{"name": f"c{i}", "circuit": {"qasm": BELL, "shots": 500}} for i in range(6)]
     cluster.apply(
         workflow("spike", *subtasks, quantumBackends=three_backends, classicalPools=[]),
@@ -173,8 +173,8 @@ def test_a_degraded_calibration_moves_queued_jobs_when_accuracy_matters(
             "-p", json.dumps({"status": {"calibration": GOOD}}),
         )  # fmt: skip
     try:
-        own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="25",
-                     QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+        own_operator(QORCH_CLUSTER_PASS="on", QORCH_TEST_SCRIPTED_QUEUE_SECONDS="25",
+                     QORCH_TEST_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
         subtasks = [{"name": f"c{i}", "circuit": {"qasm": BELL, "shots": 500}} for i in range(4)]
         manifest = json.loads(
             workflow("drift", *subtasks, quantumBackends=names, classicalPools=[])
@@ -226,8 +226,8 @@ def test_a_running_simulation_is_relaunched_on_a_backend_whose_queue_drained(
     cluster.plane.kubectl("patch", "qb", name, "--subresource=status", "--type=merge",
                           "-p", json.dumps(busy))  # fmt: skip
     try:
-        own_operator(QORCH_CLUSTER_PASS="on", QORCH_SCRIPTED_QUEUE_SECONDS="0",
-                     QORCH_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
+        own_operator(QORCH_CLUSTER_PASS="on", QORCH_TEST_SCRIPTED_QUEUE_SECONDS="0",
+                     QORCH_TEST_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
         cpu = {"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}, "maxQubits": 28}
         sub = {"name": "wide", "circuit": {"qasm": wide_circuit(28, 10), "shots": 100000}}
         cluster.apply(

@@ -2,7 +2,7 @@
 7-qubit device (fake_perth: its noise from a real calibration) and a GPU pool (the KWOK
 nodes with GPUs, for the workflow's first step); mid-run one device's queue spikes because
 other clients submit real jobs to it, or, separately, its calibration degrades because its
-gateway switches to a later day of the device. The operator (``QORCH_GATEWAY=http``,
+gateway switches to a later day of the device. The operator (``gateway="http"``,
 ``QORCH_CLUSTER_PASS=on``, live metrics from a real Prometheus) moves still-queued circuits
 away, with Events giving the numbers, and the workflow finishes at a lower weighted cost
 than the same workflow with ``reallocation.enabled: false``, run beside it in the same test
@@ -380,7 +380,7 @@ def test_a_queue_spike_from_other_clients_moves_queued_circuits_and_lowers_the_c
     started = time.monotonic()
     with two_devices(cluster, prometheus, session_dir / f"gain-{namespace}", namespace) as devices:
         own_operator(
-            QORCH_GATEWAY="http",
+            gateway="http",
             QORCH_CLUSTER_PASS="on",
             QORCH_PROMETHEUS_URL=prometheus.url,
             QORCH_METRICS_REFRESH_SECONDS="12",
@@ -441,7 +441,7 @@ def test_a_worse_calibration_day_moves_queued_circuits_and_lowers_the_cost(
     started = time.monotonic()
     with two_devices(cluster, prometheus, session_dir / f"gain-{namespace}", namespace) as devices:
         own_operator(
-            QORCH_GATEWAY="http",
+            gateway="http",
             QORCH_CLUSTER_PASS="on",
             QORCH_PROMETHEUS_URL=prometheus.url,
             QORCH_METRICS_REFRESH_SECONDS="1",

@@ -100,7 +100,7 @@ def test_no_finalizer_without_gateway_jobs_so_deletion_never_waits_for_the_opera
 def test_a_queued_gateway_job_holds_the_workflow_until_deletion_cancels_it(
     cluster: Cluster, namespace: str, own_operator: Any, control_plane: ControlPlane, backend: str
 ) -> None:
-    own_operator(QORCH_SCRIPTED_QUEUE_SECONDS="600")
+    own_operator(QORCH_TEST_SCRIPTED_QUEUE_SECONDS="600")
     cluster.apply(
         workflow("queued", {"name": "q", "circuit": {"qasm": BELL}}, quantumBackends=[backend]),
         namespace,
@@ -152,8 +152,8 @@ def test_finished_gateway_jobs_are_seen_long_before_the_resync(
     # Three circuits in a chain, each 0.2 s queued + 0.2 s running, under a 30 s resync.
     own_operator(
         QORCH_RESYNC_SECONDS="30",
-        QORCH_SCRIPTED_QUEUE_SECONDS="0.2",
-        QORCH_SCRIPTED_RUN_SECONDS="0.2",
+        QORCH_TEST_SCRIPTED_QUEUE_SECONDS="0.2",
+        QORCH_TEST_SCRIPTED_RUN_SECONDS="0.2",
     )
     chain = [
         {"name": f"c{i}", "dependsOn": [f"c{i - 1}"] if i else [], "circuit": {"qasm": BELL}}
@@ -256,7 +256,7 @@ def test_a_gateway_that_dies_is_waited_for_a_bounded_time_then_its_job_placed_el
                 },
             }
             cluster.apply(json.dumps(qb))
-        own_operator(QORCH_GATEWAY="http")
+        own_operator(gateway="http")
         doomed.process.kill()
         doomed.process.wait(10)
         cluster.apply(

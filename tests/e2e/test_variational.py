@@ -51,8 +51,8 @@ def stack(
             control_plane,
             work / "operator.log",
             kubeconfig=least_privilege_kubeconfig(control_plane, work / "sa.yaml"),
+            gateway="http",
             extra_env={
-                "QORCH_GATEWAY": "http",
                 "QORCH_CLUSTER_PASS": "on",
                 "QORCH_PROMETHEUS_URL": prometheus.url,
                 "QORCH_METRICS_REFRESH_SECONDS": "1",

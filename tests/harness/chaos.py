@@ -690,6 +690,7 @@ class OperatorHandle:
     env: dict[str, str]
     process: operator_mod.OperatorProcess | None = None
     kills: int = 0
+    gateway: operator_mod.Gateway = "http"  # the real `qorch operator`, real gateways
 
     def start(self, priority: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -701,6 +702,7 @@ class OperatorHandle:
                     priority=priority,
                     extra_env=self.env,
                     kubeconfig=self.kubeconfig,
+                    gateway=self.gateway,
                 )
                 return
             except subprocess.CalledProcessError:
@@ -778,7 +780,6 @@ def stack(
     }
     api = config.new_client_from_config(str(plane.kubeconfig))
     env = {
-        "QORCH_GATEWAY": "http",
         "QORCH_PROMETHEUS_URL": prometheus.url,
         "QORCH_METRICS_REFRESH_SECONDS": "1",
         "QORCH_RESYNC_SECONDS": "2",

@@ -1,4 +1,12 @@
-"""Run ``qorch operator`` as a real process against the test control plane."""
+"""Run ``qorch operator`` as a real process against the test control plane.
+
+``gateway="scripted"`` (the default) runs it through ``tests.harness.scripted_operator``:
+the same operator, in one process, with the in-memory ``ScriptedGateway`` test double in
+place of the HTTP client (how long its jobs queue and run:
+``QORCH_TEST_SCRIPTED_QUEUE_SECONDS`` / ``QORCH_TEST_SCRIPTED_RUN_SECONDS`` in
+``extra_env``). ``gateway="http"`` runs the real ``qorch operator`` command, which talks to
+the QuantumBackends' gateways.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +18,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tests.harness.controlplane import ControlPlane, environ_for, free_port
 
 REPO = Path(__file__).resolve().parents[2]
+Gateway = Literal["scripted", "http"]
+GATEWAYS: tuple[Gateway, ...] = ("scripted", "http")
 PEERING = """
 apiVersion: kopf.dev/v1
 kind: ClusterKopfPeering
@@ -51,14 +62,18 @@ def start(
     priority: int | None = None,
     extra_env: dict[str, str] | None = None,
     kubeconfig: Path | None = None,
+    gateway: Gateway | None = None,
 ) -> OperatorProcess:
-    """``kubeconfig``: the identity the operator runs as (default: the cluster admin)."""
+    """``kubeconfig``: the identity the operator runs as (default: the cluster admin).
+    ``gateway``: "scripted" (default) or "http" (see the module's doc)."""
+    mode = gateway or "scripted"
+    if mode not in GATEWAYS:
+        raise ValueError(f"gateway {mode!r}: expected one of {', '.join(GATEWAYS)}")
     plane.kubectl("apply", "-f", "-", input=PEERING)
     metrics_port = free_port()
     env = environ_for(plane)
     env.update(
         {
-            "QORCH_GATEWAY": "scripted",
             "QORCH_RETRY_BACKOFF_SECONDS": "1",
             "QORCH_RESYNC_SECONDS": "2",
             "QORCH_PEERING_LIFETIME_SECONDS": "10",
@@ -75,9 +90,18 @@ def start(
     )
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
+    if mode == "scripted":
+        # The launcher imports ``tests``: the repository root goes on the path, after what
+        # is there (a run that put a copy of ``qorch`` first keeps it first).
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = os.pathsep.join([*([path] if path else []), str(REPO)])
+        module = "tests.harness.scripted_operator"
+        command = [sys.executable, "-m", module, "--liveness", ""]
+    else:
+        command = [sys.executable, "-m", "qorch.cli", "operator", "--liveness", ""]
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qorch.cli", "operator", "--liveness", ""],
+        command,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

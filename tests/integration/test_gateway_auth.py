@@ -300,7 +300,6 @@ async def test_operator_client_sends_the_token_file_and_rereads_it(
     token_file = tmp_path / "token"
     token_file.write_text(setup.token("caller") + "\n")
     # As the chart configures the operator: the path of its projected token in the env.
-    monkeypatch.setenv("QORCH_GATEWAY", "http")
     monkeypatch.setenv("QORCH_GATEWAY_TOKEN_FILE", str(token_file))
     client = make_gateway(OperatorSettings.from_env(), targets)
     assert isinstance(client, HttpGatewayClient)

@@ -79,7 +79,9 @@ async def configure(
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
     logger.info(
-        "qorch operator started (peering priority %d, gateway %s)", ours.priority, ours.gateway_mode
+        "qorch operator started (peering priority %d, gateway client %s)",
+        ours.priority,
+        type(memo.runtime.gateway).__name__,
     )
 
 

@@ -55,12 +55,8 @@ PROGRESS_MAX_BYTES = 64 * 1024
 
 
 def make_gateway(settings: OperatorSettings, targets: dict[str, GatewayTarget]) -> GatewayClient:
-    if settings.gateway_mode == "scripted":
-        from qorch.gateway.fake import ScriptedGateway
-
-        return ScriptedGateway(
-            queue_seconds=settings.scripted_queue_seconds, run_seconds=settings.scripted_run_seconds
-        )
+    """The client of the backends' gateways (HTTP); ``targets`` is filled as backends are
+    seen."""
     from qorch.gateway.client import HttpGatewayClient
 
     return HttpGatewayClient(targets, token_file=settings.gateway_token_file)

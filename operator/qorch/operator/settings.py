@@ -39,10 +39,7 @@ def _start_priority() -> int:
 @dataclass(frozen=True)
 class OperatorSettings:
     worker_image: str = "ghcr.io/qorch/qorch:0.1.0"
-    gateway_mode: str = "http"  # "http" (real gateways) or "scripted" (test double)
     gateway_token_file: str | None = None  # projected SA token (audience qorch-gateway)
-    scripted_queue_seconds: float = 0.5
-    scripted_run_seconds: float = 0.5
     resync_seconds: float = 10.0  # re-plan at least this often even without events
     # Kopf peering: the replica with the highest priority acts. The newest start wins
     # (milliseconds since the epoch, plus a random tie-break), so a replica that replaces
@@ -67,17 +64,11 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
-        mode = os.environ.get("QORCH_GATEWAY", "http")
-        if mode not in ("http", "scripted"):
-            raise ValueError(f"QORCH_GATEWAY={mode!r}: expected 'http' or 'scripted'")
         priority_raw = os.environ.get("QORCH_PRIORITY")
         defaults = cls()
         return cls(
             worker_image=os.environ.get("QORCH_WORKER_IMAGE", defaults.worker_image),
-            gateway_mode=mode,
             gateway_token_file=os.environ.get("QORCH_GATEWAY_TOKEN_FILE") or None,
-            scripted_queue_seconds=_float("QORCH_SCRIPTED_QUEUE_SECONDS", 0.5),
-            scripted_run_seconds=_float("QORCH_SCRIPTED_RUN_SECONDS", 0.5),
             resync_seconds=_float("QORCH_RESYNC_SECONDS", 10.0),
             priority=int(priority_raw) if priority_raw else defaults.priority,
             metrics_port=int(_float("QORCH_METRICS_PORT", 8080)),

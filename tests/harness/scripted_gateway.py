@@ -1,9 +1,11 @@
-"""``ScriptedGateway``: an in-memory TEST DOUBLE of a quantum gateway.
+"""``ScriptedGateway``: an in-memory TEST DOUBLE of a quantum gateway (test code only:
+the product always talks to real gateways over HTTP).
 
 It computes nothing: a job is queued for ``queue_seconds``, runs for ``run_seconds``
 and ends Done with a result that says it is fake (or Error, for backends listed in
 ``failing_backends``). It lets the operator's lifecycle be tested without the real
-gateway service; the real one is ``qorch gateway``.
+gateway service; the real one is ``qorch gateway``. ``tests.harness.scripted_operator``
+runs ``qorch operator`` with it in place of the HTTP client.
 """
 
 from __future__ import annotations
