@@ -80,6 +80,10 @@ def _gateway(args: argparse.Namespace) -> int:
     from qorch.metrics.exporters import GatewayMetrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Not one line per HTTP request (clients poll) nor per transpiler pass (qiskit logs
+    # each at INFO): warnings and errors of both still show.
+    for noisy in ("aiohttp.access", "qiskit"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         auth = _gateway_auth(args)
         _check_object_name("--quantum-backend", args.quantum_backend)
@@ -509,7 +513,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--instance", help="IBM Quantum instance (CRN)")
     p.add_argument("--execution-mode", choices=["job", "batch", "session"], default="job")
     p.add_argument("--max-qubits", type=int, help="aer: largest circuit accepted (default 30)")
-    p.add_argument("--batch-size", type=int, default=8, help="queued jobs run together")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="queued jobs with the same primitive and shots run together as one primitive "
+        "job, one PUB each, up to N (default 64): each run pays a fixed cost (a simulator "
+        "call, a provider job and its queue), shared by its jobs; a job's result comes "
+        "when its whole batch has run",
+    )
     p.add_argument("--price-per-qpu-second", type=float, default=0.0)
     p.add_argument(
         "--max-queued",

@@ -267,6 +267,54 @@ async def test_status_of_several_jobs_and_openapi(aer: TestClient) -> None:
     assert 'qorch_gateway_jobs_total{backend="aer",outcome="done"} 1.0' in metrics
 
 
+async def test_jobs_still_being_transpiled_join_the_batch_about_to_run(
+    services: list[GatewayService],
+) -> None:
+    """Clients that submit together (an operator's subtasks in flight) share one run: the
+    dispatcher does not start a batch of the one job already transpiled while the others
+    are being transpiled, it waits for them (up to ``COALESCE_SECONDS``)."""
+    service = _service(services, build_backend(Provider.AER, "aer", max_qubits=12))
+    dispatcher = asyncio.create_task(service.run_forever())
+    try:
+        warm = await service.submit(Submission("warm", "aer", GHZ3, "sampler", 10, ()))
+        for _ in range(600):  # the transpiler and simulator processes are up
+            if warm.phase is JobPhase.DONE:
+                break
+            await asyncio.sleep(0.05)
+        assert warm.phase is JobPhase.DONE, warm.message
+        runs: list[int] = []
+        real_run, real_prepare = service.adapter.run, service._preparer.prepare
+        release = asyncio.Event()
+
+        def counting_run(primitive: str, circuits: list[Any], shots: int) -> Any:
+            runs.append(len(circuits))
+            return real_run(primitive, circuits, shots)
+
+        async def held_prepare(sub: Submission) -> Any:
+            prepared = await real_prepare(sub)
+            if sub.job_id != "first":
+                await release.wait()  # still "being transpiled"
+            return prepared
+
+        service.adapter.run = counting_run  # type: ignore[method-assign]
+        service._preparer.prepare = held_prepare  # type: ignore[method-assign]
+        subs = [Submission(n, "aer", GHZ3, "sampler", 10, ()) for n in ("first", "a", "b")]
+        submitted = [asyncio.create_task(service.submit(sub)) for sub in subs]
+        first = await submitted[0]
+        await asyncio.sleep(0.02)  # the dispatcher has seen "first" queued
+        assert first.phase is JobPhase.QUEUED
+        release.set()
+        records = [first, *[await task for task in submitted[1:]]]
+        for _ in range(600):
+            if all(r.phase is JobPhase.DONE for r in records):
+                break
+            await asyncio.sleep(0.05)
+        assert [r.phase for r in records] == [JobPhase.DONE] * 3
+        assert runs == [3]
+    finally:
+        dispatcher.cancel()
+
+
 @pytest.mark.parametrize("mode", ["batch", "session"])
 async def test_batch_and_session_execution_modes_share_one_context(
     mode: str, services: list[GatewayService]

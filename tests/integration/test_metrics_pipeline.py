@@ -113,6 +113,11 @@ def test_prometheus_scrapes_gateway_and_worker_and_reader_reads_them(
         finally:
             worker.kill()
             worker.wait(5)
+    # The gateway logs what it decides, not every request: no access line per status poll
+    # and no line per transpiler pass (the jobs above made dozens of each).
+    log = (session_dir / "gateway-fake.log").read_text(errors="replace")
+    assert "gateway for fake_manila" in log
+    assert "aiohttp.access" not in log and "qiskit." not in log, log[-2000:]
     assert view.available
     # A hand-run gateway (no --quantum-backend): its series are known by backend name, and
     # join the one QuantumBackend with that backendName, whatever the object is called.

@@ -53,6 +53,9 @@ MAX_FINISHED_JOBS = 10_000
 DEFAULT_MAX_QUEUED = 1000
 MAX_MESSAGE_CHARS = 1024  # of any job message or error detail the gateway writes
 MAX_RETRY_AFTER_SECONDS = 60
+DEFAULT_BATCH_SIZE = 64
+# How long a batch about to run waits for submissions still being transpiled.
+COALESCE_SECONDS = 0.1
 
 
 def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -386,7 +389,7 @@ class GatewayService:
         adapter: QuantumBackendAdapter,
         metrics: GatewayMetrics,
         *,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         price_per_qpu_second: float = 0.0,
         max_queued: int = DEFAULT_MAX_QUEUED,
         state_dir: Path | None = None,
@@ -439,6 +442,7 @@ class GatewayService:
             prepared = await self._preparer.prepare(sub)
         finally:
             self._preparing -= 1
+            self._wakeup.set()  # a batch waiting for it (``_await_preparing``) goes on
         existing = self._existing(sub)  # the same job, submitted again while transpiling
         if existing is not None:
             return existing
@@ -532,6 +536,9 @@ class GatewayService:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if len(batch) < self.batch_size and self._preparing:
+                await self._await_preparing()
+                batch = self.next_batch()
             try:
                 await self.execute(batch)
             except Exception as exc:  # a bug here must not stop the dispatcher
@@ -539,6 +546,24 @@ class GatewayService:
                 for record in batch:
                     if record.phase in (JobPhase.QUEUED, JobPhase.RUNNING):
                         self._finish(record, JobPhase.ERROR, f"internal error: {_describe(exc)}")
+
+    async def _await_preparing(self) -> None:
+        """Let submissions still being transpiled join the batch about to run rather than
+        the next one: every run pays a fixed cost (a simulator call, a provider job), and
+        clients that submit together (an operator's subtasks in flight) otherwise see a
+        batch of one, then one of the rest. Waits until none is being transpiled or the
+        batch is full, at most ``COALESCE_SECONDS``; a lone job never waits."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COALESCE_SECONDS
+        while self._preparing and len(self.next_batch()) < self.batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
 
     async def _warm_up(self) -> None:
         """Start the transpiler and simulator processes before the first job needs them; a
@@ -632,20 +657,21 @@ class GatewayService:
             # backend then charges, as a real provider's would.
             began = [r.started_at for r, _ in entries if r.started_at is not None]
             usage = max(time.time() - min(began), 0.0) if began else 0.0
-        for record, index in entries:
+        # Converting a batch's results takes milliseconds per job: in a thread, so that
+        # status answers do not wait on it.
+        converted = await asyncio.to_thread(_convert_results, entries, result, primitive)
+        for (record, _), outcome in zip(entries, converted, strict=True):
             if record.phase is not JobPhase.RUNNING:
                 continue  # cancelled meanwhile
-            try:
-                record.result = (
-                    sampler_result(result[index])
-                    if primitive == "sampler"
-                    else estimator_result(result[index], record.submission.observables)
-                )
-            except Exception as exc:  # e.g. a remote job that is not the one submitted
+            if isinstance(outcome, Exception):  # e.g. a remote job that is not the one submitted
                 self._finish(
-                    record, JobPhase.ERROR, f"result unreadable: {_describe(exc)}", permanent=True
+                    record,
+                    JobPhase.ERROR,
+                    f"result unreadable: {_describe(outcome)}",
+                    permanent=True,
                 )
                 continue
+            record.result = outcome
             record.qpu_seconds = usage / pubs
             self._finish(record, JobPhase.DONE, "")
 
@@ -887,6 +913,23 @@ def _provider_running_at(remote: Any) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
+
+
+def _convert_results(
+    entries: list[tuple[JobRecord, int]], result: Any, primitive: str
+) -> list[dict[str, Any] | Exception]:
+    """Each entry's PUB result as the job's JSON result, or the error reading it."""
+    out: list[dict[str, Any] | Exception] = []
+    for record, index in entries:
+        try:
+            out.append(
+                sampler_result(result[index])
+                if primitive == "sampler"
+                else estimator_result(result[index], record.submission.observables)
+            )
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 def _usage_seconds(remote: Any) -> float:
