@@ -65,7 +65,7 @@ LABEL_VALUES = re.compile(r"^label_values\((.+),\s*(\w+)\)$")
 # cluster would label them.
 NAMESPACE = "qorch-dashboard"
 WORKFLOW_NAMESPACE = "qorch-dashboard-workflows"
-QUANTUM_BACKEND = "dashboard-manila"
+QUANTUM_BACKEND = "dashboard-device"
 JOBS = 4
 
 
