@@ -1,0 +1,52 @@
+"""A short slice of ``bench/scale.py`` (issue 16): the benchmark runs end to end on its own
+control plane (20 CPU and 4 GPU KWOK nodes, the GPU trace replayed beside it), and what it
+measures holds where it does not depend on the machine's speed: every workflow Succeeded,
+every subtask got exactly one pod and it was bound and Succeeded, and no status came near
+its size budget. The timings and ratios are the benchmark's to report, not this test's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qorch.orchestrator.plan import STATUS_BUDGET_BYTES
+from tests.harness.controlplane import REPO
+
+pytestmark = pytest.mark.controlplane
+
+SHAPES = {"50x1": (50, 1), "5x10": (5, 10)}
+OBJECT_LIMIT_BYTES = 256 * 1024
+
+
+def test_the_scale_benchmark_places_every_subtask_once(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "scale.py"), "--shapes", ",".join(SHAPES),
+         "--json", str(out), "--workdir", str(tmp_path / "work"), "--timeout", "240"],
+        timeout=900, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:]
+    figures = json.loads(out.read_text())
+    assert figures["settings"]["background"]["planned_pods"] > 0
+    assert [r["shape"] for r in figures["results"]] == list(SHAPES)
+    for result in figures["results"]:
+        w, k = SHAPES[result["shape"]]
+        sched, qorch = result["scheduler"], result["qorch"]
+        assert sched["complete"] and sched["pods_seen"] == w * k, sched
+        assert sched["all_bound_s"] > 0 and sched["all_succeeded_s"] >= sched["all_bound_s"]
+        assert qorch["complete"], qorch["stuck"]
+        assert qorch["workflows"] == {"Succeeded": w}, qorch["workflows"]
+        # Exactly one pod per subtask: as many pods as subtasks, none shared by two.
+        assert qorch["pods_seen"] == w * k and qorch["duplicate_subtasks"] == 0, qorch
+        assert qorch["failed_pods"] == 0 and qorch["all_succeeded_s"] is not None
+        assert qorch["all_bound_s"] is not None and qorch["workflows_succeeded_s"] is not None
+        assert 0 < qorch["max_status_bytes"] <= STATUS_BUDGET_BYTES
+        assert qorch["max_event_bytes"] < OBJECT_LIMIT_BYTES
+        assert qorch["status_writes_per_workflow"] >= 1
+        assert qorch["operator_cpu_s"] > 0 and qorch["operator_peak_rss_mib"] > 0
+        assert qorch["background_failed"] == 0 and sched["background_failed"] == 0
+        assert result["ratio_bound"] > 0 and result["ratio_succeeded"] > 0
