@@ -58,6 +58,10 @@ def _operator(args: argparse.Namespace) -> int:
     kopf.configure(
         verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()], log_prefix=True
     )
+    if not args.verbose:
+        from qorch.operator.kopfsetup import quiet_handler_successes
+
+        quiet_handler_successes()
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,

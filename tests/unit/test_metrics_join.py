@@ -9,8 +9,9 @@ Prometheus never changed a decision.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import kopf
@@ -115,8 +116,8 @@ def test_index_records_the_backend_name_the_gateway_labels_with() -> None:
     def index(name: str, spec: dict[str, Any]) -> dict[str, BackendInfo]:
         body = kopf.Body({"metadata": {"name": name}, "spec": spec, "status": {}})
         # kopf types the decorated function as an index callback: call it as written.
-        fn = cast(Callable[..., dict[str, BackendInfo]], quantum_backends)
-        return fn(name=name, spec=body.spec, status=body.status)
+        fn = cast(Callable[..., Awaitable[dict[str, BackendInfo]]], quantum_backends)
+        return asyncio.run(fn(name=name, spec=body.spec, status=body.status))
 
     [(name, backend)] = index(
         "torino-a", {"provider": "fake", "backendName": "fake_torino"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 from typing import Any
@@ -222,13 +223,15 @@ def test_the_pod_index_and_wake_up_find_a_long_named_workflow() -> None:
     index_pod: Any = handlers.workflow_pods
     wake: Any = handlers.wake_on_pod_event
     # drive_workflow looks its pods up under (namespace, workflow_label(name)).
-    index = index_pod(namespace="ns", labels=meta["labels"], body=pod)
+    index = asyncio.run(index_pod(namespace="ns", labels=meta["labels"], body=pod))
     assert list(index) == [("ns", workflow_label(name))]
     woken: list[tuple[str, str]] = []
     memo = SimpleNamespace(runtime=SimpleNamespace(wake=lambda ns, wf: woken.append((ns, wf))))
-    wake(namespace="ns", labels=meta["labels"], annotations=meta["annotations"], memo=memo)
+    asyncio.run(
+        wake(namespace="ns", labels=meta["labels"], annotations=meta["annotations"], memo=memo)
+    )
     # A pod from before the annotation: its label is the (short) name.
-    wake(namespace="ns", labels={LABEL_WORKFLOW: "old"}, annotations={}, memo=memo)
+    asyncio.run(wake(namespace="ns", labels={LABEL_WORKFLOW: "old"}, annotations={}, memo=memo))
     assert woken == [("ns", name), ("ns", "old")]
 
 

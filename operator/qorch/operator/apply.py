@@ -6,11 +6,15 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
 
 from kubernetes.client import ApiException, CoreV1Api, CustomObjectsApi
 
 from qorch.api.workflow import (
+    ClassicalPool,
     HybridWorkflowSpec,
     HybridWorkflowStatus,
     Placement,
@@ -20,6 +24,7 @@ from qorch.api.workflow import (
 from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget, JobRequest
 from qorch.gateway.client import GatewayResponseError
 from qorch.metrics import operator_metrics as metrics
+from qorch.operator import kubeio
 from qorch.operator.podspec import (
     GATE,
     LABEL_MANAGED_BY,
@@ -56,6 +61,66 @@ class ResultConflictError(Exception):
     """The result's ConfigMap name is taken by an object Qorch did not create."""
 
 
+# Pod writes of one plan sent at once: a workflow of 100 subtasks creates (then releases)
+# 100 pods, which one after another took 100 round trips (bench/scale.py, 10x100).
+POD_WRITES_AT_ONCE = 16
+# Pod writes (each names its pod) of different pods commute: a run of consecutive ones runs
+# at once, one chain per pod in the plan's order; any other action runs alone, in order.
+_POD_WRITES = (CreatePod, ReleasePod, DeletePod)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _ActContext:
+    body: dict[str, Any]
+    namespace: str
+    name: str
+    subtasks: dict[str, Any]
+    pools: dict[str, ClassicalPool]
+    qasm: dict[str, str]
+    logger: logging.Logger | logging.LoggerAdapter[Any]
+
+
+def _segments(actions: Sequence[Any]) -> list[list[list[Any]]]:
+    """The plan's actions in order, as segments of chains: the chains of a segment may run
+    at once, each chain's actions one after another. A run of consecutive pod writes is
+    one segment with a chain per pod (a pod's create, then its release, stay in order);
+    any other action is a segment of one chain of one."""
+    out: list[list[list[Any]]] = []
+    open_run: dict[str, list[Any]] | None = None
+    for action in actions:
+        if isinstance(action, _POD_WRITES):
+            if open_run is None:
+                open_run = {}
+                out.append([])
+            chain = open_run.get(action.pod_name)
+            if chain is None:
+                chain = open_run[action.pod_name] = []
+                out[-1].append(chain)
+            chain.append(action)
+        else:
+            open_run = None
+            out.append([[action]])
+    return out
+
+
+async def _bounded_gather(calls: list[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run ``calls`` with at most ``limit`` at once; their results in the order given.
+    All of them finish before an exception (the first) is raised: none is left writing
+    after ``act`` returned."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await call()
+
+    outcomes = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return list(outcomes)  # type: ignore[arg-type]
+
+
 class Applier:
     def __init__(
         self,
@@ -80,6 +145,9 @@ class Applier:
         # Pods the apiserver refused to create or release (422 Invalid):
         # (namespace, pod name) -> reason.
         self.refused_pods: dict[tuple[str, str], str] = {}
+        # (namespace, pod name) -> the gated pod's parts a release patch is computed from,
+        # as the watch last saw them (the handlers' index); None: read the pod each time.
+        self.gated_views: Callable[[str, str], dict[str, Any] | None] | None = None
 
     async def act(
         self,
@@ -95,98 +163,126 @@ class Applier:
         events = list(plan.events)
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        subtasks = {s.name: s for s in spec.subtasks}
-        pools = {p.name: p for p in spec.resources.classicalPools}
-        for action in plan.actions:
-            try:
-                if isinstance(action, CreatePod):
-                    inputs_cm = inputs_config_map(action.pod_name)
-                    if any(i.config_map is None for i in action.inputs):
-                        await self._store_inputs(body, inputs_cm, action)
-                    manifest = build_pod(
-                        workflow=dict(body),
-                        subtask=subtasks[action.subtask],
-                        attempt=action.attempt,
-                        pod_name=action.pod_name,
-                        worker_image=self.worker_image,
-                        pool=pools[action.pool],
-                        num_qubits=action.num_qubits,
-                        route=self._route(action.route, action.moves) if action.route else None,
-                        job_prefix=loop_job_prefix(namespace, name, action.subtask, action.attempt),
-                        inputs=action.inputs,
-                        inputs_config_map=inputs_cm,
-                    )
-                    await self._create_pod(namespace, manifest)
-                elif isinstance(action, ReleasePod):
-                    await self._release_pod(
-                        namespace, action.pod_name, pools[action.pool], action.moves
-                    )
-                    metrics.placements(pools[action.pool].name, "pool")
-                elif isinstance(action, DeletePod):
-                    await self._delete_pod(namespace, action.pod_name)
-                elif isinstance(action, SubmitJob):
-                    if time.monotonic() < self.busy_until.get(action.backend, 0.0):
-                        continue  # its queue is full; the planner submits again later
-                    circuit = subtasks[action.subtask].circuit
-                    assert circuit is not None
-                    await self.gateway.submit(
-                        JobRequest(
-                            job_id=action.job_id,
-                            backend=action.backend,
-                            qasm=qasm[action.subtask],
-                            primitive=circuit.primitive.value,
-                            shots=circuit.shots,
-                            observables=tuple(circuit.observables or ()),
-                            remote_job_id=action.remote_job_id,
-                        )
-                    )
-                    metrics.placements(action.backend, "backend")
-                elif isinstance(action, CancelJob):
-                    await self.gateway.cancel(action.backend, action.job_id)
-                elif isinstance(action, StoreResult):
-                    await self._store_result(body, action)
-                elif isinstance(action, RoutePod):
-                    patch = {
-                        "metadata": {
-                            "annotations": {
-                                ROUTE_ANNOTATION: self._route(action.route, action.moves)
-                            }
-                        }
-                    }
-                    await asyncio.to_thread(
-                        self.core.patch_namespaced_pod, action.pod_name, namespace, patch
-                    )
-                    metrics.placements(action.route.name, action.route.kind.value)
-            except (ApiException, GatewayError, ResultConflictError) as exc:
-                if (
-                    isinstance(exc, ApiException)
-                    and exc.status == 422
-                    and isinstance(action, CreatePod | ReleasePod)
-                ):
-                    self.refused_pods[(namespace, action.pod_name)] = bounded(
-                        f"the apiserver refused pod {action.pod_name}: {_failure_message(exc)}",
-                        SHORT_LIMIT,
-                    )
-                    while len(self.refused_pods) > MAX_REJECTED:
-                        del self.refused_pods[next(iter(self.refused_pods))]
-                if isinstance(exc, GatewayResponseError) and exc.status == 429:
-                    wait = exc.retry_after if exc.retry_after is not None else 5.0
-                    self.busy_until[getattr(action, "backend", "")] = time.monotonic() + wait
-                if (
-                    isinstance(exc, GatewayError)
-                    and isinstance(action, SubmitJob)
-                    and (not exc.retryable)
-                ):
-                    self.rejected[action.job_id] = str(exc)[:1024]
-                    while len(self.rejected) > MAX_REJECTED:  # oldest first (insertion order)
-                        del self.rejected[next(iter(self.rejected))]
-                message = f"{type(action).__name__} failed: {_failure_message(exc)}"
-                logger.warning("%s/%s: %s", namespace, name, message)
-                events.append(Event("ActionFailed", message, warning=True))
-                metrics.action_failures(type(action).__name__)
+        context = _ActContext(
+            body=body,
+            namespace=namespace,
+            name=name,
+            subtasks={s.name: s for s in spec.subtasks},
+            pools={p.name: p for p in spec.resources.classicalPools},
+            qasm=qasm,
+            logger=logger,
+        )
+        for segment in _segments(plan.actions):
+            if len(segment) == 1:
+                outcomes = [await self._perform_chain(segment[0], context)]
+            else:
+                outcomes = await _bounded_gather(
+                    [partial(self._perform_chain, chain, context) for chain in segment],
+                    POD_WRITES_AT_ONCE,
+                )
+            events.extend(e for chain_events in outcomes for e in chain_events)
         for ev in events:
             metrics.decisions(ev.reason)
         return events
+
+    async def _perform_chain(self, chain: list[Any], context: _ActContext) -> list[Event]:
+        events = [await self._perform(action, context) for action in chain]
+        return [e for e in events if e is not None]
+
+    async def _perform(self, action: Any, context: _ActContext) -> Event | None:
+        """One action; the Warning to post when its write failed (retried next cycle)."""
+        body, namespace, name = context.body, context.namespace, context.name
+        subtasks, pools, qasm, logger = (
+            context.subtasks,
+            context.pools,
+            context.qasm,
+            context.logger,
+        )
+        try:
+            if isinstance(action, CreatePod):
+                inputs_cm = inputs_config_map(action.pod_name)
+                if any(i.config_map is None for i in action.inputs):
+                    await self._store_inputs(body, inputs_cm, action)
+                manifest = build_pod(
+                    workflow=dict(body),
+                    subtask=subtasks[action.subtask],
+                    attempt=action.attempt,
+                    pod_name=action.pod_name,
+                    worker_image=self.worker_image,
+                    pool=pools[action.pool],
+                    num_qubits=action.num_qubits,
+                    route=self._route(action.route, action.moves) if action.route else None,
+                    job_prefix=loop_job_prefix(namespace, name, action.subtask, action.attempt),
+                    inputs=action.inputs,
+                    inputs_config_map=inputs_cm,
+                )
+                await self._create_pod(namespace, manifest)
+            elif isinstance(action, ReleasePod):
+                await self._release_pod(
+                    namespace, action.pod_name, pools[action.pool], action.moves
+                )
+                metrics.placements(pools[action.pool].name, "pool")
+            elif isinstance(action, DeletePod):
+                await self._delete_pod(namespace, action.pod_name)
+            elif isinstance(action, SubmitJob):
+                if time.monotonic() < self.busy_until.get(action.backend, 0.0):
+                    return None  # its queue is full; the planner submits again later
+                circuit = subtasks[action.subtask].circuit
+                assert circuit is not None
+                await self.gateway.submit(
+                    JobRequest(
+                        job_id=action.job_id,
+                        backend=action.backend,
+                        qasm=qasm[action.subtask],
+                        primitive=circuit.primitive.value,
+                        shots=circuit.shots,
+                        observables=tuple(circuit.observables or ()),
+                        remote_job_id=action.remote_job_id,
+                    )
+                )
+                metrics.placements(action.backend, "backend")
+            elif isinstance(action, CancelJob):
+                await self.gateway.cancel(action.backend, action.job_id)
+            elif isinstance(action, StoreResult):
+                await self._store_result(body, action)
+            elif isinstance(action, RoutePod):
+                patch = {
+                    "metadata": {
+                        "annotations": {ROUTE_ANNOTATION: self._route(action.route, action.moves)}
+                    }
+                }
+                await asyncio.to_thread(
+                    kubeio.patch_pod, self.core, action.pod_name, namespace, patch
+                )
+                metrics.placements(action.route.name, action.route.kind.value)
+        except (ApiException, GatewayError, ResultConflictError) as exc:
+            if (
+                isinstance(exc, ApiException)
+                and exc.status == 422
+                and isinstance(action, CreatePod | ReleasePod)
+            ):
+                self.refused_pods[(namespace, action.pod_name)] = bounded(
+                    f"the apiserver refused pod {action.pod_name}: {_failure_message(exc)}",
+                    SHORT_LIMIT,
+                )
+                while len(self.refused_pods) > MAX_REJECTED:
+                    del self.refused_pods[next(iter(self.refused_pods))]
+            if isinstance(exc, GatewayResponseError) and exc.status == 429:
+                wait = exc.retry_after if exc.retry_after is not None else 5.0
+                self.busy_until[getattr(action, "backend", "")] = time.monotonic() + wait
+            if (
+                isinstance(exc, GatewayError)
+                and isinstance(action, SubmitJob)
+                and (not exc.retryable)
+            ):
+                self.rejected[action.job_id] = str(exc)[:1024]
+                while len(self.rejected) > MAX_REJECTED:  # oldest first (insertion order)
+                    del self.rejected[next(iter(self.rejected))]
+            message = f"{type(action).__name__} failed: {_failure_message(exc)}"
+            logger.warning("%s/%s: %s", namespace, name, message)
+            metrics.action_failures(type(action).__name__)
+            return Event("ActionFailed", message, warning=True)
+        return None
 
     def _route(self, route: Placement, moves: int) -> str:
         """The ``qorch.io/route`` annotation (``qorch.worker.variational.Route``): a
@@ -232,19 +328,36 @@ class Applier:
 
     async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, manifest)
+            await asyncio.to_thread(kubeio.create_pod, self.core, namespace, manifest)
         except ApiException as exc:
             if exc.status != 409:  # already exists: a replayed plan, nothing to do
                 raise
 
     async def _release_pod(self, namespace: str, pod_name: str, pool: Any, moves: int = 0) -> None:
-        pod = await asyncio.to_thread(self.core.read_namespaced_pod, pod_name, namespace)
-        raw = self.core.api_client.sanitize_for_serialization(pod)
+        """Narrow the pod to ``pool`` and remove Qorch's gate, in one patch computed from the
+        pod as the watch last saw it (``gated_views``: no read), else as read now. The
+        patch tests the gates it was computed from: when the view was stale it fails, and
+        the pod is read and patched again."""
+        view = self.gated_views(namespace, pod_name) if self.gated_views else None
+        if view is not None:
+            try:
+                await asyncio.to_thread(
+                    kubeio.patch_pod,
+                    self.core,
+                    pod_name,
+                    namespace,
+                    release_patch(view, pool, moves),
+                )
+                return
+            except ApiException as exc:
+                if exc.status != 422:
+                    raise
+        raw = await asyncio.to_thread(kubeio.read_pod, self.core, pod_name, namespace)
         gates = [g.get("name") for g in raw.get("spec", {}).get("schedulingGates") or []]
         if GATE not in gates:
             return  # released already (a replayed plan)
         await asyncio.to_thread(
-            self.core.patch_namespaced_pod, pod_name, namespace, release_patch(raw, pool, moves)
+            kubeio.patch_pod, self.core, pod_name, namespace, release_patch(raw, pool, moves)
         )
 
     async def _store_result(self, body: dict[str, Any], action: StoreResult) -> None:
@@ -297,7 +410,7 @@ class Applier:
 
     async def _delete_pod(self, namespace: str, pod_name: str) -> None:
         try:
-            await asyncio.to_thread(self.core.delete_namespaced_pod, pod_name, namespace)
+            await asyncio.to_thread(kubeio.delete_pod, self.core, pod_name, namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from qorch.api.meta import API_VERSION
@@ -321,6 +323,9 @@ def release_patch(pod: dict[str, Any], pool: ClassicalPool, moves: int = 0) -> l
     spec = pod.get("spec", {})
     gates = spec.get("schedulingGates") or []
     ops: list[dict[str, Any]] = [{"op": "test", "path": "/spec/schedulingGates", "value": gates}]
+    uid = pod.get("metadata", {}).get("uid")
+    if uid:  # the very pod the view was taken of, not a later one of the same name
+        ops.insert(0, {"op": "test", "path": "/metadata/uid", "value": uid})
     selector = dict(spec.get("nodeSelector") or {})
     for key, value in pool.nodeSelector.items():
         if key not in selector:
@@ -345,6 +350,25 @@ def release_patch(pod: dict[str, Any], pool: ClassicalPool, moves: int = 0) -> l
     else:
         ops.append({"op": "add", "path": "/metadata/annotations", "value": marks})
     return ops
+
+
+def release_view(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What ``release_patch`` reads of a pod Qorch still gates (None once released): kept
+    by the operator's watch index so that releasing needs no read."""
+    spec = pod.get("spec") or {}
+    gates = spec.get("schedulingGates") or []
+    if not any(g.get("name") == GATE for g in gates):
+        return None
+    kept = {
+        k: copy.deepcopy(spec[k])
+        for k in ("schedulingGates", "nodeSelector", "tolerations")
+        if k in spec
+    }
+    meta = pod.get("metadata") or {}
+    return {
+        "spec": kept,
+        "metadata": {"uid": meta.get("uid"), "annotations": dict(meta.get("annotations") or {})},
+    }
 
 
 def pod_state(pod: dict[str, Any]) -> PodState:

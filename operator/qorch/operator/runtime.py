@@ -11,6 +11,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +29,7 @@ from qorch.api.workflow import (
 )
 from qorch.gateway.base import GatewayClient, GatewayError, GatewayTarget
 from qorch.metrics.reader import MetricsReader, PrometheusReader, join_backends
+from qorch.operator import kubeio
 from qorch.operator.apply import Applier
 from qorch.operator.cluster_loop import ClusterLoop
 from qorch.operator.podspec import METRICS_PORT, pod_state
@@ -52,6 +54,19 @@ CIRCUIT_CACHE_SIZE = 1024
 # The fields of a variational progress that a worker reports (the spend is the operator's).
 REPORTED_PROGRESS = frozenset(VariationalProgress.model_fields) - {"spentUSD"}
 PROGRESS_MAX_BYTES = 64 * 1024
+
+
+# Threads for blocking API calls (``asyncio.to_thread``; the Kubernetes client blocks).
+# Python's default pool is min(32, CPUs + 4): 6 on a 2-CPU node, which capped the pod
+# writes in flight across all workflows (bench/scale.py).
+API_THREADS = 32
+
+
+def use_api_threads() -> None:
+    """Give the running loop ``API_THREADS`` threads for ``asyncio.to_thread``."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(API_THREADS, thread_name_prefix="qorch-api")
+    )
 
 
 def make_gateway(settings: OperatorSettings, targets: dict[str, GatewayTarget]) -> GatewayClient:
@@ -91,7 +106,11 @@ class Runtime:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        api = client.ApiClient()
+        api_config = client.Configuration.get_default_copy()
+        # One pooled connection per API thread: with fewer, urllib3 drops the extra
+        # connections after each call and the next one pays a new TLS handshake.
+        api_config.connection_pool_maxsize = API_THREADS
+        api = client.ApiClient(api_config)
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         targets: dict[str, GatewayTarget] = {}
         gateway = make_gateway(settings, targets)
@@ -193,14 +212,12 @@ class Runtime:
         for st in status.subtasks:
             if st.phase in ACTIVE and st.podName and st.podName not in known:
                 try:
-                    pod = await asyncio.to_thread(
-                        self.core.read_namespaced_pod, st.podName, namespace
-                    )
+                    pod = await asyncio.to_thread(kubeio.read_pod, self.core, st.podName, namespace)
                 except client.ApiException as exc:
                     if exc.status == 404:
                         continue
                     raise
-                found.append(pod_state(self.core.api_client.sanitize_for_serialization(pod)))
+                found.append(pod_state(pod))
         return found
 
     async def with_progress(self, pods: list[PodState]) -> list[PodState]:

@@ -41,6 +41,9 @@ class OperatorSettings:
     worker_image: str = "ghcr.io/qorch/qorch:0.1.0"
     gateway_token_file: str | None = None  # projected SA token (audience qorch-gateway)
     resync_seconds: float = 10.0  # re-plan at least this often even without events
+    # ... and at most this often: the pod events of a burst (one pod bound then running,
+    # ten pods at once) wait for one plan and one status write, not one each.
+    min_cycle_seconds: float = 0.5
     # Kopf peering: the replica with the highest priority acts. The newest start wins
     # (milliseconds since the epoch, plus a random tie-break), so a replica that replaces
     # a killed one takes over at once instead of waiting out the dead one's lease; an old
@@ -70,6 +73,7 @@ class OperatorSettings:
             worker_image=os.environ.get("QORCH_WORKER_IMAGE", defaults.worker_image),
             gateway_token_file=os.environ.get("QORCH_GATEWAY_TOKEN_FILE") or None,
             resync_seconds=_float("QORCH_RESYNC_SECONDS", 10.0),
+            min_cycle_seconds=_float("QORCH_MIN_CYCLE_SECONDS", 0.5),
             priority=int(priority_raw) if priority_raw else defaults.priority,
             metrics_port=int(_float("QORCH_METRICS_PORT", 8080)),
             prometheus_url=os.environ.get("QORCH_PROMETHEUS_URL") or None,
