@@ -13,8 +13,8 @@ demo: setup
 	@$(PY) hack/demo.py
 
 lint: setup
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench devenv
+	$(BIN)/ruff format --check operator tests bench devenv
 
 typecheck: setup
 	$(BIN)/mypy

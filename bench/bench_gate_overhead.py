@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import client, config  # noqa: E402
 
-from tests.harness import controlplane  # noqa: E402
+from devenv import controlplane  # noqa: E402
 
 
 def pod(name: str, gated: bool) -> dict[str, Any]:

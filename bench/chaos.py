@@ -29,10 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devenv import controlplane as cp_mod  # noqa: E402
+from devenv import prometheus as prom_mod  # noqa: E402
+from devenv.rbac import least_privilege_kubeconfig  # noqa: E402
 from tests.harness import chaos  # noqa: E402
-from tests.harness import controlplane as cp_mod  # noqa: E402
-from tests.harness import prometheus as prom_mod  # noqa: E402
-from tests.harness.rbac import least_privilege_kubeconfig  # noqa: E402
 
 SMOKE = """
 from qorch.operator import handlers

@@ -27,12 +27,12 @@ sys.path.insert(0, str(REPO))
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from devenv import controlplane  # noqa: E402
+from devenv.cluster import Cluster  # noqa: E402
+from devenv.rbac import least_privilege_kubeconfig  # noqa: E402
 from tests.fuzz import BatchResult, Checker, Outcome  # noqa: E402
 from tests.fuzz.strategies import ALL_MUTATIONS, Case, batches  # noqa: E402
-from tests.harness import controlplane  # noqa: E402
 from tests.harness import operator as operator_mod  # noqa: E402
-from tests.harness.cluster import Cluster  # noqa: E402
-from tests.harness.rbac import least_privilege_kubeconfig  # noqa: E402
 
 OPERATOR_ENV = {"QORCH_RETRY_BACKOFF_SECONDS": "1", "QORCH_RETRY_BACKOFF_MAX_SECONDS": "2"}
 SHARDS = 6  # batch n draws from every SHARDS-th kind, starting at n % SHARDS

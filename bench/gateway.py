@@ -9,7 +9,7 @@ Per backend (``aer``: the ideal Aer simulator, ``--provider aer``; ``fake_<devic
 noisy fake device, ``--provider fake --backend fake_<device>``), the same N GHZ-3 circuits
 (default 300, 1,000 shots each) four ways:
 
-- gateway: a real ``qorch gateway`` process (``tests/harness/gateway.py``, ``--auth none``,
+- gateway: a real ``qorch gateway`` process (``devenv/gateway.py``, ``--auth none``,
   plus every ``--gateway-arg``, written with ``=`` since the value starts with ``--``:
   ``--gateway-arg=--batch-size --gateway-arg=64``); the
   N jobs are submitted over HTTP with at most K (default 16) between submission and Done
@@ -66,6 +66,7 @@ import psutil  # type: ignore[import-untyped]  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from devenv import gateway as gateway_harness  # noqa: E402
 from qorch.api.backend import Provider  # noqa: E402
 from qorch.gateway.backends import (  # noqa: E402
     PreparedCircuit,
@@ -74,7 +75,6 @@ from qorch.gateway.backends import (  # noqa: E402
 )
 from qorch.quantum.circuits import load_qasm  # noqa: E402
 from qorch.quantum.results import sampler_result  # noqa: E402
-from tests.harness import gateway as gateway_harness  # noqa: E402
 
 GHZ3 = (
     'OPENQASM 3.0; include "stdgates.inc"; '
@@ -283,7 +283,7 @@ async def gateway_phase(case: Case, settings: Settings) -> dict[str, Any]:
 async def _gateway_runs(
     case: Case,
     settings: Settings,
-    gw: Any,  # tests.harness.gateway.GatewayProcess
+    gw: Any,  # devenv.gateway.GatewayProcess
     client: GatewayClient,
     healthy: float,
     log_path: Path,

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.harness import gateway as gateway_mod  # noqa: E402
+from devenv import gateway as gateway_mod  # noqa: E402
 from tests.integration.test_gateway_fuzz import (  # noqa: E402
     TRACEBACK,
     bell_counts,

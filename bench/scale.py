@@ -4,7 +4,7 @@
         [--json PATH] [--profile PATH] [--no-background] [--trace-hour-seconds S]
         [--cluster-pass] [--concurrency N] [--timeout S] [--workdir DIR]
 
-ONE run starts ONE test control plane (``tests/harness/controlplane.py``: etcd,
+ONE run starts ONE test control plane (``devenv/controlplane.py``: etcd,
 kube-apiserver, kube-scheduler, kube-controller-manager, KWOK, the CRDs of ``crds/``) with
 20 KWOK CPU nodes (pool ``cpu``, 16 cores, 64 GiB each) and 4 KWOK GPU nodes (pool
 ``gpu``, 8 GPUs, 128 cores, 1 TiB each). Each shape WxK (W HybridWorkflows of K
@@ -16,10 +16,10 @@ namespace, the namespace deleted (and waited for, pods gone) before the next pha
    ``qorch.operator.podspec.build_pod`` and put in the state Qorch's release leaves it
    (no scheduling gate, the cpu pool's nodeSelector and pool annotations; no owner
    reference, whose owner would not exist): busybox, 500m CPU, 512Mi. Each carries
-   ``pod-complete.stage.kwok.x-k8s.io/delay: 1s`` (``tests/harness/kwok-stages.yaml``), so
+   ``pod-complete.stage.kwok.x-k8s.io/delay: 1s`` (``devenv/kwok-stages.yaml``), so
    KWOK marks it Succeeded 1 s after it runs. No operator runs in this phase.
-2. through Qorch: a real ``qorch operator`` (``tests/harness/operator.py``, ``gateway=
-   "http"``, as the chart's least-privilege ServiceAccount, ``tests/harness/rbac.py``),
+2. through Qorch: a real ``qorch operator`` (``devenv/operator.py`` with the chart's
+   settings, ``CHART_ENV``, as the chart's least-privilege ServiceAccount, ``devenv/rbac.py``),
    started fresh for each shape and stopped after it; W workflows server-side applied with
    at most ``--concurrency`` in flight, each subtask ``classical: {image: busybox,
    annotations: {<delay>: 1s}}`` with the default classicalPools (a CPU-only classical
@@ -109,6 +109,11 @@ import psutil  # type: ignore[import-untyped]  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from devenv import controlplane as cp_mod  # noqa: E402
+from devenv import operator as operator_mod  # noqa: E402
+from devenv.nodes import NodeSpec  # noqa: E402
+from devenv.operator import CHART_ENV  # noqa: E402
+from devenv.rbac import least_privilege_kubeconfig  # noqa: E402
 from qorch.api.workflow import ClassicalSpec, SubtaskSpec, default_pools  # noqa: E402
 from qorch.operator.podspec import (  # noqa: E402
     LABEL_MANAGED_BY,
@@ -119,11 +124,8 @@ from qorch.operator.podspec import (  # noqa: E402
     build_pod,
 )
 from qorch.orchestrator.plan import STATUS_BUDGET_BYTES  # noqa: E402
+from qorch.traces import default_traces_dir  # noqa: E402
 from qorch.traces.gpu_cluster import read_gpu_pods  # noqa: E402
-from tests.harness import controlplane as cp_mod  # noqa: E402
-from tests.harness import operator as operator_mod  # noqa: E402
-from tests.harness.nodes import NodeSpec  # noqa: E402
-from tests.harness.rbac import least_privilege_kubeconfig  # noqa: E402
 
 DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
 IMAGE = "busybox"
@@ -140,19 +142,6 @@ NODES: tuple[NodeSpec, ...] = tuple(
     NodeSpec(f"kwok-gpu-{i}", "gpu", cpu="128", memory="1024Gi", gpus=GPUS_PER_NODE)
     for i in range(GPU_NODES)
 )
-# The chart's settings (values.yaml / deployment.yaml), and the operator's own defaults
-# where the chart sets nothing (the test harness shortens those for tests).
-CHART_ENV = {
-    "QORCH_RETRY_BACKOFF_SECONDS": "10",
-    "QORCH_METRICS_REFRESH_SECONDS": "15",
-    "QORCH_MODEL_REFRESH_SECONDS": "30",
-    "QORCH_PROMETHEUS_URL": "",
-    "QORCH_WORKER_IMAGE": "ghcr.io/qorch/qorch:0.1.0",
-    "QORCH_RESYNC_SECONDS": "10",
-    "QORCH_PEERING_LIFETIME_SECONDS": "60",
-    "QORCH_SOURCE_WAIT_SECONDS": "120",
-    "QORCH_GATEWAY_UNKNOWN_GRACE_SECONDS": "60",
-}
 STATUS_VERBS = ("PATCH", "UPDATE", "APPLY")
 PROFILE_HOOK = '''"""bench/scale.py: cProfile of the main thread: SIGUSR1 on, SIGUSR2 dump."""
 import cProfile
@@ -867,13 +856,13 @@ def measure_qorch(
     ns, bg_ns = f"qorch-{tag}", f"bg-qorch-{tag}"
     log_path = args.workdir / f"operator-{tag}.log"
     prof = profile_path(args.profile, tag)
-    env = dict(CHART_ENV)
+    env: dict[str, str] = {"QORCH_PROMETHEUS_URL": ""}
     env["QORCH_CLUSTER_PASS"] = "on" if args.cluster_pass else "off"
     if prof is not None:
         paths = [str(hook_dir), os.environ.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         env["QORCH_BENCH_PROFILE"] = str(prof)
-    op = operator_mod.start(plane, log_path, gateway="http", extra_env=env, kubeconfig=kubeconfig)
+    op = operator_mod.start(plane, log_path, extra_env=env, kubeconfig=kubeconfig, settings="chart")
     phase = Phase(pods=n)
     sampler = OperatorSampler(op.process.pid)
     sampler.start()
@@ -1146,6 +1135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{platform.node()}: {os.cpu_count()} CPUs, load {load0[0]:.2f}; shapes "
         f"{', '.join(f'{w}x{k}' for w, k in shapes)}; logs in {args.workdir}"
     )
+    traces = default_traces_dir() / "gpu-cluster"
+    if not args.no_background and not traces.is_dir():
+        console.print(
+            f"no GPU-cluster trace at {traces}: set QORCH_TRACES_DIR to the traces' directory, "
+            "or run with --no-background"
+        )
+        return 2
     plan = (
         []
         if args.no_background

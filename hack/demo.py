@@ -1,11 +1,14 @@
 """`make demo`: Qorch end to end on this machine, in about a minute.
 
 Starts a real control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK
-nodes), a real Prometheus, an Aer quantum-gateway process and the operator; registers the
-gateway as QuantumBackend `aer`; applies examples/hybrid-bell-ghz.yaml with kubectl (its
-classical steps annotated for KWOK's fake nodes to complete, tests/harness/overlays.py); and
-prints the workflow as it runs and the results that land in its status. Everything stops
-at the end (pass --keep to leave it running and print the KUBECONFIG).
+nodes), a real Prometheus, an Aer quantum-gateway process and the operator, all from the
+development environment the tests and benchmarks share (``devenv``): the operator with the
+chart's settings (``devenv.operator.CHART_ENV``) as the chart's ServiceAccount, with exactly
+its RBAC (``devenv.rbac``). Registers the gateway as QuantumBackend `aer`; applies
+examples/hybrid-bell-ghz.yaml with kubectl (its classical steps annotated for KWOK's fake
+nodes to complete, ``devenv/overlays.py``); and prints the workflow as it runs and the
+results that land in its status. Everything stops at the end (pass --keep to leave it
+running and print the KUBECONFIG).
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ import signal
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.harness import controlplane, gateway, operator, overlays, prometheus  # noqa: E402
-from tests.harness.cluster import Cluster  # noqa: E402
+from devenv import controlplane, gateway, operator, overlays, prometheus  # noqa: E402
+from devenv.cluster import Cluster  # noqa: E402
+from devenv.rbac import least_privilege_kubeconfig  # noqa: E402
 
 
 def main() -> int:
@@ -41,8 +45,10 @@ def main() -> int:
         gw = stack.enter_context(gateway.running(work / "gateway.log", "--provider", "aer",
                                                  "--backend", "aer_simulator"))
         prom.set_targets("gateway", [f"127.0.0.1:{gw.port}"])
-        stack.enter_context(operator.running(plane, work / "operator.log", gateway="http",
-                                                 extra_env={"QORCH_PROMETHEUS_URL": prom.url}))
+        stack.enter_context(operator.running(
+            plane, work / "operator.log", settings="chart",
+            kubeconfig=least_privilege_kubeconfig(plane, work / "operator-sa.yaml"),
+            extra_env={"QORCH_PROMETHEUS_URL": prom.url}))
         cluster = Cluster(plane)
         cluster.apply(json.dumps({
             "apiVersion": "qorch.io/v1alpha1", "kind": "QuantumBackend",
@@ -76,10 +82,8 @@ def main() -> int:
                             "-o", "custom-columns=REASON:.reason,MESSAGE:.message").stdout)
         if args.keep:
             print(f"[demo] running; export KUBECONFIG={plane.kubeconfig}; Ctrl-C stops")
-            try:
+            with suppress(KeyboardInterrupt):
                 signal.pause()
-            except KeyboardInterrupt:
-                pass
         return 0 if status.get("phase") == "Succeeded" else 1
 
 

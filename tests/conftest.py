@@ -2,7 +2,7 @@
 scheduler, KWOK) and a real Prometheus, both started on loopback on first use.
 
 For manual debugging, the kubeconfig path is printed at start; or run
-``python -m tests.harness.controlplane`` for a cluster that stays up.
+``python -m devenv.controlplane`` for a cluster that stays up.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `tests.harness` importable whatever the rootdir
 
-from tests.harness import controlplane as cp_mod  # noqa: E402
-from tests.harness import prometheus as prom_mod  # noqa: E402
-from tests.harness.cluster import Cluster  # noqa: E402
+from devenv import controlplane as cp_mod  # noqa: E402
+from devenv import prometheus as prom_mod  # noqa: E402
+from devenv.cluster import Cluster  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from devenv.cluster import Cluster
+from devenv.controlplane import ControlPlane
+from devenv.rbac import least_privilege_kubeconfig
 from tests.harness import operator as operator_mod
-from tests.harness.cluster import Cluster
-from tests.harness.controlplane import ControlPlane
-from tests.harness.rbac import least_privilege_kubeconfig
 
 
 @pytest.fixture(scope="module")

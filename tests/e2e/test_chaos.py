@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from devenv.controlplane import ControlPlane
+from devenv.prometheus import Prometheus
+from devenv.rbac import least_privilege_kubeconfig
 from tests.harness import chaos
-from tests.harness.controlplane import ControlPlane
-from tests.harness.prometheus import Prometheus
-from tests.harness.rbac import least_privilege_kubeconfig
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prometheus]
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from devenv.cluster import Cluster, wait_for
+from devenv.nodes import NodeSpec, node_manifest
 from tests.e2e.conftest import scripted_backend
 from tests.e2e.test_trust import BELL, phase, slow_step, workflow
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.nodes import NodeSpec, node_manifest
 
 pytestmark = pytest.mark.controlplane
 WORKFLOWS = 20

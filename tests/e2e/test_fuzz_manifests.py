@@ -24,6 +24,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
+from devenv.cluster import Cluster
+from devenv.controlplane import ControlPlane
+from devenv.rbac import least_privilege_kubeconfig
 from tests.fuzz import Checker, Outcome
 from tests.fuzz.strategies import (
     ALL_MUTATIONS,
@@ -38,9 +41,6 @@ from tests.fuzz.strategies import (
     batches,
 )
 from tests.harness import operator as operator_mod
-from tests.harness.cluster import Cluster
-from tests.harness.controlplane import ControlPlane
-from tests.harness.rbac import least_privilege_kubeconfig
 
 pytestmark = pytest.mark.controlplane
 EXAMPLES = int(os.environ.get("QORCH_FUZZ_EXAMPLES", "2"))

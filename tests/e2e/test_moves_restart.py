@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from devenv.controlplane import ControlPlane
+from devenv.gateway import call
+from devenv.prometheus import Prometheus
+from devenv.rbac import least_privilege_kubeconfig
 from tests.harness import chaos
-from tests.harness.controlplane import ControlPlane
-from tests.harness.gateway import call
-from tests.harness.prometheus import Prometheus
-from tests.harness.rbac import least_privilege_kubeconfig
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prometheus]
 

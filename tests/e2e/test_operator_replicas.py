@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from devenv.cluster import Cluster, wait_for
+from devenv.controlplane import ControlPlane
 from tests.e2e.test_workflow_lifecycle import wait_phase
 from tests.harness import operator as operator_mod
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 

@@ -12,8 +12,8 @@ from typing import Any
 import onnx
 import pytest
 
+from devenv.cluster import Cluster, wait_for
 from tests.e2e.test_trust import BELL, phase, workflow
-from tests.harness.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.controlplane
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -47,6 +47,9 @@ from typing import Any
 
 import pytest
 
+from devenv import gateway as gateway_mod
+from devenv.cluster import Cluster, wait_for
+from devenv.prometheus import Prometheus
 from qorch.api.workflow import ObjectivePreset
 from qorch.orchestrator.cost import (
     PRESETS,
@@ -57,9 +60,6 @@ from qorch.orchestrator.cost import (
     WorkflowCost,
 )
 from qorch.orchestrator.prediction import MODEL, QPU, Prediction
-from tests.harness import gateway as gateway_mod
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.prometheus import Prometheus
 from tests.integration.test_gateway_calibration import DEVICE, MIRROR, QUBITS, STD
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prometheus]

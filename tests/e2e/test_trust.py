@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from devenv import gateway as gateway_mod
+from devenv.cluster import Cluster, wait_for
+from devenv.controlplane import ControlPlane
 from qorch.operator.apply import Applier, ResultConflictError
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER
 from qorch.orchestrator.plan import StoreResult
-from tests.harness import gateway as gateway_mod
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 BELL = (

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from devenv import gateway as gateway_mod
+from devenv.cluster import Cluster, wait_for
+from devenv.controlplane import ControlPlane
+from devenv.prometheus import Prometheus
+from devenv.rbac import least_privilege_kubeconfig
 from tests.harness import agentprocess
-from tests.harness import gateway as gateway_mod
 from tests.harness import operator as operator_mod
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.controlplane import ControlPlane
-from tests.harness.prometheus import Prometheus
-from tests.harness.rbac import least_privilege_kubeconfig
 from tests.unit.test_worker_variational import ANSATZ, H2
 from tests.unit.test_worker_variational import GROUND as H2_GROUND
 

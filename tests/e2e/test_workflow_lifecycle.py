@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from devenv.cluster import Cluster, wait_for
+from devenv.controlplane import ControlPlane
+from devenv.overlays import kwok_example
 from tests.harness import operator as operator_mod
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.controlplane import ControlPlane
-from tests.harness.overlays import kwok_example
 from tests.harness.podwatch import PodWatcher
 
 pytestmark = pytest.mark.controlplane

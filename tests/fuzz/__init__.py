@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
+from devenv.cluster import Cluster
 from tests.fuzz.strategies import (
     BACKENDS,
     CONFIG_MAP,
@@ -40,7 +41,6 @@ from tests.fuzz.strategies import (
     Case,
     Expect,
 )
-from tests.harness.cluster import Cluster
 from tests.harness.operator import OperatorProcess
 
 GROUP, VERSION, PLURAL = "qorch.io", "v1alpha1", "hybridworkflows"

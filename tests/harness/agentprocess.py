@@ -8,8 +8,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.controlplane import REPO
+from devenv.cluster import Cluster, wait_for
+from devenv.controlplane import REPO
 
 
 @contextlib.contextmanager

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devenv.controlplane import REPO, ControlPlane, free_port
+from devenv.prometheus import Prometheus
 from tests.harness import operator as operator_mod
-from tests.harness.controlplane import REPO, ControlPlane, free_port
-from tests.harness.prometheus import Prometheus
 
 GROUP, VERSION, PLURAL = "qorch.io", "v1alpha1", "hybridworkflows"
 DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"

@@ -1,6 +1,6 @@
 """``qorch operator`` with the scripted gateway (a test double) in place of real gateways.
 
-Run as ``python -m tests.harness.scripted_operator [qorch operator's options]`` with the
+Run as ``python -m tests.harness.scripted_operator operator [its options]`` with the
 repository root importable (``tests.harness.operator`` sets PYTHONPATH). It replaces
 ``qorch.operator.runtime.make_gateway`` before Kopf starts (the startup handler's
 ``Runtime.build`` calls it), then runs ``qorch operator`` in this same process: the
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Read (and so checked) now: a bad value fails the start, not the first handler.
     make_scripted_gateway(OperatorSettings(), {})
     runtime.make_gateway = make_scripted_gateway
-    return cli.main(["operator", *(sys.argv[1:] if argv is None else argv)])
+    return cli.main(list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness.controlplane import REPO
+from devenv.controlplane import REPO
 
 JOBS = 24
 

@@ -5,6 +5,7 @@ the operator under; the gateway's rules are the file test_gateway_auth runs a ga
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import urllib.parse
@@ -14,11 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
+from devenv.controlplane import REPO, ControlPlane
+from devenv.operator import CHART_ENV
+from devenv.rbac import RULES
 from qorch import cli
 from qorch.operator.podspec import LABEL_MANAGED_BY
 from qorch.operator.settings import OperatorSettings
-from tests.harness.controlplane import REPO, ControlPlane
-from tests.harness.rbac import RULES
 
 pytestmark = pytest.mark.controlplane
 CHART = REPO / "charts" / "qorch"
@@ -358,3 +360,22 @@ def test_service_monitors_are_off_by_default_one_per_metrics_service_when_on(
     )
     [monitor] = [d for d in default_interval if d["kind"] == "ServiceMonitor"]
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics"}]
+
+
+def test_the_development_operator_runs_with_the_charts_settings(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make demo`` and the benchmarks run the operator with ``devenv.operator.CHART_ENV``:
+    each value is the chart's where the chart sets it, else the operator's own default."""
+    _, container = operator_container(docs_of(render(helm).stdout))
+    chart_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # The peering priority is the start time, different at each start.
+    defaults = dataclasses.replace(OperatorSettings(), priority=0)
+    for name, value in CHART_ENV.items():
+        if name in chart_env:
+            assert chart_env[name] == value, name
+            continue
+        monkeypatch.setenv(name, value)
+        settings = dataclasses.replace(OperatorSettings.from_env(), priority=0)
+        assert settings == defaults, f"{name}={value} is not the default"
+        monkeypatch.delenv(name)

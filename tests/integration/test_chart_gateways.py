@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from devenv import controlplane as cp_mod
+from devenv.cluster import Cluster
+from devenv.controlplane import REPO, ControlPlane
 from qorch import cli
 from qorch.api import QuantumBackend
-from tests.harness import controlplane as cp_mod
-from tests.harness.cluster import Cluster
-from tests.harness.controlplane import REPO, ControlPlane
 from tests.integration.test_chart import CHART, docs_of, helm, one, render
 
 pytestmark = pytest.mark.controlplane

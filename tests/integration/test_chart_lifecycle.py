@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import controlplane as cp_mod
-from tests.harness.controlplane import REPO, ControlPlane
+from devenv import controlplane as cp_mod
+from devenv.controlplane import REPO, ControlPlane
 from tests.integration.test_chart import CHART, docs_of, helm
 
 pytestmark = pytest.mark.controlplane

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.controlplane import ControlPlane
-from tests.harness.controlplane import start as start_control_plane
-from tests.harness.nodes import DEFAULT_NODES
+from devenv.cluster import Cluster, wait_for
+from devenv.controlplane import ControlPlane
+from devenv.controlplane import start as start_control_plane
+from devenv.nodes import DEFAULT_NODES
 
 pytestmark = pytest.mark.controlplane
 

@@ -31,12 +31,12 @@ from typing import Any
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
+from devenv import gateway as gateway_mod
+from devenv.cluster import wait_for
+from devenv.controlplane import REPO, free_port
+from devenv.prometheus import Prometheus
 from qorch.metrics import operator_metrics
 from qorch.metrics.exporters import GatewayMetrics, WorkerMetrics
-from tests.harness import gateway as gateway_mod
-from tests.harness.cluster import wait_for
-from tests.harness.controlplane import REPO, free_port
-from tests.harness.prometheus import Prometheus
 from tests.integration.test_metrics_pipeline import GHZ, post
 
 DASHBOARD = REPO / "deploy" / "grafana" / "qorch-dashboard.json"

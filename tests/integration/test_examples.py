@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devenv.controlplane import ControlPlane
 from qorch.api import HybridWorkflow, QuantumBackend
-from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))

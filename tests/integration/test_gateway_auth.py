@@ -19,6 +19,9 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from devenv import gateway as gateway_mod
+from devenv.cluster import Cluster, wait_for
+from devenv.controlplane import REPO, ControlPlane, free_port
 from qorch.gateway.auth import (
     AllowList,
     AuthError,
@@ -33,9 +36,6 @@ from qorch.gateway.client import HttpGatewayClient
 from qorch.operator.runtime import make_gateway
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.snapshot import JobPhase
-from tests.harness import gateway as gateway_mod
-from tests.harness.cluster import Cluster, wait_for
-from tests.harness.controlplane import REPO, ControlPlane, free_port
 
 pytestmark = pytest.mark.controlplane
 GATEWAY_RULES = REPO / "charts" / "qorch" / "files" / "gateway-clusterrole-rules.yaml"

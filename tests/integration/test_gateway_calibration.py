@@ -2,7 +2,7 @@
 team updates the ConfigMap it is mounted from), the calibration the gateway reports, the
 metrics it exports AND the noise its simulations apply follow the new day of the device.
 
-The days are derived from the fake device's own calibration (``tests.harness.gateway``:
+The days are derived from the fake device's own calibration (``devenv.gateway``:
 ``later_day``), so the test needs no trace data; where the ibm_perth calibration trace is
 present, two of its real days are served as well."""
 
@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from qiskit import QuantumCircuit
 
+from devenv import gateway as gateway_mod
 from qorch.api.backend import Provider
 from qorch.gateway.backends import build_backend
 from qorch.quantum.circuits import load_qasm
 from qorch.traces._io import default_traces_dir
 from qorch.traces.calibrations import CALIBRATIONS_DIR, read_calibration
-from tests.harness import gateway as gateway_mod
 
 DEVICE = "fake_perth"  # 7 qubits; its calibration trace (ibm_perth) loads on it too
 QUBITS = 7

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
 from schemathesis.checks import CheckFunction
 
-from tests.harness import gateway as gateway_mod
+from devenv import gateway as gateway_mod
 
 STD = 'OPENQASM 3.0; include "stdgates.inc"; '
 BELL = STD + "qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.controlplane import REPO, ControlPlane, control_plane_bin_dir
+from devenv.controlplane import REPO, ControlPlane, control_plane_bin_dir
 
 pytestmark = pytest.mark.controlplane
 KUSTOMIZE = REPO / "deploy" / "kustomize"

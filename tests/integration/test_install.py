@@ -41,8 +41,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.harness.controlplane import free_port
-from tests.harness.gateway import call, wait_job
+from devenv.controlplane import free_port
+from devenv.gateway import call, wait_job
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from devenv import gateway as gateway_mod
+from devenv.cluster import wait_for
+from devenv.controlplane import free_port
+from devenv.prometheus import Prometheus
 from qorch.api.backend import Provider
 from qorch.metrics.reader import PrometheusReader, join_backends
 from qorch.orchestrator import BackendInfo
-from tests.harness import gateway as gateway_mod
-from tests.harness.cluster import wait_for
-from tests.harness.controlplane import free_port
-from tests.harness.prometheus import Prometheus
 from tests.integration.test_chart import docs_of, helm
 from tests.integration.test_chart_gateways import gateway_args, gateway_of, render_values
 from tests.unit.test_metrics_join import placed_on

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from devenv.controlplane import ControlPlane
 from qorch.api.workflow import SubtaskSpec, default_pools
 from qorch.operator.podspec import ANNOTATION_WORKFLOW_NAME, LABEL_WORKFLOW, build_pod
 from qorch.orchestrator.plan import DependencyResult
-from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 

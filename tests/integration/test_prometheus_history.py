@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
+from devenv import prometheus as prom_mod
+from devenv.controlplane import free_port
 from qorch.metrics.exporters import GatewayMetrics
 from qorch.predictor.training import prometheus_history as ph
 from qorch.predictor.training.prometheus_history import (
@@ -30,8 +32,6 @@ from qorch.predictor.training.prometheus_history import (
     QueueWaitObservation,
     read_history,
 )
-from tests.harness import prometheus as prom_mod
-from tests.harness.controlplane import free_port
 
 pytestmark = pytest.mark.prometheus
 

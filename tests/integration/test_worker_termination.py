@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devenv import gateway as gateway_mod
+from devenv.cluster import wait_for
 from qorch.worker.variational import Route
-from tests.harness import gateway as gateway_mod
-from tests.harness.cluster import wait_for
 from tests.unit.test_worker_variational import env
 
 BELL = 'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;'  # noqa: E501

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from devenv.nodes import NodeSpec, node_manifest
 from qorch.api.workflow import ClassicalPool, Toleration, default_pools
 from qorch.operator.nodes import node_info, pod_usage
 from qorch.orchestrator.capacity import NodeInfo, PodUsage, Taint, pool_capacity
 from qorch.orchestrator.cluster import PoolCapacity, capacity_key
-from tests.harness.nodes import NodeSpec, node_manifest
 
 GIB = float(1 << 30)
 CPU, GPU = default_pools()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness.controlplane import REPO, ControlPlane
+from devenv.controlplane import REPO, ControlPlane
 
 RULES = REPO / "charts" / "qorch" / "files" / "clusterrole-rules.yaml"
 NAMESPACE = "qorch-system"

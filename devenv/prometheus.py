@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness.controlplane import REPO, free_port
+from devenv.controlplane import REPO, free_port
 
 
 def prometheus_binary() -> Path:

@@ -3,7 +3,7 @@
 The examples stay free of anything that only the test cluster understands. Where a test
 (or ``make demo``) applies one on the KWOK cluster, whose fake nodes run no containers, it
 adds KWOK's completion annotation here so that the classical steps finish by themselves
-(``tests/harness/kwok-stages.yaml``). Circuit and variational subtasks have no
+(``devenv/kwok-stages.yaml``). Circuit and variational subtasks have no
 annotations in the schema: a test that runs them gives them a gateway or the node agent.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 KWOK_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def with_kwok_completion(manifest: dict[str, Any], delay: str = "1s") -> dict[str, Any]:

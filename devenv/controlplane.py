@@ -3,7 +3,7 @@ kube-controller-manager, kube-scheduler and KWOK managing fake node pools.
 
 Binaries come from ``hack/build-control-plane.sh`` (built from Go modules, cached
 outside the repository). Everything else (PKI, data, kubeconfig) lives in a
-per-session directory. ``python -m tests.harness.controlplane`` starts one by hand
+per-session directory. ``python -m devenv.controlplane`` starts one by hand
 and prints the kubeconfig path for debugging.
 """
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tests.harness import pki as pki_mod
-from tests.harness.nodes import DEFAULT_NODES, NodeSpec, node_manifest
+from devenv import pki as pki_mod
+from devenv.nodes import DEFAULT_NODES, NodeSpec, node_manifest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
 
 

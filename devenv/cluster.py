@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tests.harness.controlplane import ControlPlane
+from devenv.controlplane import ControlPlane
 
 T = TypeVar("T")
 _counter = itertools.count()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tests.harness.controlplane import free_port
+from devenv.controlplane import free_port
 
 
 @dataclass
