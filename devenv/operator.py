@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,6 +75,12 @@ class OperatorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def __enter__(self) -> OperatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def start(
     plane: ControlPlane,
@@ -113,10 +119,6 @@ def start(
     return OperatorProcess(proc, log_path, metrics_port)
 
 
-@contextlib.contextmanager
-def running(plane: ControlPlane, log_path: Path, **kwargs: object) -> Iterator[OperatorProcess]:
-    op = start(plane, log_path, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield op
-    finally:
-        op.stop()
+def running(plane: ControlPlane, log_path: Path, **kwargs: object) -> OperatorProcess:
+    """``start``, as a context manager that stops the operator on leaving it."""
+    return start(plane, log_path, **kwargs)  # type: ignore[arg-type]

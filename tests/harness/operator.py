@@ -7,9 +7,7 @@ QuantumBackends' gateways."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -54,10 +52,6 @@ def start(
     )
 
 
-@contextlib.contextmanager
-def running(plane: ControlPlane, log_path: Path, **kwargs: object) -> Iterator[OperatorProcess]:
-    op = start(plane, log_path, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield op
-    finally:
-        op.stop()
+def running(plane: ControlPlane, log_path: Path, **kwargs: object) -> OperatorProcess:
+    """``start``, as a context manager that stops the operator on leaving it."""
+    return start(plane, log_path, **kwargs)  # type: ignore[arg-type]
