@@ -346,6 +346,9 @@ def test_qorch_train_uses_the_history(
         pytest.skip(f"no real traces at {traces}")
     monkeypatch.setattr(training, "EVALUATIONS", (queue_wait.evaluate,))  # the one that uses it
     out = tmp_path / "models"
+    # T0 was fixed when this module was imported, which may be many minutes before this
+    # test runs in a long session: reach back to it from now, not a fixed 4 h.
+    since_minutes = math.ceil((time.time() - T0) / MINUTE) + 5
     code = cli.main(
         [
             "train",
@@ -355,7 +358,7 @@ def test_qorch_train_uses_the_history(
             "--prometheus-selector",
             'job="qorch-gateway"',
             "--since",
-            "4h",
+            f"{since_minutes}m",
             "--step",
             "1m",
             "--output-dir",
