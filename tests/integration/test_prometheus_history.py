@@ -36,7 +36,7 @@ from qorch.predictor.training.prometheus_history import (
 pytestmark = pytest.mark.prometheus
 
 MINUTE = 60.0
-T0 = (math.floor(time.time() / 3600) - 3) * 3600.0  # an hour boundary, 2-3 hours ago
+T0 = (math.floor(time.time() / 3600) - 3) * 3600.0  # an hour boundary, 3-4 hours before import
 END = datetime.fromtimestamp(T0 + 95 * MINUTE, UTC)
 SINCE = timedelta(minutes=100)
 STEP = timedelta(minutes=1)
