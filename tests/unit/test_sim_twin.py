@@ -3,6 +3,7 @@ a simulated clock. Small hand-built worlds; the shipped models predict."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,14 @@ from qorch.api.backend import CalibrationSummary, Provider
 from qorch.api.workflow import HybridWorkflowSpec, SubtaskPhase
 from qorch.orchestrator.prices import CPU_POD_USD_PER_HOUR
 from qorch.orchestrator.snapshot import BackendInfo
+from qorch.runtime.policy import CyclePolicy
 from qorch.sim.backend import SimBackend
 from qorch.sim.policies import POLICIES, _perfect, make_policy
 from qorch.sim.pool import SimPool
 from qorch.sim.records import SpanEnd
 from qorch.sim.replay import load_scenario
 from qorch.sim.scenario import Scenario
-from qorch.sim.twin import Twin, TwinBackend, TwinPolicy, TwinPool, TwinWorkflow, make_predictor
+from qorch.sim.twin import Twin, TwinBackend, TwinPool, TwinWorkflow, make_predictor
 from tests.integration.test_gateway_calibration import MIRROR, QUBITS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +39,7 @@ PERTH = CalibrationSummary(
 WORSE = PERTH.model_copy(update={"medianTwoQubitError": 0.03, "medianReadoutError": 0.06})
 
 
-def _policy(name: str, **kw: Any) -> TwinPolicy:
+def _policy(name: str, **kw: Any) -> CyclePolicy:
     return make_policy(name, **kw)
 
 
@@ -220,9 +222,10 @@ def test_the_oracle_decides_on_what_will_really_happen() -> None:
     good, idle = _two_devices()
     wf = _workflow("w", ["good", "idle"], prepare=1.0)
     twin = Twin([good, idle], _pools(), [wf], _policy("oracle"), predictor=PREDICTOR)
-    twin.now = 5.0
-    twin.cycle()  # admits the workflow and predicts
-    snap = twin._with_predictions({wf.key: twin._snapshot(wf, 5.0)})[wf.key]
+    twin.clock.t = 5.0
+    asyncio.run(twin.runtime.cycle())  # admits the workflow and predicts
+    built = {wf.key: twin._snapshot(wf, 5.0)}
+    snap = asyncio.run(twin.predictions.predict(built, {wf.key: wf.sources}))[wf.key]
     perfect = _perfect(snap, twin)
     for name, backend in (("good", good), ("idle", idle)):
         p, q = snap.predictions[("c0", name)], perfect[("c0", name)]

@@ -23,9 +23,8 @@ import math
 
 from qorch.api.workflow import Placement, ResourceKind, SubtaskPhase, SubtaskSpec
 from qorch.orchestrator.cluster import Stage
-from qorch.orchestrator.cluster_view import decide_cluster, requests_for, stage_of
+from qorch.orchestrator.cluster_view import stage_of
 from qorch.orchestrator.placement import (
-    DecidedPolicy,
     Infeasible,
     PlacementPolicy,
     RulePolicy,
@@ -33,8 +32,9 @@ from qorch.orchestrator.placement import (
 from qorch.orchestrator.prediction import QPU, Prediction
 from qorch.orchestrator.snapshot import WorkflowSnapshot
 from qorch.predictor.analytic import AnalyticConfig
+from qorch.runtime.policy import ClusterPass, CyclePolicy, CycleView
 from qorch.sim.baselines import BatchBackend, BatchJob, batch_assign
-from qorch.sim.twin import CycleView, Twin, TwinPolicy
+from qorch.sim.twin import Twin
 
 QONDUCTOR_ROUND_SECONDS = 120.0
 DEFAULT_JOB_SECONDS = AnalyticConfig().service_seconds_per_job
@@ -103,28 +103,12 @@ class Static(_Unchanged):
         return self.policy
 
 
-class Qorch:
-    """The operator with its cluster pass, as ``QORCH_CLUSTER_PASS`` runs it."""
-
-    name = "qorch"
-    reallocation = True
+class Qorch(ClusterPass):
+    """The operator with its cluster pass, as ``QORCH_CLUSTER_PASS`` runs it (and
+    ``qorch run``)."""
 
     def __init__(self, pass_seconds: float = 60.0) -> None:
-        self.pass_seconds: float | None = pass_seconds
-        self.policy = DecidedPolicy(RulePolicy())
-
-    def placement_policy(self) -> PlacementPolicy:
-        return self.policy
-
-    def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]:
-        decision = decide_cluster(view.snapshots, view.nodes, view.pods)
-        out = {}
-        for key, snap in view.snapshots.items():
-            places, moves, held = requests_for(decision, key)
-            out[key] = dataclasses.replace(
-                snap, placements=places, moves=moves, held=held, cluster_pass=True
-            )
-        return out
+        super().__init__(pass_seconds)
 
 
 class QorchNoMoves(Qorch):
@@ -291,7 +275,7 @@ def _perfect(snap: WorkflowSnapshot, twin: Twin) -> dict[tuple[str, str], Predic
 POLICIES = ("static", "least-busy", "qonductor", "qorch", "oracle", "qorch-static")
 
 
-def make_policy(name: str, *, seed: int = 0, pass_seconds: float = 60.0) -> TwinPolicy:
+def make_policy(name: str, *, seed: int = 0, pass_seconds: float = 60.0) -> CyclePolicy:
     """A fresh policy by its name in ``POLICIES``."""
     if name == "static":
         return Static()

@@ -1,10 +1,11 @@
-"""The digital twin: the operator's decision code on a simulated clock.
+"""The digital twin: the simulated world ``qorch simulate`` runs the operator's decisions in.
 
-Each cycle builds every active workflow's ``WorkflowSnapshot`` from the simulated world
+The decision loop is ``qorch.runtime``'s, the one ``qorch run`` drives on the wall clock:
+each cycle builds every active workflow's ``WorkflowSnapshot`` from this world
 (``SimBackend`` gateways, ``SimPool`` pools), runs the same prediction pass
-(``qorch.predictor.workflow``), the same cluster pass (``decide_cluster``) and the same
-``plan`` the operator runs, and applies the plan's actions to the simulated world instead
-of the apiserver and the gateways. Only the clock and the resources are simulated.
+(``qorch.predictor.workflow``), the policy's pass (``decide_cluster`` for Qorch) and the same
+``plan`` the operator runs, and the twin applies the plan's actions to the simulated world
+instead of the apiserver and the gateways. Only the clock and the resources are simulated.
 
 What the world does is decided here, not by the predictor: a QPU job runs for the analytic
 run time times a seeded log-normal error, after the others' queue it found (replayed from
@@ -15,22 +16,22 @@ time to the backend its route names (``RoutePod`` re-routes the next batch, as t
 does). A policy (``qorch.sim.policies``) decides what a cycle's snapshots carry (the cluster
 pass's word, or a batch round's assignments) and which ``PlacementPolicy`` ``plan`` uses.
 
-The twin steps from event to event (arrivals, job and pod starts and ends, batch ends,
-retry times, the policy's pass ticks), each rounded up to ``step_seconds`` as the
+The simulated clock steps from event to event (arrivals, job and pod starts and ends, batch
+ends, retry times, the policy's pass ticks), each rounded up to ``step_seconds`` as the
 operator's polls and resyncs would see them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
-import heapq
 import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,6 @@ from qorch.api.workflow import (
 )
 from qorch.orchestrator.capacity import NodeInfo, PodUsage, Taint
 from qorch.orchestrator.cluster import pod_request
-from qorch.orchestrator.placement import PlacementPolicy
 from qorch.orchestrator.plan import (
     CancelJob,
     CreatePod,
@@ -57,7 +57,6 @@ from qorch.orchestrator.plan import (
     RoutePod,
     SubmitJob,
     loop_job_prefix,
-    plan,
 )
 from qorch.orchestrator.snapshot import (
     BackendInfo,
@@ -73,9 +72,11 @@ from qorch.predictor.analytic import AnalyticConfig, qpu_run_seconds, simulation
 from qorch.predictor.workflow import (
     QueueObservations,
     backend_input,
-    placeable,
-    predict_workflow,
 )
+from qorch.runtime.clock import SimulatedClock
+from qorch.runtime.loop import Runtime
+from qorch.runtime.policy import CyclePolicy
+from qorch.runtime.predictions import InlinePredictions
 from qorch.sim.backend import SimBackend
 from qorch.sim.pool import SimPool
 from qorch.sim.records import Span, SpanEnd, TwinResult, WorkflowOutcome
@@ -195,40 +196,19 @@ class _Loop:
     clock: float | None = None  # where the worker got to (None: not started)
 
 
-@dataclass
-class CycleView:
-    """What a policy sees of one cycle before the plans run."""
-
-    now: float
-    snapshots: dict[str, WorkflowSnapshot]
-    nodes: list[NodeInfo]
-    pods: list[PodUsage]
-    tick: bool  # a pass tick (``pass_seconds``) falls on this cycle
-
-
-class TwinPolicy(Protocol):
-    """How a policy takes part in a cycle: it may rewrite the snapshots (the pass's word)
-    and says which placement policy ``plan`` uses and whether moves are allowed."""
-
-    name: str
-    reallocation: bool
-    pass_seconds: float | None  # None: no periodic pass
-
-    def placement_policy(self) -> PlacementPolicy: ...
-
-    def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]: ...
-
-
 # ---- the twin ------------------------------------------------------------------------------------
 
 
 class Twin:
+    """The simulated world the runtime (``qorch.runtime``) runs the operator's decisions
+    against, on a simulated clock; ``run`` replays it."""
+
     def __init__(
         self,
         backends: Sequence[TwinBackend],
         pools: Sequence[TwinPool],
         workflows: Sequence[TwinWorkflow],
-        policy: TwinPolicy,
+        policy: CyclePolicy,
         *,
         predictor: Predictor,
         circuits: CircuitCache | None = None,
@@ -253,29 +233,16 @@ class Twin:
         self.truth = Predictor(predictor.models)
         self._fidelities: dict[tuple[str, str, str, int], float] = {}
         self.circuits = circuits or CircuitCache(max_entries=8192)
+        self.clock = SimulatedClock(start, step_seconds)
         self.start = start
         self.step = step_seconds
-        # Every policy re-plans at least this often while work is active (the operator
-        # resyncs every 10 s; coarser here, the same for all policies).
-        self.resync = resync_seconds
         self.seed = seed
         self.run_noise = run_noise
         # A device holds each job at least this long (the gateway's --min-job-seconds).
         self.min_job_seconds = min_job_seconds
-        self.now = 0.0
-        self.waiting = sorted(workflows, key=lambda w: (w.arrival, w.name))
-        self.active: dict[str, TwinWorkflow] = {}
-        self.done: list[TwinWorkflow] = []
         self.loops: dict[str, _Loop] = {}  # by pod name
         self.pod_pool: dict[str, str] = {}  # pod name -> pool
-        # What the operator learns of the queues from its own jobs (waits, service times);
-        # ``recent_waits`` seeds the waits (a device in service has served jobs before).
-        self.queues = QueueObservations()
-        for name, waits in (recent_waits or {}).items():
-            for wait in waits:
-                self.queues.waited(name, wait)
         self.counted: set[tuple[str, str, int]] = set()
-        self.wakeups: list[tuple[float, str]] = []  # (time, workflow key): retry times
         self.spans: dict[tuple[str, str, int, str], list[Any]] = {}
         self.closed_spans: list[Span] = []
         self.handles: dict[tuple[str, str], str] = {}  # (workflow, subtask) -> pod or job
@@ -283,36 +250,35 @@ class Twin:
         self.job_fidelity: dict[str, float] = {}  # job id -> realised fidelity
         self.job_subtask: dict[str, tuple[str, str]] = {}
         self.result = TwinResult(policy=policy.name, horizon=0.0)
-        self._last_tick = -math.inf
-        self._last_cycle = 0.0
         self.planner_config = PlannerConfig()
+        # The operator's decision loop, on this world. Every policy re-plans at least every
+        # ``resync_seconds`` while work is active (the operator resyncs every 10 s; coarser
+        # here, the same for all policies).
+        self.predictions = InlinePredictions(predictor, self.circuits, recent_waits=recent_waits)
+        self.runtime: Runtime[TwinWorkflow] = Runtime(
+            self, workflows, policy, self.predictions, self.clock, resync_seconds=resync_seconds
+        )
 
-    # -- the clock ------------------------------------------------------------------------
+    # -- the clock and the runtime's state ------------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.clock.now()
+
+    @property
+    def active(self) -> dict[str, TwinWorkflow]:
+        return self.runtime.active
+
+    @property
+    def done(self) -> list[TwinWorkflow]:
+        return self.runtime.done
+
+    @property
+    def queues(self) -> QueueObservations:
+        """What the operator learned of the queues from its own jobs."""
+        return self.predictions.queues
+
     def wall(self, t: float) -> dt.datetime:
-        return self.start + dt.timedelta(seconds=t)
-
-    def _next_event(self, horizon: float) -> float:
-        times = [horizon]
-        if self.waiting:
-            times.append(self.waiting[0].arrival)
-        for b in self.backends.values():
-            nxt = b.sim.next_change(self.now)
-            if nxt is not None:
-                times.append(nxt)
-        for p in self.pools.values():
-            nxt = p.sim.next_change(self.now)
-            if nxt is not None:
-                times.append(nxt)
-        if self.wakeups:
-            times.append(self.wakeups[0][0])
-        if self.policy.pass_seconds is not None and self.active:
-            times.append(self._last_tick + self.policy.pass_seconds)
-        if self.active:
-            times.append(self._last_cycle + self.resync)
-        t = min(times)
-        # Rounded up to the step, as the operator's polls would see it; never back.
-        t = math.ceil(t / self.step - 1e-9) * self.step
-        return max(t, self.now + self.step)
+        return self.clock.wall(t)
 
     # -- one replay -----------------------------------------------------------------------
     def run(
@@ -327,60 +293,65 @@ class Twin:
         work queued at the end is measured on it, not flattered by a cut-off."""
         started = time.perf_counter()
         limit = drain_limit if drain_limit is not None else 4 * horizon
-        while self.waiting or self.active:
-            if self.now > limit or (self.now > horizon and not self.active):
-                break
-            self.cycle()
-            if progress is not None:
-                progress(self.now)
-            self.now = self._next_event(limit + self.step)
+        asyncio.run(self.runtime.run(horizon=horizon, limit=limit, on_cycle=progress))
         # The replay ends at its last cycle (the work all finished), or at the limit.
-        self.result.horizon = min(self._last_cycle, limit)
+        self.result.horizon = min(self.runtime.last_cycle, limit)
+        self.result.decision_seconds = self.runtime.decision_seconds
         self._finish()
         self.result.wall_seconds = time.perf_counter() - started
         return self.result
 
-    def cycle(self) -> None:
-        t = self._last_cycle = self.now
-        while self.waiting and self.waiting[0].arrival <= t:
-            wf = self.waiting.pop(0)
-            self._admit(wf)
-            self.active[wf.key] = wf
-        while self.wakeups and self.wakeups[0][0] <= t:
-            heapq.heappop(self.wakeups)
+    # -- the world, as the runtime drives it ----------------------------------------------
+    async def admit(self, wf: TwinWorkflow, t: float) -> None:
+        self._admit(wf)
+
+    async def advance(self, t: float) -> None:
         for loop in list(self.loops.values()):
             self._advance_loop(loop, t)
         for pool in self.pools.values():
             pool.sim.advance(t)
-        tick = (
-            self.policy.pass_seconds is not None
-            and t >= self._last_tick + self.policy.pass_seconds - 1e-9
-        )
-        if tick:
-            self._last_tick = t
-        snapshots = {key: self._snapshot(wf, t) for key, wf in self.active.items()}
-        # One decision: the predictions, the policy's pass and every workflow's plan (what
-        # the operator computes for a cycle; applying the actions is the world's part).
-        decided_at = time.perf_counter()
-        snapshots = self._with_predictions(snapshots)
-        view = CycleView(t, snapshots, self._nodes(), self._pod_usage(t), tick)
-        snapshots = self.policy.decide(view, self)
-        placement = self.policy.placement_policy()
-        plans = {key: plan(snap, placement) for key, snap in snapshots.items()}
-        if plans:
-            self.result.decision_seconds.append(time.perf_counter() - decided_at)
-        for key, decided in plans.items():
-            wf = self.active[key]
-            self._apply(wf, decided, t)
-            self._record(wf, snapshots[key], decided, t)
+
+    async def snapshot(self, wf: TwinWorkflow, t: float) -> WorkflowSnapshot:
+        return self._snapshot(wf, t)
+
+    def nodes(self) -> list[NodeInfo]:
+        return [p.node() for p in self.pools.values()]
+
+    def usage(self, t: float) -> list[PodUsage]:
+        return self._pod_usage(t)
+
+    async def apply(self, wf: TwinWorkflow, decided: Plan, t: float) -> None:
+        self._apply(wf, decided, t)
+
+    def record(self, wf: TwinWorkflow, snapshot: WorkflowSnapshot, decided: Plan, t: float) -> None:
+        self._record(wf, decided, t)
+
+    def recheck_at(self, wf: TwinWorkflow, decided: Plan, t: float) -> float | None:
+        """The simulated world announces every change (``next_change``): only a move in
+        progress (three stored steps the operator takes one after another) and a retry
+        time need a cycle of their own."""
+        status = decided.status
+        if any(st.moving is not None for st in status.subtasks):
+            # A move is three stored steps (intent, stop the old attempt, start the new
+            # one): the operator re-plans at once, and so does the twin.
+            return t + self.step
+        due = [
+            max((_parse(st.retryAfter) - self.start).total_seconds(), t + self.step)
+            for st in status.subtasks
+            if st.phase is SubtaskPhase.RETRYING and st.retryAfter
+        ]
+        return min(due, default=None)
+
+    def next_change(self, t: float) -> float | None:
+        times = [b.sim.next_change(t) for b in self.backends.values()]
+        times += [p.sim.next_change(t) for p in self.pools.values()]
+        return min((x for x in times if x is not None), default=None)
+
+    def cycle_done(self, t: float) -> None:
         self._sample(t)
 
     # -- building the snapshot ------------------------------------------------------------
     def _admit(self, wf: TwinWorkflow) -> None:
-        reallocation = wf.spec.reallocation.model_copy(
-            update={"enabled": self.policy.reallocation and wf.spec.reallocation.enabled}
-        )
-        wf.spec = wf.spec.model_copy(update={"reallocation": reallocation})
         for sub in wf.spec.subtasks:
             source = wf.sources.get(sub.name)
             if source is None:
@@ -456,36 +427,6 @@ class Twin:
             route=loop.route,
             route_moves=loop.route_moves,
         )
-
-    def _with_predictions(
-        self, snapshots: dict[str, WorkflowSnapshot]
-    ) -> dict[str, WorkflowSnapshot]:
-        waits = self.queues.recent_waits()
-        service = self.queues.service_seconds()
-        out = {}
-        for key, snap in snapshots.items():
-            wf = self.active[key]
-            subtasks = placeable(snap.spec, snap.status, wf.sources)
-            if not subtasks:
-                out[key] = snap
-                continue
-            done = predict_workflow(
-                self.predictor,
-                self.circuits,
-                snap.spec,
-                subtasks,
-                wf.sources,
-                list(snap.backends.values()),
-                None,
-                waits,
-                service,
-                snap.now,
-            )
-            out[key] = dataclasses.replace(snap, predictions=done.by_pair, predictor=done.report)
-        return out
-
-    def _nodes(self) -> list[NodeInfo]:
-        return [p.node() for p in self.pools.values()]
 
     def _pod_usage(self, t: float) -> list[PodUsage]:
         usage = []
@@ -754,8 +695,8 @@ class Twin:
                 return pod.subtask
         return handle
 
-    def _record(self, wf: TwinWorkflow, snap: WorkflowSnapshot, decided: Plan, t: float) -> None:
-        self.queues.note_plan(snap.backends, decided.actions)  # as the operator does
+    def _record(self, wf: TwinWorkflow, decided: Plan, t: float) -> None:
+        """Spans and fidelities (the runtime keeps the queues learned and what finished)."""
         status = decided.status
         for st in status.subtasks:
             handle = (
@@ -778,25 +719,10 @@ class Twin:
                 continue
             self.counted.add(key)
             if st.placement is not None and st.placement.kind is ResourceKind.BACKEND:
-                if st.actual is not None and st.actual.queueSeconds is not None:
-                    self.queues.waited(st.placement.name, st.actual.queueSeconds, st.jobId)
                 if st.jobId in self.job_fidelity:
                     wf.fidelities.setdefault(st.name, []).append(self.job_fidelity[st.jobId])
             elif st.placement is not None and st.name in wf.sources and st.route is None:
                 wf.fidelities.setdefault(st.name, []).append(1.0)  # simulated exactly
-        if status.phase in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED):
-            wf.finished = t
-            self.active.pop(wf.key, None)
-            self.done.append(wf)
-        elif any(st.moving is not None for st in status.subtasks):
-            # A move is three stored steps (intent, stop the old attempt, start the new
-            # one): the operator re-plans at once, and so does the twin.
-            heapq.heappush(self.wakeups, (t + self.step, wf.key))
-        else:
-            for st in status.subtasks:
-                if st.phase is SubtaskPhase.RETRYING and st.retryAfter:
-                    due = (_parse(st.retryAfter) - self.start).total_seconds()
-                    heapq.heappush(self.wakeups, (max(due, t + self.step), wf.key))
 
     def _sample(self, t: float) -> None:
         for name, b in self.backends.items():
@@ -804,7 +730,9 @@ class Twin:
             length = b.sim.queue_length(t)
             if not series or series[-1][1] != length:
                 series.append((t, length))
-        spent = math.fsum(w.status.costUSD for w in (*self.active.values(), *self.done))
+        spent = math.fsum(
+            w.status.costUSD for w in (*self.runtime.active.values(), *self.runtime.done)
+        )
         if not self.result.cost_points or self.result.cost_points[-1][1] != spent:
             self.result.cost_points.append((t, spent))
 
@@ -813,7 +741,7 @@ class Twin:
         for key in list(self.spans):
             self._close(key[1], end, SpanEnd.OPEN)
         self.result.spans = self.closed_spans
-        for wf in (*self.done, *self.active.values(), *self.waiting):
+        for wf in self.runtime.workflows:
             fids = [f for values in wf.fidelities.values() for f in values if math.isfinite(f)]
             self.result.workflows.append(
                 WorkflowOutcome(
