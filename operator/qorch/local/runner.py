@@ -1,12 +1,14 @@
 """``qorch run``: HybridWorkflows on this machine, decided by the operator's own code.
 
-Each cycle does what the operator's daemon and its cluster pass do, on local resources:
-read the state (worker processes as pods, the in-process gateways' jobs and queues), run
-the prediction pass (``PredictionService``: the shipped ONNX models), the cluster pass
-(``decide_cluster``: cost function, placement, moves) and ``plan``, and apply the plan's
-actions. Only the resources differ: a pool is this machine (``local.pods``), a backend is a
-``qorch gateway`` served in this process (``local.gateways``). What each subtask did is
-kept as spans, the twin's records, for the report and the timeline.
+The decision loop is ``qorch.runtime``'s, the one ``qorch simulate`` drives on a simulated
+clock; here it runs on the wall clock and this module is its ``World``. Each cycle does what
+the operator's daemon and its cluster pass do: read the state (worker processes as pods,
+the in-process gateways' jobs and queues), run the prediction pass (the operator's
+``PredictionService``: the shipped ONNX models), the cluster pass (``ClusterPass``: cost
+function, placement, moves) and ``plan``, and apply the plan's actions. Only the resources
+differ: a pool is this machine (``local.pods``), a backend is a ``qorch gateway`` served in
+this process (``local.gateways``). What each subtask did is kept as spans, the twin's
+records, for the report and the timeline.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qorch.api.workflow import (
+    HybridWorkflowSpec,
     HybridWorkflowStatus,
     ResourceKind,
     SubtaskPhase,
@@ -41,9 +43,7 @@ from qorch.operator.nodes import pod_usage
 from qorch.operator.podspec import LABEL_WORKFLOW, build_pod, workflow_label
 from qorch.operator.predictions import PredictionService
 from qorch.orchestrator.capacity import NodeInfo, PodUsage
-from qorch.orchestrator.cluster_view import decide_cluster, requests_for
 from qorch.orchestrator.lifecycle import ACTIVE
-from qorch.orchestrator.placement import DecidedPolicy, RulePolicy
 from qorch.orchestrator.plan import (
     CancelJob,
     CreatePod,
@@ -53,16 +53,20 @@ from qorch.orchestrator.plan import (
     RoutePod,
     StoreResult,
     SubmitJob,
-    plan,
 )
 from qorch.orchestrator.snapshot import (
+    BackendInfo,
     CircuitInfo,
     JobPhase,
     JobState,
     PlannerConfig,
+    PodState,
     WorkflowSnapshot,
 )
 from qorch.quantum import circuits
+from qorch.runtime.clock import WallClock
+from qorch.runtime.loop import Runtime
+from qorch.runtime.policy import ClusterPass
 from qorch.sim.records import Span, SpanEnd
 
 NAMESPACE = "local"
@@ -88,6 +92,11 @@ class RunWorkflow:
     sources: dict[str, str] = field(default_factory=dict)
     circuits: dict[str, CircuitInfo] = field(default_factory=dict)
     finished: float | None = None
+    arrival: float = 0.0  # all are there when the run starts
+    spec: HybridWorkflowSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spec = self.local.spec
 
     @property
     def name(self) -> str:
@@ -161,16 +170,31 @@ class LocalRun:
         self.predictions = PredictionService(models_dir)
         self.models = models_dir or "analytic"
         self.planner = planner or PlannerConfig()
-        self.policy = DecidedPolicy(RulePolicy())
         self.workflows = [_workflow(w) for w in manifests.workflows]
         self.events: list[EventRecord] = []
         self.gateways: LocalGateways | None = None
-        self.started = time.monotonic()
+        self.clock = WallClock()
+        # What the operator runs with its cluster pass; a cycle every ``CYCLE_SECONDS``
+        # anyway (``next_change``), so no pass tick of its own.
+        self.runtime: Runtime[RunWorkflow] = Runtime(
+            self,
+            self.workflows,
+            ClusterPass(pass_seconds=None),
+            _ServicePredictions(self.predictions),
+            self.clock,
+        )
+        self._states: list[PodState] = []
+        self._backends: list[BackendInfo] = []
         self._spans: dict[tuple[str, str], _OpenSpan] = {}
         self._closed: list[Span] = []
 
+    @property
+    def started(self) -> float:
+        """When the run started, on ``time.monotonic()``."""
+        return self.clock.started
+
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock.now()
 
     async def run(
         self,
@@ -181,21 +205,15 @@ class LocalRun:
         if self.predictions.store is not None:
             self.predictions.refresh_models(force=True)
         self.gateways = await LocalGateways.start(self.manifests.backend_specs())
-        self.started = time.monotonic()
-        timed_out = False
+        self.clock.restart()
+
+        def cycled(now: float) -> None:
+            if on_cycle is not None:
+                on_cycle(self)
+
         try:
-            for wf in self.workflows:
-                wf.sources, wf.circuits = await asyncio.to_thread(
-                    _load_sources, wf, self.manifests.config_maps
-                )
-            while not all(wf.done for wf in self.workflows):
-                if timeout_seconds is not None and self.elapsed() > timeout_seconds:
-                    timed_out = True
-                    break
-                delay = await self.cycle()
-                if on_cycle is not None:
-                    on_cycle(self)
-                await asyncio.sleep(delay)
+            finished = await self.runtime.run(limit=timeout_seconds, on_cycle=cycled)
+            timed_out = not finished
         finally:
             await asyncio.to_thread(self.pods.stop_all)
             await self._cancel_jobs()
@@ -213,61 +231,55 @@ class LocalRun:
             self.workflows, self._closed, self.events, end, self.models, timed_out, logs
         )
 
-    # -- one cycle -----------------------------------------------------------------------
-    async def cycle(self) -> float:
-        """Read, predict, decide, plan and apply for every unfinished workflow; returns the
-        seconds until the next cycle."""
+    # -- the world, as the runtime drives it --------------------------------------------
+    async def admit(self, wf: RunWorkflow, t: float) -> None:
+        wf.sources, wf.circuits = await asyncio.to_thread(
+            _load_sources, wf, self.manifests.config_maps
+        )
+
+    async def advance(self, t: float) -> None:
         assert self.gateways is not None
         self.pods.poll()
         await asyncio.to_thread(self.pods.read_progress)
-        backends = self.gateways.infos()
-        states = self.pods.states()
-        snapshots: dict[str, WorkflowSnapshot] = {}
-        active = [wf for wf in self.workflows if not wf.done]
-        for wf in active:
-            label = workflow_label(wf.name)
-            snap = WorkflowSnapshot(
-                namespace=NAMESPACE,
-                name=wf.name,
-                generation=1,
-                spec=wf.local.spec,
-                status=wf.status,
-                now=dt.datetime.now(dt.UTC),
-                pods={
-                    p.name: p
-                    for p in states
-                    if self.pods.pods[p.name].manifest["metadata"]["labels"].get(LABEL_WORKFLOW)
-                    == label
-                },
-                jobs=await self._jobs(wf.status),
-                backends={b.name: b for b in backends},
-                circuits=wf.circuits,
-                config=self.planner,
-                created=_created(wf),
-            )
-            predictions, report = await self.predictions.predict(
-                wf.local.spec, wf.status, wf.sources, backends, None
-            )
-            if report is not None:
-                snap = dataclasses.replace(snap, predictions=predictions, predictor=report)
-            snapshots[wf.key] = snap
-        decision = decide_cluster(snapshots, self._nodes(), self._usage())
-        delay = CYCLE_SECONDS
-        for wf in active:
-            places, moves, held = requests_for(decision, wf.key)
-            snap = dataclasses.replace(
-                snapshots[wf.key], placements=places, moves=moves, held=held, cluster_pass=True
-            )
-            decided = plan(snap, self.policy)
-            await self._apply(wf, decided)
-            wf.status = decided.status
-            self.predictions.record_outcomes(snap, decided)
-            self._track(wf)
-            if wf.done and wf.finished is None:
-                wf.finished = self.elapsed()
-            if decided.requeue_after is not None:
-                delay = min(delay, max(decided.requeue_after.total_seconds(), 0.05))
-        return delay
+        self._backends = self.gateways.infos()
+        self._states = self.pods.states()
+
+    async def snapshot(self, wf: RunWorkflow, t: float) -> WorkflowSnapshot:
+        label = workflow_label(wf.name)
+        return WorkflowSnapshot(
+            namespace=NAMESPACE,
+            name=wf.name,
+            generation=1,
+            spec=wf.spec,
+            status=wf.status,
+            now=self.clock.wall(t),
+            pods={
+                p.name: p
+                for p in self._states
+                if self.pods.pods[p.name].manifest["metadata"]["labels"].get(LABEL_WORKFLOW)
+                == label
+            },
+            jobs=await self._jobs(wf.status),
+            backends={b.name: b for b in self._backends},
+            circuits=wf.circuits,
+            config=self.planner,
+            created=_created(wf),
+        )
+
+    def record(self, wf: RunWorkflow, snapshot: WorkflowSnapshot, decided: Plan, t: float) -> None:
+        self._track(wf)
+
+    def recheck_at(self, wf: RunWorkflow, decided: Plan, t: float) -> float | None:
+        """A real world announces nothing: what the plan asked to poll."""
+        if decided.requeue_after is None:
+            return None
+        return t + decided.requeue_after.total_seconds()
+
+    def next_change(self, t: float) -> float | None:
+        return t + CYCLE_SECONDS  # unknown: look again soon
+
+    def cycle_done(self, t: float) -> None:
+        pass
 
     async def _jobs(self, status: HybridWorkflowStatus) -> dict[str, JobState]:
         assert self.gateways is not None
@@ -288,13 +300,13 @@ class LocalRun:
                 states.update({i: JobState(i, JobPhase.UNKNOWN, str(exc)[:512]) for i in ids})
         return states
 
-    def _nodes(self) -> list[NodeInfo]:
+    def nodes(self) -> list[NodeInfo]:
         """This machine, once per pool (a GPU pool only where it has GPUs)."""
         cores = float(os.cpu_count() or 1)
         memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         seen: dict[str, NodeInfo] = {}
         for wf in self.workflows:
-            for pool in wf.local.spec.resources.classicalPools:
+            for pool in wf.spec.resources.classicalPools:
                 if (pool.gpu and not self.gpus) or pool.name in seen:
                     continue
                 seen[pool.name] = NodeInfo(
@@ -306,7 +318,7 @@ class LocalRun:
                 )
         return list(seen.values())
 
-    def _usage(self) -> list[PodUsage]:
+    def usage(self, t: float) -> list[PodUsage]:
         out = []
         for pod in self.pods.running():
             usage = pod_usage(pod.body())
@@ -315,9 +327,9 @@ class LocalRun:
         return out
 
     # -- applying a plan ---------------------------------------------------------------
-    async def _apply(self, wf: RunWorkflow, decided: Plan) -> None:
+    async def apply(self, wf: RunWorkflow, decided: Plan, t: float) -> None:
         assert self.gateways is not None
-        spec = wf.local.spec
+        spec = wf.spec
         subtasks = {s.name: s for s in spec.subtasks}
         pools = {p.name: p for p in spec.resources.classicalPools}
         for ev in decided.events:
@@ -500,7 +512,7 @@ def _load_sources(
     """Each circuit's QASM (inline, or from a ConfigMap of the files) and its parse."""
     sources: dict[str, str] = {}
     infos: dict[str, CircuitInfo] = {}
-    for sub in wf.local.spec.subtasks:
+    for sub in wf.spec.subtasks:
         given = sub.source
         if given is None:
             continue
@@ -513,3 +525,27 @@ def _load_sources(
         sources[sub.name] = source
         infos[sub.name] = circuits.inspect(source)
     return sources, infos
+
+
+class _ServicePredictions:
+    """The operator's ``PredictionService`` as the runtime asks for it: one pass per
+    workflow (in its worker thread), the outcomes read back."""
+
+    def __init__(self, service: PredictionService) -> None:
+        self.service = service
+
+    async def predict(
+        self, snapshots: dict[str, WorkflowSnapshot], sources: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, WorkflowSnapshot]:
+        out = {}
+        for key, snap in snapshots.items():
+            predictions, report = await self.service.predict(
+                snap.spec, snap.status, sources.get(key, {}), snap.backends.values(), None
+            )
+            if report is not None:
+                snap = dataclasses.replace(snap, predictions=predictions, predictor=report)
+            out[key] = snap
+        return out
+
+    def record_outcomes(self, snapshot: WorkflowSnapshot, decided: Plan) -> None:
+        self.service.record_outcomes(snapshot, decided)

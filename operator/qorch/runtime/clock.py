@@ -40,7 +40,7 @@ class WallClock:
 
     def restart(self) -> None:
         """Time 0 is now."""
-        self.started = time.monotonic()
+        self.started: float = time.monotonic()
         self.start = dt.datetime.now(dt.UTC)
 
     def now(self) -> float:

@@ -124,9 +124,9 @@ class Runtime(Generic[W]):
         limit: float | None = None,
         on_cycle: Callable[[float], None] | None = None,
     ) -> bool:
-        """Cycle until every workflow has finished; no workflow arriving after ``horizon``
-        is admitted, and the run stops past ``limit`` with work left. Returns whether all
-        that was admitted finished."""
+        """Cycle until every workflow has finished. Past ``horizon`` the run goes on only
+        while work is active (a workflow still arriving then is admitted), and it stops
+        past ``limit`` with work left. Returns whether all that was admitted finished."""
         while self.waiting or self.active:
             now = self.clock.now()
             if limit is not None and now > limit:

@@ -17,8 +17,6 @@ from qorch.predictor.workflow import QueueObservations, placeable, predict_workf
 
 
 class Predictions(Protocol):
-    queues: QueueObservations
-
     async def predict(
         self, snapshots: dict[str, WorkflowSnapshot], sources: Mapping[str, Mapping[str, str]]
     ) -> dict[str, WorkflowSnapshot]:
