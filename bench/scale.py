@@ -2,7 +2,7 @@
 
     nice .venv/bin/python bench/scale.py [--quick] [--shapes 1000x1,100x10,10x100] [--big]
         [--json PATH] [--profile PATH] [--no-background] [--trace-hour-seconds S]
-        [--cluster-pass] [--concurrency N] [--timeout S] [--workdir DIR]
+        [--cluster-pass] [--concurrency N] [--timeout S] [--workdir DIR] [--kill-at SHARE]
 
 ONE run starts ONE test control plane (``devenv/controlplane.py``: etcd,
 kube-apiserver, kube-scheduler, kube-controller-manager, KWOK, the CRDs of ``crds/``) with
@@ -63,6 +63,13 @@ own requests, binds and status writes are in the API request counts of both phas
 Shapes (``--shapes``, W x K): default ``1000x1,100x10,10x100`` (~15-20 min on a 2-core
 machine); ``1000x10`` (10,000 pods) only with ``--big`` or named in ``--shapes``.
 ``--quick``: ``50x1,5x10``.
+
+``--kill-at SHARE`` (0.5: half): in each Qorch phase, once that share of the pods
+Succeeded, the operator is SIGKILLed and a new one started at once with the same settings
+(what a Deployment does when its pod dies): printed are when it was killed, how long the
+new one took to start (its startup handler done) and to take over (the first workflow
+status write seen 0.5 s or more after the kill), and, as always, subtasks with more than
+one pod (anything done twice). The operator's CPU and peak RSS cover both processes.
 
 ``--profile PATH``: the operator's main thread (its event loop) runs under cProfile for
 exactly each Qorch phase (a ``sitecustomize`` hook on the operator's PYTHONPATH turns it
@@ -388,6 +395,7 @@ class WorkflowTracker:
     last: dict[str, Any] = field(default_factory=dict)
     max_event_bytes: int = 0
     events: int = 0
+    event_times: list[float] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def on_event(self, kind: str, obj: Any, now: float, size: int) -> None:
@@ -397,6 +405,7 @@ class WorkflowTracker:
         phase = (obj.get("status") or {}).get("phase") or "-"
         with self.cond:
             self.events += 1
+            self.event_times.append(now)
             self.max_event_bytes = max(self.max_event_bytes, size)
             self.phase[name] = phase
             self.last[name] = obj
@@ -740,6 +749,12 @@ class Phase:
     profile: str | None = None
     # CPU seconds of every process over the phase: where the machine's cores went.
     cpu_s_by_process: dict[str, float] = field(default_factory=dict)
+    # --kill-at: the operator SIGKILLed once this share of the pods succeeded, a new one
+    # started at once (as a Deployment's replacement pod); seconds from the kill.
+    killed_at_s: float | None = None  # from the first apply
+    killed_at_pods: int | None = None  # pods succeeded when it was killed
+    restarted_s: float | None = None  # the new operator's startup handler done
+    takeover_s: float | None = None  # its first workflow status write
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -866,6 +881,7 @@ def measure_qorch(
     phase = Phase(pods=n)
     sampler = OperatorSampler(op.process.pid)
     sampler.start()
+    killed_samplers: list[tuple[float, int]] = []  # (CPU seconds, peak RSS) of killed ones
     try:
         _wait_started(op)
         create_namespace(api, ns)
@@ -900,6 +916,18 @@ def measure_qorch(
                 raise RuntimeError(f"apply {name}: {status} {str(doc)[:300]}")
 
         run_bounded(args.concurrency, manifests, apply)
+        if args.kill_at is not None:
+            op, sampler, cpu_killed = _kill_and_restart(
+                op, sampler, cpu0, pods, flows, phase, args, t0, n,
+                lambda: operator_mod.start(
+                    plane, log_path, extra_env=env, kubeconfig=kubeconfig, settings="chart"
+                ),
+            )  # fmt: skip
+            killed_samplers.append((cpu_killed, sampler.peak_rss))
+            cpu0 = 0.0  # the new process's own, from its start
+            # The process table's operator row: the killed one's share plus the new one's.
+            pids["operator"] = op.process.pid
+            cpu_before["operator"] = -cpu_killed
 
         def finished() -> bool:
             return len(flows.done) >= w
@@ -921,8 +949,9 @@ def measure_qorch(
         done = sorted(flows.done.values())
         phase.workflows_succeeded_s = round(done[w - 1] - t0, 3) if len(done) >= w else None
         _api(phase, request_delta(before, after), w)
-        phase.operator_cpu_s = round(cpu1 - cpu0, 2)
-        phase.operator_cpu_ms_per_pod = round(1000 * (cpu1 - cpu0) / n, 2)
+        cpu_total = cpu1 - cpu0 + sum(cpu for cpu, _ in killed_samplers)
+        phase.operator_cpu_s = round(cpu_total, 2)
+        phase.operator_cpu_ms_per_pod = round(1000 * cpu_total / n, 2)
         phase.workflows = dict(Counter(flows.phase.values()))
         phase.max_event_bytes = flows.max_event_bytes
         phase.max_status_bytes = max(
@@ -940,13 +969,63 @@ def measure_qorch(
             phase.profile = str(prof) if prof.exists() else None
     finally:
         sampler.stop()
-        phase.operator_peak_rss_mib = round(sampler.peak_rss / 2**20, 1)
+        peak = max([sampler.peak_rss, *(rss for _, rss in killed_samplers)])
+        phase.operator_peak_rss_mib = round(peak / 2**20, 1)
         op.stop()
     phase.namespace_cleanup_s = round(delete_namespaces(api, [ns, bg_ns]), 1)
     return phase
 
 
-def _wait_started(op: operator_mod.OperatorProcess, timeout: float = 180.0) -> None:
+def _kill_and_restart(
+    op: operator_mod.OperatorProcess,
+    sampler: OperatorSampler,
+    cpu0: float,
+    pods: PodTracker,
+    flows: WorkflowTracker,
+    phase: Phase,
+    args: argparse.Namespace,
+    t0: float,
+    n: int,
+    start: Callable[[], operator_mod.OperatorProcess],
+) -> tuple[operator_mod.OperatorProcess, OperatorSampler, float]:
+    """Once ``args.kill_at`` of the pods succeeded: SIGKILL the operator, start a new one
+    at once, and time its takeover (its first workflow status write). Returns the new
+    process, its sampler, and the killed one's CPU seconds over the phase."""
+    target = max(1, round(args.kill_at * n))
+    wait_until(
+        pods.cond, lambda: len(pods.first_per_subtask(pods.succeeded)) >= target, args.timeout
+    )
+    cpu_killed = sampler.cpu_seconds() - cpu0
+    with pods.cond:
+        phase.killed_at_pods = len(pods.first_per_subtask(pods.succeeded))
+    op.kill()
+    killed = time.monotonic()
+    sampler.stop()
+    phase.killed_at_s = round(killed - t0, 3)
+    offset = op.log_path.stat().st_size  # the new one appends to the same log
+    new = start()
+    new_sampler = OperatorSampler(new.process.pid)
+    new_sampler.start()
+    _wait_started(new, settle=0.0, offset=offset)
+    phase.restarted_s = round(time.monotonic() - killed, 3)
+
+    # The first workflow event seen 0.5 s or more after the kill is the new operator's:
+    # the old one is dead and reaped (what it had in flight lands within milliseconds),
+    # nothing else writes a workflow's status, and a new process takes longer than that
+    # to import its modules.
+    def written() -> bool:
+        return any(t >= killed + 0.5 for t in flows.event_times[-50:])
+
+    if wait_until(flows.cond, written, args.timeout):
+        with flows.cond:
+            first = min(t for t in flows.event_times if t >= killed + 0.5)
+        phase.takeover_s = round(first - killed, 3)
+    return new, new_sampler, cpu_killed
+
+
+def _wait_started(
+    op: operator_mod.OperatorProcess, timeout: float = 180.0, settle: float = 3.0, offset: int = 0
+) -> None:
     """Until the startup handler is done (models loaded, /metrics up), and a moment for
     Kopf's watches to open."""
     deadline = time.monotonic() + timeout
@@ -955,10 +1034,10 @@ def _wait_started(op: operator_mod.OperatorProcess, timeout: float = 180.0) -> N
             raise RuntimeError(
                 f"the operator exited ({op.process.returncode}):\n{op.log()[-3000:]}"
             )
-        if "qorch operator started" in op.log():
-            time.sleep(3.0)
+        if b"qorch operator started" in op.log_path.read_bytes()[offset:]:
+            time.sleep(settle)
             return
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise TimeoutError(f"the operator did not start in {timeout:.0f}s:\n{op.log()[-3000:]}")
 
 
@@ -1120,6 +1199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trace-hour-seconds", type=float, default=1.0)
     parser.add_argument("--bg-max-seconds", type=float, default=20.0)
     parser.add_argument("--workdir", type=Path, help="control plane and logs (kept)")
+    parser.add_argument(
+        "--kill-at",
+        type=float,
+        metavar="SHARE",
+        help="SIGKILL the operator once this share of the pods succeeded (0.5: half), "
+        "start a new one at once, and time its takeover",
+    )
     args = parser.parse_args(argv)
     shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
     if args.big and (1000, 10) not in shapes:
@@ -1182,6 +1268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{qorch.status_writes_per_workflow} status writes/wf, warnings "
                 f"{qorch.operator_warnings}"
             )
+            if qorch.killed_at_s is not None:
+                console.print(
+                    f"  SIGKILLed at {_fmt(qorch.killed_at_s)}s ({qorch.killed_at_pods} pods "
+                    f"done); new operator started in {_fmt(qorch.restarted_s)}s, first status "
+                    f"write {_fmt(qorch.takeover_s)}s after the kill; "
+                    f"{qorch.duplicate_subtasks} subtasks with more than one pod"
+                )
             for line in qorch.stuck + sched.stuck:
                 console.print(f"  ! {line}", markup=False, highlight=False)
             failed |= not (qorch.complete and sched.complete)

@@ -2,7 +2,9 @@
 control plane (20 CPU and 4 GPU KWOK nodes, the GPU trace replayed beside it), and what it
 measures holds where it does not depend on the machine's speed: every workflow Succeeded,
 every subtask got exactly one pod and it was bound and Succeeded, and no status came near
-its size budget. The timings and ratios are the benchmark's to report, not this test's."""
+its size budget; the operator SIGKILLed half way is replaced, the replacement takes over
+well inside the dead one's 60 s peering lease, and nothing runs twice. The timings and
+ratios are the benchmark's to report, not this test's."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def test_the_scale_benchmark_places_every_subtask_once(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "scale.py"), "--shapes", ",".join(SHAPES),
          "--json", str(out), "--workdir", str(tmp_path / "work"), "--timeout", "240",
+         "--kill-at", "0.5",
          *([] if background else ["--no-background"])],
         timeout=900, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -55,3 +58,7 @@ def test_the_scale_benchmark_places_every_subtask_once(tmp_path: Path) -> None:
         assert qorch["operator_cpu_s"] > 0 and qorch["operator_peak_rss_mib"] > 0
         assert qorch["background_failed"] == 0 and sched["background_failed"] == 0
         assert result["ratio_bound"] > 0 and result["ratio_succeeded"] > 0
+        # SIGKILLed half way: the rest completed (above, nothing twice), and the new
+        # operator took over without waiting out the dead one's 60 s peering lease.
+        assert qorch["killed_at_pods"] >= w * k // 2, qorch
+        assert qorch["takeover_s"] is not None and qorch["takeover_s"] < 45, qorch
