@@ -43,6 +43,7 @@ from qorch.operator.nodes import pod_usage
 from qorch.operator.podspec import LABEL_WORKFLOW, build_pod, workflow_label
 from qorch.operator.predictions import PredictionService
 from qorch.orchestrator.capacity import NodeInfo, PodUsage
+from qorch.orchestrator.events import coalesce as coalesce_events
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import (
     CancelJob,
@@ -332,7 +333,7 @@ class LocalRun:
         spec = wf.spec
         subtasks = {s.name: s for s in spec.subtasks}
         pools = {p.name: p for p in spec.resources.classicalPools}
-        for ev in decided.events:
+        for ev in coalesce_events(decided.events):  # as the operator posts them
             self.events.append(
                 EventRecord(self.elapsed(), wf.name, ev.reason, ev.message, ev.warning)
             )

@@ -46,6 +46,7 @@ from qorch.operator.runtime import Runtime, build_snapshot, parse_spec, use_api_
 from qorch.operator.settings import OperatorSettings
 from qorch.orchestrator.capacity import NodeInfo, PodUsage
 from qorch.orchestrator.cluster_view import requests_for
+from qorch.orchestrator.events import coalesce as coalesce_events
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import Plan, SubmitJob, plan
 from qorch.orchestrator.prices import IBM_PAY_AS_YOU_GO_USD_PER_QPU_SECOND
@@ -333,7 +334,7 @@ async def drive_workflow(
                     # Before the job exists, so that deleting the workflow cancels it.
                     await obj.hold_for_gateway_jobs(True)
                 events = await runtime.applier.act(raw, spec, decided, sources, logger)
-                for ev in events:
+                for ev in coalesce_events(events):
                     kopf.event(
                         body,
                         type="Warning" if ev.warning else "Normal",
