@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import copy
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from qorch.api.workflow import (
     Toleration,
     default_pools,
 )
-from qorch.operator import handlers
+from qorch.operator.pod_cache import PodCache
 from qorch.operator.podspec import (
     ANNOTATION_WORKFLOW_NAME,
     GATE,
@@ -215,23 +214,21 @@ def test_a_200_character_workflow_name_gives_a_valid_pod() -> None:
         assert env["QORCH_WORKFLOW"] == name
 
 
-def test_the_pod_index_and_wake_up_find_a_long_named_workflow() -> None:
+def test_the_pod_cache_and_wake_up_find_a_long_named_workflow() -> None:
     name = "n" * 200
     pod = circuit_pod(3, workflow={"metadata": {"name": name, "namespace": "ns", "uid": "u"}})
-    meta = pod["metadata"]
-    # Kopf calls handlers with many more keywords than these two need.
-    index_pod: Any = handlers.workflow_pods
-    wake: Any = handlers.wake_on_pod_event
-    # drive_workflow looks its pods up under (namespace, workflow_label(name)).
-    index = asyncio.run(index_pod(namespace="ns", labels=meta["labels"], body=pod))
-    assert list(index) == [("ns", workflow_label(name))]
     woken: list[tuple[str, str]] = []
-    memo = SimpleNamespace(runtime=SimpleNamespace(wake=lambda ns, wf: woken.append((ns, wf))))
-    asyncio.run(
-        wake(namespace="ns", labels=meta["labels"], annotations=meta["annotations"], memo=memo)
-    )
+    cache = PodCache(None, lambda ns, wf: woken.append((ns, wf)))  # type: ignore[arg-type]
+    cache.apply("ADDED", pod)
+    # drive_workflow looks its pods up under (namespace, workflow_label(name)).
+    assert [p.name for p in cache.workflow_pods("ns", workflow_label(name))] == ["wf-q-1"]
     # A pod from before the annotation: its label is the (short) name.
-    asyncio.run(wake(namespace="ns", labels={LABEL_WORKFLOW: "old"}, annotations={}, memo=memo))
+    old = copy.deepcopy(pod)
+    old["metadata"].update(
+        name="old-q-1", labels={**old["metadata"]["labels"], LABEL_WORKFLOW: "old"}
+    )
+    del old["metadata"]["annotations"][ANNOTATION_WORKFLOW_NAME]
+    cache.apply("ADDED", old)
     assert woken == [("ns", name), ("ns", "old")]
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -32,25 +32,20 @@ from qorch.metrics import operator_metrics as metrics
 from qorch.operator.apply import record_worker_usage, refused_pod_states
 from qorch.operator.cluster_loop import ClusterLoop
 from qorch.operator.kopfsetup import NoDiffBase
-from qorch.operator.nodes import node_info, pod_usage
+from qorch.operator.nodes import node_info
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER, WorkflowObject, has_gateway_jobs
 from qorch.operator.podspec import (
-    ANNOTATION_WORKFLOW_NAME,
-    LABEL_MANAGED_BY,
-    LABEL_WORKFLOW,
-    pod_state,
-    release_view,
     workflow_label,
 )
 from qorch.operator.runtime import Runtime, build_snapshot, parse_spec, use_api_threads
 from qorch.operator.settings import OperatorSettings
-from qorch.orchestrator.capacity import NodeInfo, PodUsage
+from qorch.orchestrator.capacity import NodeInfo
 from qorch.orchestrator.cluster_view import requests_for
 from qorch.orchestrator.events import coalesce as coalesce_events
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import Plan, SubmitJob, plan
 from qorch.orchestrator.prices import IBM_PAY_AS_YOU_GO_USD_PER_QPU_SECOND
-from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, PodState, WorkflowSnapshot
+from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, WorkflowSnapshot
 from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -78,6 +73,7 @@ async def configure(
     settings.watching.server_timeout = 120
     use_api_threads()
     memo.runtime = Runtime.build(ours)
+    memo.pod_watch = asyncio.create_task(memo.runtime.pods.run())
     memo.model_refresh = asyncio.create_task(memo.runtime.predictions.keep_models_fresh())
     if memo.runtime.cluster is not None:
         memo.cluster_pass = asyncio.create_task(memo.runtime.cluster.run())
@@ -92,7 +88,7 @@ async def configure(
 
 @kopf.on.cleanup()
 async def stop_background_tasks(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("model_refresh", "cluster_pass"):
+    for name in ("pod_watch", "model_refresh", "cluster_pass"):
         task = getattr(memo, name, None)
         if task is not None:
             task.cancel()
@@ -105,37 +101,15 @@ async def stop_background_tasks(memo: kopf.Memo, **_: Any) -> None:
 # microseconds. They read the body without copying it (nothing here changes it).
 
 
-@kopf.index("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
-async def workflow_pods(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], PodState]:
-    # Keyed by the label value, which is ``workflow_label(name)``, not always the name.
-    return {(_namespaced(namespace), labels[LABEL_WORKFLOW]): pod_state(dict(body))}
-
-
-@kopf.index("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
-async def gated_pods(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Qorch's gated pods as their release patch reads them (``release_view``): releasing
-    one needs no read of it. A released pod indexes nothing."""
-    view = release_view(body)
-    return {(_namespaced(namespace), name): view} if view is not None else {}
+# Pods are not watched through Kopf: ``Runtime.pods`` (``pod_cache.PodCache``) lists and
+# watches them once and keeps the views the daemons and the cluster pass read, and wakes
+# a workflow's daemon on each event of its pods.
 
 
 @kopf.index("nodes")
 async def cluster_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
     """Every node, for the cluster pass's free capacity per pool."""
     return {name: node_info(body)}
-
-
-@kopf.index("pods")
-async def bound_pods(body: kopf.Body, **_: Any) -> dict[str, PodUsage]:
-    """The requests of every running pod, by node (anyone's: they all take room). An
-    unbound or finished pod indexes nothing (an empty mapping drops what it held; None
-    would keep it)."""
-    usage = pod_usage(body)
-    return {usage.node: usage} if usage is not None else {}
 
 
 @kopf.index(GROUP, VERSION, "quantumbackends")
@@ -233,19 +207,6 @@ async def refresh_backend_status(
     ]
 
 
-@kopf.on.event("pods", labels={LABEL_MANAGED_BY: "qorch", LABEL_WORKFLOW: kopf.PRESENT})
-async def wake_on_pod_event(
-    namespace: str | None,
-    labels: Mapping[str, str],
-    annotations: Mapping[str, str],
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
-    # A long name's label is shortened and hashed: the annotation has the name itself.
-    workflow = annotations.get(ANNOTATION_WORKFLOW_NAME) or labels[LABEL_WORKFLOW]
-    memo.runtime.wake(_namespaced(namespace), workflow)
-
-
 @kopf.daemon(
     GROUP,
     VERSION,
@@ -263,12 +224,13 @@ async def drive_workflow(
     **kwargs: Any,
 ) -> None:
     # Kopf passes each index by the name of its function.
-    workflow_pods: kopf.Index[tuple[str, str], PodState] = kwargs["workflow_pods"]
     quantum_backends: kopf.Index[str, BackendInfo] = kwargs["quantum_backends"]
     runtime: Runtime = memo.runtime
     if runtime.cluster is not None:  # live views: the pass reads them when it runs
-        runtime.cluster.watch_capacity(kwargs["cluster_nodes"], kwargs["bound_pods"])
-    runtime.applier.gated_views = _first_of(kwargs["gated_pods"])
+        runtime.cluster.watch_capacity(kwargs["cluster_nodes"], runtime.pods.usage_by_node)
+    runtime.applier.gated_views = runtime.pods.gated_view
+    # Nothing is planned before every pod is known: a pod not yet listed would look lost.
+    await runtime.pods.synced.wait()
     ns = _namespaced(namespace)
     wake = runtime.wakeup(ns, name)
     # The daemon plans on what it last wrote (the watched body lags), writes with the
@@ -300,7 +262,7 @@ async def drive_workflow(
                 sources, infos = loaded
                 if any(i.transient for i in infos.values()):
                     loaded = None  # unreadable for now: read again next cycle
-                pods = list(workflow_pods.get((ns, workflow_label(name)), []))
+                pods = runtime.pods.workflow_pods(ns, workflow_label(name))
                 pods += await runtime.read_missing_pods(ns, status, pods)
                 refused = refused_pod_states(runtime.applier, ns, status, pods)
                 refused_names = {p.name for p in refused}
@@ -541,19 +503,6 @@ async def cancel_gateway_jobs(
             body, type="Warning", reason="CancelFailed", message=bounded(message, SHORT_LIMIT)
         )
     await WorkflowObject(runtime.custom, _plain(body)).hold_for_gateway_jobs(False)
-
-
-def _first_of(
-    index: kopf.Index[tuple[str, str], dict[str, Any]],
-) -> Callable[[str, str], dict[str, Any] | None]:
-    """A lookup of one pod in a Kopf index (a live view: current at each call)."""
-
-    def lookup(namespace: str, name: str) -> dict[str, Any] | None:
-        for view in index.get((namespace, name), ()):
-            return view
-        return None
-
-    return lookup
 
 
 def _namespaced(namespace: str | None) -> str:

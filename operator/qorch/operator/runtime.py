@@ -32,6 +32,7 @@ from qorch.metrics.reader import MetricsReader, PrometheusReader, join_backends
 from qorch.operator import kubeio
 from qorch.operator.apply import Applier
 from qorch.operator.cluster_loop import ClusterLoop
+from qorch.operator.pod_cache import PodCache
 from qorch.operator.podspec import METRICS_PORT, pod_state
 from qorch.operator.predictions import PredictionService
 from qorch.operator.settings import OperatorSettings
@@ -99,6 +100,11 @@ class Runtime:
     # What the last metrics join could not use, logged once when it changes, not per cycle.
     _join_problems: frozenset[str] = frozenset()
     _progress_session: aiohttp.ClientSession | None = None
+    # Every pod, as the decisions read them (list + watch; its task starts at start-up).
+    pods: PodCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pods = PodCache(self.core, self.wake)
 
     @classmethod
     def build(cls, settings: OperatorSettings) -> Runtime:
