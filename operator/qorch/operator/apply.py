@@ -146,7 +146,7 @@ class Applier:
         # (namespace, pod name) -> reason.
         self.refused_pods: dict[tuple[str, str], str] = {}
         # (namespace, pod name) -> the gated pod's parts a release patch is computed from,
-        # as the watch last saw them (the handlers' index); None: read the pod each time.
+        # as the watch last saw them (``pod_cache.PodCache``); None: read the pod each time.
         self.gated_views: Callable[[str, str], dict[str, Any] | None] | None = None
 
     async def act(

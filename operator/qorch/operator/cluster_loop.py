@@ -35,14 +35,15 @@ class ClusterLoop:
         self._decision = ClusterDecision()
         self._wanted = asyncio.Event()
         self._done = asyncio.Condition()
-        # Kopf's live indexes of nodes and of the pods bound to them (None: not given).
+        # Live views of the nodes (Kopf's index) and of the pods bound to them (the pod
+        # cache), by node (None: not given).
         self._nodes: Mapping[str, Iterable[NodeInfo]] | None = None
         self._pods: Mapping[str, Iterable[PodUsage]] | None = None
 
     def watch_capacity(
         self, nodes: Mapping[str, Iterable[NodeInfo]], pods: Mapping[str, Iterable[PodUsage]]
     ) -> None:
-        """Where the pass reads each pool's free capacity from (the indexes by node)."""
+        """Where the pass reads each pool's free capacity from (the views by node)."""
         self._nodes, self._pods = nodes, pods
 
     @property
@@ -83,7 +84,7 @@ class ClusterLoop:
             self._wanted.clear()
             self._started += 1
             snaps = dict(self._published)
-            # Read on the event loop, where Kopf updates the indexes; decided in a thread.
+            # Read on the event loop, where the views are updated; decided in a thread.
             nodes = [n for store in self._nodes.values() for n in store] if self._nodes else None
             pods = [p for store in self._pods.values() for p in store] if self._pods else []
             started = time.perf_counter()

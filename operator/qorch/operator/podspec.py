@@ -354,7 +354,7 @@ def release_patch(pod: dict[str, Any], pool: ClassicalPool, moves: int = 0) -> l
 
 def release_view(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """What ``release_patch`` reads of a pod Qorch still gates (None once released): kept
-    by the operator's watch index so that releasing needs no read."""
+    by the operator's pod cache (``pod_cache``) so that releasing needs no read."""
     spec = pod.get("spec") or {}
     gates = spec.get("schedulingGates") or []
     if not any(g.get("name") == GATE for g in gates):
