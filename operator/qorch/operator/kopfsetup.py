@@ -41,8 +41,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
 class QuietHandlerSuccesses(logging.Filter):
     """Drops Kopf's INFO line for each handler call that succeeded ("Handler
     'track_gateway_url' succeeded."; when pods were still watched through Kopf, one per pod
-    event: 3 of every 4 lines of the operator's log and 8% of its CPU in the benchmark). Failures, retries, Kopf's
-    other lines and Qorch's own pass; ``qorch operator --verbose`` keeps them all."""
+    event: 3 of every 4 lines of the operator's log and 8% of its CPU in the benchmark).
+    Failures, retries, Kopf's other lines and Qorch's own pass; ``qorch operator
+    --verbose`` keeps them all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.msg
