@@ -917,13 +917,14 @@ def measure_qorch(
 
         run_bounded(args.concurrency, manifests, apply)
         if args.kill_at is not None:
+            killed = sampler  # stopped at the kill: its peak is final after the call
             op, sampler, cpu_killed = _kill_and_restart(
                 op, sampler, cpu0, pods, flows, phase, args, t0, n,
                 lambda: operator_mod.start(
                     plane, log_path, extra_env=env, kubeconfig=kubeconfig, settings="chart"
                 ),
             )  # fmt: skip
-            killed_samplers.append((cpu_killed, sampler.peak_rss))
+            killed_samplers.append((cpu_killed, killed.peak_rss))
             cpu0 = 0.0  # the new process's own, from its start
             # The process table's operator row: the killed one's share plus the new one's.
             pids["operator"] = op.process.pid

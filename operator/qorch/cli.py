@@ -67,6 +67,8 @@ def _operator(args: argparse.Namespace) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace or [],
             liveness_endpoint=args.liveness or None,
+            # The pod cache watches what Kopf watches (``Runtime.pods``).
+            memo=kopf.Memo(namespaces=tuple(args.namespace or ())),
         )
     )
     return 0

@@ -100,8 +100,36 @@ def test_a_relist_drops_what_was_deleted_while_the_watch_was_down() -> None:
     pods.apply("ADDED", released(a, "n1"))
     pods.apply("ADDED", b)
     assert not pods.synced.is_set()
+    before = len(woken)
     pods.relisted({("ns", "wf-c-1")})  # the list that followed named only a
     assert pods.synced.is_set()
     assert [p.name for p in pods.workflow_pods("ns", workflow_label("wf"))] == ["wf-c-1"]
     assert pods.gated_view("ns", "wf-c-2") is None
-    assert woken[-1] == ("ns", "wf")  # its workflow hears of the deletion
+    assert woken[before:] == [("ns", "wf")]  # its workflow hears of the deletion
+
+
+def test_per_namespace_scopes_sync_apart_and_relist_only_their_own() -> None:
+    woken: list[tuple[str, str]] = []
+    pods = PodCache(None, lambda ns, wf: woken.append((ns, wf)), ["ns", "other"])  # type: ignore[arg-type]
+    there = qorch_pod("wf", "wf-c-1")
+    elsewhere = copy.deepcopy(there)
+    elsewhere["metadata"]["namespace"] = "other"
+    pods.apply("ADDED", there)
+    pods.apply("ADDED", elsewhere)
+    pods.relisted(set(), "ns")  # "ns" listed empty: its pod went; "other" untouched
+    assert not pods.synced.is_set()  # "other" has not listed yet
+    assert pods.workflow_pods("ns", workflow_label("wf")) == []
+    assert len(pods.workflow_pods("other", workflow_label("wf"))) == 1
+    pods.relisted({("other", "wf-c-1")}, "other")
+    assert pods.synced.is_set()
+
+
+def test_a_pod_that_cannot_be_read_keeps_what_was_known() -> None:
+    pods, _ = cache()
+    pod = qorch_pod()
+    pods.apply("ADDED", pod)
+    broken = copy.deepcopy(pod)
+    broken["metadata"]["labels"]["qorch.io/attempt"] = "not-a-number"
+    pods.apply("MODIFIED", broken)
+    (state,) = pods.workflow_pods("ns", workflow_label("wf"))
+    assert state.attempt == 1 and pods.gated_view("ns", "wf-c-1") is not None

@@ -132,10 +132,10 @@ class StepWorld:
     def record(self, wf: Flow, snapshot: WorkflowSnapshot, decided: Plan, t: float) -> None:
         pass
 
-    def recheck_at(self, wf: Flow, decided: Plan, t: float) -> float | None:
+    def recheck_at(self, wf: Flow, decided: Plan, t: float) -> list[float]:
         if self.announce or decided.requeue_after is None:
-            return None
-        return t + decided.requeue_after.total_seconds()
+            return []
+        return [t + decided.requeue_after.total_seconds()]
 
     def next_change(self, t: float) -> float | None:
         if not self.announce:

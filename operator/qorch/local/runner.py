@@ -270,11 +270,11 @@ class LocalRun:
     def record(self, wf: RunWorkflow, snapshot: WorkflowSnapshot, decided: Plan, t: float) -> None:
         self._track(wf)
 
-    def recheck_at(self, wf: RunWorkflow, decided: Plan, t: float) -> float | None:
-        """A real world announces nothing: what the plan asked to poll."""
+    def recheck_at(self, wf: RunWorkflow, decided: Plan, t: float) -> list[float]:
+        """A real world announces nothing: what the plan asked to poll, from now."""
         if decided.requeue_after is None:
-            return None
-        return t + decided.requeue_after.total_seconds()
+            return []
+        return [self.elapsed() + decided.requeue_after.total_seconds()]
 
     def next_change(self, t: float) -> float | None:
         return t + CYCLE_SECONDS  # unknown: look again soon

@@ -72,7 +72,7 @@ async def configure(
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 120
     use_api_threads()
-    memo.runtime = Runtime.build(ours)
+    memo.runtime = Runtime.build(ours, getattr(memo, "namespaces", ()))
     memo.pod_watch = asyncio.create_task(memo.runtime.pods.run())
     memo.model_refresh = asyncio.create_task(memo.runtime.predictions.keep_models_fresh())
     if memo.runtime.cluster is not None:

@@ -17,8 +17,10 @@ The views:
 - ``usage_by_node``: the requests of every bound, unfinished pod by node (anyone's: they
   all take room), what the cluster pass computes free capacity from.
 
-Every event on a Qorch pod wakes its workflow's daemon (``wake``). The watch runs in a
-thread of its own (the Kubernetes client blocks) and hands each event to the event loop.
+Every event on a Qorch pod wakes its workflow's daemon (``wake``), a deletion a relist
+found included. The watch runs in a thread of its own (the Kubernetes client blocks) and
+hands each event to the event loop. ``namespaces`` (the operator's ``--namespace``) limits
+it to those namespaces, one list and watch each, as Kopf's watches are limited.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ WATCH_SECONDS = 60
 LIST_PAGE = 500
 # After a failed list or watch, wait this long before the next try.
 RETRY_SECONDS = 2.0
+# A request that sends nothing for this long is given up (a connection that died without
+# closing would otherwise block the watch for ever): (connect, read) seconds.
+LIST_TIMEOUT = (10.0, 60.0)
+WATCH_TIMEOUT = (10.0, WATCH_SECONDS + 30.0)
 
 PodKey = tuple[str, str]  # (namespace, name)
 
@@ -75,12 +81,22 @@ class _UsageByNode(Mapping[str, Iterable[PodUsage]]):
 
 
 class PodCache:
-    def __init__(self, core: client.CoreV1Api, wake: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        wake: Callable[[str, str], None],
+        namespaces: Iterable[str] = (),
+    ) -> None:
         self.core = core
         self.wake = wake
-        self.synced = asyncio.Event()  # the first list is in
+        # None: every namespace, one list and watch.
+        self.scopes: list[str | None] = list(namespaces) or [None]
+        self._unsynced = set(self.scopes)
+        self._versions: dict[str | None, str] = {}  # the last resourceVersion seen per scope
+        self.synced = asyncio.Event()  # the first list of every scope is in
         self._workflow: dict[PodKey, dict[str, PodState]] = {}  # (ns, label) -> by pod name
         self._workflow_of: dict[PodKey, PodKey] = {}  # pod -> (ns, label)
+        self._owner: dict[PodKey, str] = {}  # pod -> the workflow name its events wake
         self._gated: dict[PodKey, dict[str, Any]] = {}
         self._usage: dict[str, dict[PodKey, PodUsage]] = {}  # node -> by pod
         self._node_of: dict[PodKey, str] = {}
@@ -97,33 +113,51 @@ class PodCache:
 
     # -- keeping them --------------------------------------------------------------------------
     def apply(self, kind: str, pod: Mapping[str, Any]) -> None:
-        """One watch event (ADDED, MODIFIED, DELETED) or one listed pod (ADDED)."""
+        """One watch event (ADDED, MODIFIED, DELETED) or one listed pod (ADDED). A pod
+        whose parts cannot be read keeps what was known of it (logged)."""
         meta = pod.get("metadata") or {}
         key = (meta.get("namespace") or "", meta.get("name") or "")
         self.events += 1
-        self._forget(key)
         labels = meta.get("labels") or {}
         ours = labels.get(LABEL_MANAGED_BY) == "qorch" and LABEL_WORKFLOW in labels
-        if kind != "DELETED":
-            self._remember(key, pod, labels, ours)
+        owner = self._owner.get(key)
         if ours:
             annotations = meta.get("annotations") or {}
             # A long name's label is shortened and hashed: the annotation has the name.
-            self.wake(key[0], annotations.get(ANNOTATION_WORKFLOW_NAME) or labels[LABEL_WORKFLOW])
+            owner = annotations.get(ANNOTATION_WORKFLOW_NAME) or labels[LABEL_WORKFLOW]
+        if kind == "DELETED":
+            self._forget(key)
+        else:
+            try:  # read it all before anything is replaced
+                usage = pod_usage(pod)
+                state = pod_state(dict(pod)) if ours else None
+                view = release_view(pod) if ours else None
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("pod %s/%s: cannot read it (%s); keeping what was known", *key, exc)
+                return
+            self._forget(key)
+            self._remember(key, labels, usage, state, view, owner)
+        if owner is not None:
+            self.wake(key[0], owner)
 
     def _remember(
-        self, key: PodKey, pod: Mapping[str, Any], labels: Mapping[str, str], ours: bool
+        self,
+        key: PodKey,
+        labels: Mapping[str, str],
+        usage: PodUsage | None,
+        state: PodState | None,
+        view: dict[str, Any] | None,
+        owner: str | None,
     ) -> None:
-        usage = pod_usage(pod)
         if usage is not None:
             self._usage.setdefault(usage.node, {})[key] = usage
             self._node_of[key] = usage.node
-        if not ours:
+        if state is None or owner is None:
             return
         group = (key[0], labels[LABEL_WORKFLOW])
-        self._workflow.setdefault(group, {})[key[1]] = pod_state(dict(pod))
+        self._workflow.setdefault(group, {})[key[1]] = state
         self._workflow_of[key] = group
-        view = release_view(pod)
+        self._owner[key] = owner
         if view is not None:
             self._gated[key] = view
 
@@ -141,51 +175,61 @@ class PodCache:
             if not pods_of:
                 self._workflow.pop(group, None)
         self._gated.pop(key, None)
+        self._owner.pop(key, None)
 
     def _apply_page(self, pods: list[dict[str, Any]]) -> None:
         for pod in pods:
             self.apply("ADDED", pod)
 
-    def relisted(self, listed: set[PodKey]) -> None:
-        """A fresh list is in (``listed``: every pod it named): what it lacks was deleted
-        meanwhile."""
+    def relisted(self, listed: set[PodKey], scope: str | None = None) -> None:
+        """A fresh list of ``scope`` (a namespace; None: all) is in (``listed``: every pod
+        it named): what it lacks was deleted meanwhile."""
         known = set(self._node_of) | set(self._workflow_of) | set(self._gated)
         for key in known - listed:
-            self.apply("DELETED", {"metadata": {"namespace": key[0], "name": key[1]}})
-        self.synced.set()
+            if scope is None or key[0] == scope:
+                self.apply("DELETED", {"metadata": {"namespace": key[0], "name": key[1]}})
+        self._unsynced.discard(scope)
+        if not self._unsynced:
+            self.synced.set()
 
     # -- list and watch ------------------------------------------------------------------------
     async def run(self) -> None:
         """List and watch until cancelled (the operator's cleanup)."""
         loop = asyncio.get_running_loop()
-        thread = threading.Thread(
-            target=self._list_and_watch, args=(loop,), name="qorch-pod-watch", daemon=True
-        )
-        thread.start()
+        for scope in self.scopes:
+            threading.Thread(
+                target=self._list_and_watch,
+                args=(loop, scope),
+                name=f"qorch-pod-watch-{scope or 'all'}",
+                daemon=True,
+            ).start()
         try:
             await asyncio.Event().wait()  # forever; the thread feeds the loop
         finally:
             self._halt.set()
 
-    def _list_and_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _list_and_watch(self, loop: asyncio.AbstractEventLoop, scope: str | None) -> None:
         version: str | None = None
         while not self._halt.is_set():
             try:
                 if version is None:
-                    version = self._list(loop)
-                version = self._watch(loop, version)
+                    version = self._list(loop, scope)
+                version = self._watch(loop, scope, version)
             except client.ApiException as exc:
                 if exc.status == 410:  # too old: list again
                     version = None
                     continue
-                log.warning("pod watch: %s %s; retrying", exc.status, exc.reason)
+                # Until the first list is in, no workflow is planned: say so loudly.
+                level = logging.WARNING if self.synced.is_set() else logging.ERROR
+                log.log(level, "pods (%s): %s %s; retrying", scope or "all", exc.status, exc.reason)
                 self._halt.wait(RETRY_SECONDS)
-            except Exception as exc:  # a dropped connection, a refused one: try again
-                log.warning("pod watch: %s; retrying", exc)
-                version = None
+            except Exception as exc:  # a dropped or refused connection: watch on from there
+                version = self._versions.get(scope, version) if version is not None else None
+                level = logging.WARNING if self.synced.is_set() else logging.ERROR
+                log.log(level, "pods (%s): %s; retrying", scope or "all", exc)
                 self._halt.wait(RETRY_SECONDS)
 
-    def _list(self, loop: asyncio.AbstractEventLoop) -> str:
+    def _list(self, loop: asyncio.AbstractEventLoop, scope: str | None) -> str:
         """Every pod, a page at a time (the pages of one list are one consistent snapshot);
         each page is applied and dropped, so a big cluster's pods are never all in memory
         as documents."""
@@ -193,8 +237,12 @@ class PodCache:
         token: str | None = None
         version = ""
         while True:
-            response = self.core.list_pod_for_all_namespaces(
-                limit=LIST_PAGE, _continue=token, _preload_content=False
+            response = self._pods(
+                scope,
+                limit=LIST_PAGE,
+                _continue=token,
+                _request_timeout=LIST_TIMEOUT,
+                _preload_content=False,
             )
             try:
                 doc = json.loads(response.data)
@@ -210,8 +258,14 @@ class PodCache:
             token = meta.get("continue") or None
             if token is None:
                 break
-        self._on_loop(loop, lambda: self.relisted(listed))
+        self._on_loop(loop, partial(self.relisted, listed, scope))
+        self._versions[scope] = version
         return version
+
+    def _pods(self, scope: str | None, **kwargs: Any) -> Any:
+        if scope is None:
+            return self.core.list_pod_for_all_namespaces(**kwargs)
+        return self.core.list_namespaced_pod(scope, **kwargs)
 
     @staticmethod
     def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
@@ -227,12 +281,14 @@ class PodCache:
         loop.call_soon_threadsafe(run)
         done.wait()
 
-    def _watch(self, loop: asyncio.AbstractEventLoop, version: str) -> str:
-        response = self.core.list_pod_for_all_namespaces(
+    def _watch(self, loop: asyncio.AbstractEventLoop, scope: str | None, version: str) -> str:
+        response = self._pods(
+            scope,
             watch=True,
             resource_version=version,
             allow_watch_bookmarks=True,
             timeout_seconds=WATCH_SECONDS,
+            _request_timeout=WATCH_TIMEOUT,
             _preload_content=False,
         )
         try:
@@ -248,6 +304,7 @@ class PodCache:
                         status=int(obj.get("code") or 500), reason=obj.get("message")
                     )
                 version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                self._versions[scope] = version
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     loop.call_soon_threadsafe(self.apply, kind, obj)
         finally:

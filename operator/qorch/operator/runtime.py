@@ -100,14 +100,17 @@ class Runtime:
     # What the last metrics join could not use, logged once when it changes, not per cycle.
     _join_problems: frozenset[str] = frozenset()
     _progress_session: aiohttp.ClientSession | None = None
+    # The namespaces the operator watches (``--namespace``); empty: all.
+    namespaces: tuple[str, ...] = ()
     # Every pod, as the decisions read them (list + watch; its task starts at start-up).
     pods: PodCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pods = PodCache(self.core, self.wake)
+        self.pods = PodCache(self.core, self.wake, self.namespaces)
 
     @classmethod
-    def build(cls, settings: OperatorSettings) -> Runtime:
+    def build(cls, settings: OperatorSettings, namespaces: Iterable[str] = ()) -> Runtime:
+        namespaces = tuple(namespaces)
         try:
             config.load_incluster_config()
         except config.ConfigException:
@@ -115,7 +118,8 @@ class Runtime:
         api_config = client.Configuration.get_default_copy()
         # One pooled connection per API thread: with fewer, urllib3 drops the extra
         # connections after each call and the next one pays a new TLS handshake.
-        api_config.connection_pool_maxsize = API_THREADS
+        # (And one more for each pod list or watch, which holds its connection.)
+        api_config.connection_pool_maxsize = API_THREADS + max(len(namespaces), 1)
         api = client.ApiClient(api_config)
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         targets: dict[str, GatewayTarget] = {}
@@ -129,7 +133,17 @@ class Runtime:
         cluster = ClusterLoop() if settings.cluster_pass else None
         policy: PlacementPolicy = DecidedPolicy(RulePolicy()) if cluster else RulePolicy()
         return cls(
-            settings, core, custom, gateway, applier, policy, targets, reader, predictions, cluster
+            settings,
+            core,
+            custom,
+            gateway,
+            applier,
+            policy,
+            targets,
+            reader,
+            predictions,
+            cluster,
+            namespaces=namespaces,
         )
 
     async def metrics_view(self) -> MetricsView | None:

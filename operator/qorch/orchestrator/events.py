@@ -18,15 +18,16 @@ ROUTINE = frozenset({"Placed", "Started", "SubtaskSucceeded"})
 
 def coalesce(events: Sequence[Event], limit: int = SHORT_LIMIT) -> list[Event]:
     """``events`` with the routine Normal ones merged per reason, at the place of the
-    first of each; the merged message counts them and is cut to ``limit``."""
+    LAST of each (after any decision that led to one of them: "Moved c" comes before
+    "Placed ... c attempt 2"); the merged message counts them and is cut to ``limit``."""
     groups: dict[str, list[str]] = {}
+    last = {ev.reason: i for i, ev in enumerate(events) if ev.reason in ROUTINE and not ev.warning}
     order: list[Event | str] = []  # an Event as it is, or the reason of a group
-    for ev in events:
+    for i, ev in enumerate(events):
         if ev.reason in ROUTINE and not ev.warning:
-            if ev.reason not in groups:
-                groups[ev.reason] = []
+            groups.setdefault(ev.reason, []).append(ev.message)
+            if last[ev.reason] == i:
                 order.append(ev.reason)
-            groups[ev.reason].append(ev.message)
         else:
             order.append(ev)
     out = []

@@ -73,9 +73,9 @@ class World(Protocol[W_contra]):
         """Note what the plan did, for the run's report."""
         ...
 
-    def recheck_at(self, wf: W_contra, decided: Plan, t: float) -> float | None:
-        """When this workflow must be looked at again whatever else happens (a retry
-        time, the next poll of a job nobody reports on), or None."""
+    def recheck_at(self, wf: W_contra, decided: Plan, t: float) -> Sequence[float]:
+        """When this workflow must be looked at again whatever else happens (retry times,
+        the next poll of a job nobody reports on); each is a cycle of its own."""
         ...
 
     def next_change(self, t: float) -> float | None:
@@ -172,11 +172,10 @@ class Runtime(Generic[W]):
             self.predictions.record_outcomes(snapshots[key], decided)
             self.world.record(wf, snapshots[key], decided, t)
             if decided.status.phase in FINISHED:
-                wf.finished = t
+                wf.finished = self.clock.now()  # applied (the simulated clock: t)
                 self.done.append(self.active.pop(key))
                 continue
-            again = self.world.recheck_at(wf, decided, t)
-            if again is not None:
+            for again in self.world.recheck_at(wf, decided, t):
                 heapq.heappush(self.wakeups, (again, key))
         self.world.cycle_done(t)
 

@@ -326,7 +326,7 @@ class Twin:
     def record(self, wf: TwinWorkflow, snapshot: WorkflowSnapshot, decided: Plan, t: float) -> None:
         self._record(wf, decided, t)
 
-    def recheck_at(self, wf: TwinWorkflow, decided: Plan, t: float) -> float | None:
+    def recheck_at(self, wf: TwinWorkflow, decided: Plan, t: float) -> list[float]:
         """The simulated world announces every change (``next_change``): only a move in
         progress (three stored steps the operator takes one after another) and a retry
         time need a cycle of their own."""
@@ -334,13 +334,12 @@ class Twin:
         if any(st.moving is not None for st in status.subtasks):
             # A move is three stored steps (intent, stop the old attempt, start the new
             # one): the operator re-plans at once, and so does the twin.
-            return t + self.step
-        due = [
+            return [t + self.step]
+        return [
             max((_parse(st.retryAfter) - self.start).total_seconds(), t + self.step)
             for st in status.subtasks
             if st.phase is SubtaskPhase.RETRYING and st.retryAfter
         ]
-        return min(due, default=None)
 
     def next_change(self, t: float) -> float | None:
         times = [b.sim.next_change(t) for b in self.backends.values()]
