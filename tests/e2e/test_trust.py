@@ -283,3 +283,39 @@ def test_a_gateway_that_dies_is_waited_for_a_bounded_time_then_its_job_placed_el
         doomed.stop()
         for name in names:
             cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
+
+
+def test_a_pod_created_and_released_in_one_plan_is_released_without_a_read(
+    cluster: Cluster, namespace: str, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release that follows a create in the same plan comes before the watch shows the
+    pod: it is computed from what the create returned, not from a GET (one request a pod
+    placed, ``bench/scale.py``). The real apiserver takes the patch, and the pod is bound."""
+    from qorch.api.workflow import SubtaskSpec, default_pools
+    from qorch.operator import kubeio
+    from qorch.operator.podspec import build_pod
+
+    api = config.new_client_from_config(str(control_plane.kubeconfig))
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    applier = Applier(core, custom, gateway=None, worker_image="busybox")  # type: ignore[arg-type]
+    cpu = default_pools()[0]
+    step = SubtaskSpec.model_validate({"name": "s", "classical": {"image": "busybox"}})
+    owner = {"metadata": {"name": "wf", "namespace": namespace, "uid": "u-1"}}
+    manifest = build_pod(
+        workflow=owner, subtask=step, attempt=1, pod_name="wf-s-1", worker_image="busybox", pool=cpu
+    )
+    manifest["metadata"].pop("ownerReferences", None)  # its owner does not exist here
+    reads: list[str] = []
+    real_read = kubeio.read_pod
+    monkeypatch.setattr(kubeio, "read_pod", lambda *a: reads.append(a[1]) or real_read(*a))
+    asyncio.run(applier._create_pod(namespace, manifest))
+    asyncio.run(applier._release_pod(namespace, "wf-s-1", cpu))
+    assert reads == []
+    pod = cluster.get("pod", "wf-s-1", namespace)
+    assert pod is not None and not pod["spec"].get("schedulingGates")
+    assert pod["spec"]["nodeSelector"] == dict(cpu.nodeSelector)
+    wait_for(
+        "bound",
+        lambda: (cluster.get("pod", "wf-s-1", namespace) or {}).get("spec", {}).get("nodeName"),
+        60,
+    )

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +35,7 @@ from qorch.operator.podspec import (
     build_pod,
     owner_reference,
     release_patch,
+    release_view,
     workflow_label,
 )
 from qorch.orchestrator.lifecycle import ACTIVE
@@ -64,6 +66,8 @@ class ResultConflictError(Exception):
 # Pod writes of one plan sent at once: a workflow of 100 subtasks creates (then releases)
 # 100 pods, which one after another took 100 round trips (bench/scale.py, 10x100).
 POD_WRITES_AT_ONCE = 16
+# Release views of created pods kept until their release (``Applier._created_views``).
+CREATED_VIEWS_MAX = 4096
 # Pod writes (each names its pod) of different pods commute: a run of consecutive ones runs
 # at once, one chain per pod in the plan's order; any other action runs alone, in order.
 _POD_WRITES = (CreatePod, ReleasePod, DeletePod)
@@ -148,6 +152,9 @@ class Applier:
         # (namespace, pod name) -> the gated pod's parts a release patch is computed from,
         # as the watch last saw them (``pod_cache.PodCache``); None: read the pod each time.
         self.gated_views: Callable[[str, str], dict[str, Any] | None] | None = None
+        # Pods this process created and has not released yet, as the create returned them
+        # (release_view), oldest first; bounded: a pod never released ages out.
+        self._created_views: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     async def act(
         self,
@@ -328,10 +335,19 @@ class Applier:
 
     async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(kubeio.create_pod, self.core, namespace, manifest)
+            created = await asyncio.to_thread(kubeio.create_pod, self.core, namespace, manifest)
         except ApiException as exc:
             if exc.status != 409:  # already exists: a replayed plan, nothing to do
                 raise
+            return
+        # The release in the same plan comes before the watch has shown the pod: it is
+        # computed from what the create returned instead of a read.
+        view = release_view(created)
+        if view is not None:
+            key = (namespace, created["metadata"]["name"])
+            self._created_views[key] = view
+            while len(self._created_views) > CREATED_VIEWS_MAX:
+                self._created_views.popitem(last=False)
 
     async def _release_pod(self, namespace: str, pod_name: str, pool: Any, moves: int = 0) -> None:
         """Narrow the pod to ``pool`` and remove Qorch's gate, in one patch computed from the
@@ -339,6 +355,8 @@ class Applier:
         patch tests the gates it was computed from: when the view was stale it fails, and
         the pod is read and patched again."""
         view = self.gated_views(namespace, pod_name) if self.gated_views else None
+        created = self._created_views.pop((namespace, pod_name), None)
+        view = view or created
         if view is not None:
             try:
                 await asyncio.to_thread(

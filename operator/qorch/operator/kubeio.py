@@ -20,8 +20,11 @@ def read_pod(core: CoreV1Api, name: str, namespace: str) -> dict[str, Any]:
     return pod
 
 
-def create_pod(core: CoreV1Api, namespace: str, manifest: dict[str, Any]) -> None:
-    _done(core.create_namespaced_pod(namespace, manifest, _preload_content=False))
+def create_pod(core: CoreV1Api, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The pod as the apiserver stored it."""
+    response = core.create_namespaced_pod(namespace, manifest, _preload_content=False)
+    pod: dict[str, Any] = json.loads(response.data)
+    return pod
 
 
 def patch_pod(core: CoreV1Api, name: str, namespace: str, patch: Any) -> None:
