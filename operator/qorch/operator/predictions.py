@@ -14,7 +14,7 @@ import math
 import statistics
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,7 +24,6 @@ from qorch.api.workflow import (
     HybridWorkflowSpec,
     HybridWorkflowStatus,
     ResourceKind,
-    SubtaskPhase,
     SubtaskStatus,
 )
 from qorch.metrics import operator_metrics as metrics
@@ -42,7 +41,12 @@ from qorch.predictor import (
     Predictor,
     StoreChange,
 )
-from qorch.predictor.workflow import QueueObservations, placeable, predict_workflow
+from qorch.predictor.workflow import (
+    NewSuccesses,
+    QueueObservations,
+    placeable,
+    predict_workflow,
+)
 
 # Imported here, on the main thread: qiskit's OpenQASM 2 parser (a Rust extension) first
 # loaded in a worker thread that later exits crashes the process on a later parse (seen
@@ -87,8 +91,8 @@ class PredictionService:
         # service time.
         self.queues = QueueObservations()
         self._running: dict[str, _RunningError] = {}
-        # Outcomes already counted by this process, oldest first (bounded).
-        self._counted: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        # Outcomes already counted by this process (bounded).
+        self._new = NewSuccesses(COUNTED_MAX)
 
     # -- models ------------------------------------------------------------------------------
     def refresh_models(self, *, force: bool = False) -> tuple[StoreChange, ...]:
@@ -187,39 +191,18 @@ class PredictionService:
     # -- outcomes ----------------------------------------------------------------------------
     def record_outcomes(self, snapshot: WorkflowSnapshot, decided: Plan) -> None:
         """Note the jobs this plan submits with the queue each found; for each succeeded
-        subtask this process has not yet counted, remember its queue wait (history
-        features, learned service time) and export how far the prediction its placement
-        used was off. Keyed by (workflow, subtask, attempt), not by the transition in this plan: the
-        transition may have been stored by another writer (a replica that led before, a
-        write whose answer was lost), and each process counts each outcome once (its
-        metrics start from zero, so a restarted operator counts the running workflows'
-        finished subtasks again, into its own fresh counters)."""
+        subtask this process has not yet counted (``NewSuccesses``), remember its queue
+        wait (history features, learned service time) and export how far the prediction
+        its placement used was off. Each process counts each outcome once (its metrics
+        start from zero, so a restarted operator counts the running workflows' finished
+        subtasks again, into its own fresh counters)."""
         self.queues.note_plan(snapshot.backends, decided.actions)
-        workflow = f"{snapshot.namespace}/{snapshot.name}"
-        for st in decided.status.subtasks:
-            if st.phase is not SubtaskPhase.SUCCEEDED:
-                continue
-            key = (workflow, st.name, st.attempts)
-            if key in self._counted:
-                continue
-            self._counted[key] = None
-            while len(self._counted) > COUNTED_MAX:
-                self._counted.popitem(last=False)
-            self._remember_wait(st)
+        for st in self._new.of(snapshot.namespace, snapshot.name, decided.status):
+            backend = self.queues.waited_for(st)
+            learned = self.queues.service_seconds().get(backend) if backend else None
+            if backend is not None and learned is not None:
+                metrics.BACKEND_LEARNED_SERVICE_SECONDS.labels(backend).set(learned)
             self._compare(st)
-
-    def _remember_wait(self, st: SubtaskStatus) -> None:
-        if (
-            st.placement is None
-            or st.placement.kind is not ResourceKind.BACKEND
-            or st.actual is None
-            or st.actual.queueSeconds is None
-        ):
-            return
-        self.queues.waited(st.placement.name, st.actual.queueSeconds, st.jobId)
-        learned = self.queues.service_seconds().get(st.placement.name)
-        if learned is not None:
-            metrics.BACKEND_LEARNED_SERVICE_SECONDS.labels(st.placement.name).set(learned)
 
     def _compare(self, st: SubtaskStatus) -> None:
         predicted, actual = st.predicted, st.actual

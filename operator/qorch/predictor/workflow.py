@@ -18,6 +18,7 @@ from qorch.api.workflow import (
     HybridWorkflowStatus,
     ResourceKind,
     SubtaskPhase,
+    SubtaskStatus,
 )
 from qorch.orchestrator.plan import CancelJob, SubmitJob
 from qorch.orchestrator.prediction import Prediction
@@ -101,6 +102,20 @@ class QueueObservations:
             seen = self._per_job_ahead.setdefault(backend, deque(maxlen=self.window))
             seen.append(wait / ahead)
 
+    def waited_for(self, st: SubtaskStatus) -> str | None:
+        """Remember the queue wait of a succeeded subtask that ran as a job on a backend;
+        that backend's name (None: it ran elsewhere, or reported no wait)."""
+        placement = st.placement
+        if (
+            placement is None
+            or placement.kind is not ResourceKind.BACKEND
+            or st.actual is None
+            or st.actual.queueSeconds is None
+        ):
+            return None
+        self.waited(placement.name, st.actual.queueSeconds, st.jobId)
+        return placement.name
+
     def recent_waits(self) -> dict[str, tuple[float, ...]]:
         return {name: tuple(seen) for name, seen in self.waits.items()}
 
@@ -112,6 +127,34 @@ class QueueObservations:
             for name, seen in self._per_job_ahead.items()
             if len(seen) >= MIN_SERVICE_SAMPLES
         }
+
+
+class NewSuccesses:
+    """The subtasks a plan shows succeeded that this process has not counted yet. Keyed by
+    (workflow, subtask, attempt), not by the transition in the plan: the transition may
+    have been stored by another writer (a replica that led before, a write whose answer
+    was lost), and each process counts each outcome once. At most ``max_entries`` keys are
+    remembered, oldest dropped first (None: all)."""
+
+    def __init__(self, max_entries: int | None = None) -> None:
+        self.max_entries = max_entries
+        self._counted: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+
+    def of(self, namespace: str, name: str, status: HybridWorkflowStatus) -> list[SubtaskStatus]:
+        workflow = f"{namespace}/{name}"
+        new = []
+        for st in status.subtasks:
+            if st.phase is not SubtaskPhase.SUCCEEDED:
+                continue
+            key = (workflow, st.name, st.attempts)
+            if key in self._counted:
+                continue
+            self._counted[key] = None
+            if self.max_entries is not None:
+                while len(self._counted) > self.max_entries:
+                    self._counted.popitem(last=False)
+            new.append(st)
+        return new
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from qorch.api.workflow import ResourceKind, SubtaskPhase
 from qorch.orchestrator.plan import Plan
 from qorch.orchestrator.snapshot import WorkflowSnapshot
 from qorch.predictor import CircuitCache, Predictor
-from qorch.predictor.workflow import QueueObservations, placeable, predict_workflow
+from qorch.predictor.workflow import (
+    NewSuccesses,
+    QueueObservations,
+    placeable,
+    predict_workflow,
+)
 
 
 class Predictions(Protocol):
@@ -45,7 +49,7 @@ class InlinePredictions:
         for name, waits in (recent_waits or {}).items():
             for wait in waits:
                 self.queues.waited(name, wait)
-        self._counted: set[tuple[str, str, int]] = set()
+        self._new = NewSuccesses()
 
     async def predict(
         self, snapshots: dict[str, WorkflowSnapshot], sources: Mapping[str, Mapping[str, str]]
@@ -76,19 +80,5 @@ class InlinePredictions:
 
     def record_outcomes(self, snapshot: WorkflowSnapshot, decided: Plan) -> None:
         self.queues.note_plan(snapshot.backends, decided.actions)  # as the operator does
-        workflow = f"{snapshot.namespace}/{snapshot.name}"
-        for st in decided.status.subtasks:
-            if st.phase is not SubtaskPhase.SUCCEEDED:
-                continue
-            key = (workflow, st.name, st.attempts)
-            if key in self._counted:
-                continue
-            self._counted.add(key)
-            placement = st.placement
-            if (
-                placement is not None
-                and placement.kind is ResourceKind.BACKEND
-                and st.actual is not None
-                and st.actual.queueSeconds is not None
-            ):
-                self.queues.waited(placement.name, st.actual.queueSeconds, st.jobId)
+        for st in self._new.of(snapshot.namespace, snapshot.name, decided.status):
+            self.queues.waited_for(st)
