@@ -285,12 +285,12 @@ def test_a_gateway_that_dies_is_waited_for_a_bounded_time_then_its_job_placed_el
             cluster.plane.kubectl("delete", "qb", name, "--wait=false", check=False)
 
 
-def test_a_pod_created_and_released_in_one_plan_is_released_without_a_read(
+def test_a_gated_pod_released_before_the_watch_shows_it_is_released_without_a_read(
     cluster: Cluster, namespace: str, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The release that follows a create in the same plan comes before the watch shows the
-    pod: it is computed from what the create returned, not from a GET (one request a pod
-    placed, ``bench/scale.py``). The real apiserver takes the patch, and the pod is bound."""
+    """A release that comes before the watch shows the gated pod is computed from what the
+    create returned, not from a GET (one request a pod placed, ``bench/scale.py``). The
+    real apiserver takes the patch, and the pod is bound."""
     from qorch.api.workflow import SubtaskSpec, default_pools
     from qorch.operator import kubeio
     from qorch.operator.podspec import build_pod
@@ -319,3 +319,81 @@ def test_a_pod_created_and_released_in_one_plan_is_released_without_a_read(
         lambda: (cluster.get("pod", "wf-s-1", namespace) or {}).get("spec", {}).get("nodeName"),
         60,
     )
+
+
+def test_a_pod_created_and_released_in_one_plan_is_created_released(
+    cluster: Cluster, namespace: str, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan that creates a pod and releases it at once costs ONE write: the pod is
+    created as the release would leave it (pool selector, pool marks, no gate), and the
+    real apiserver binds it. A pod that exists already (a replayed plan, still gated) is
+    released instead."""
+    import logging
+
+    from qorch.api.workflow import HybridWorkflowSpec, HybridWorkflowStatus
+    from qorch.operator import apply as apply_mod
+    from qorch.operator import kubeio
+    from qorch.operator.podspec import GATE, POOL_ANNOTATION
+    from qorch.orchestrator.plan import CreatePod, Plan, ReleasePod
+
+    api = config.new_client_from_config(str(control_plane.kubeconfig))
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    applier = Applier(core, custom, gateway=None, worker_image="busybox")  # type: ignore[arg-type]
+    real_build = apply_mod.build_pod
+
+    def build_unowned(**kwargs: Any) -> dict[str, Any]:
+        manifest = real_build(**kwargs)
+        manifest["metadata"].pop("ownerReferences", None)  # its owner does not exist here
+        return manifest
+
+    monkeypatch.setattr(apply_mod, "build_pod", build_unowned)
+    spec = HybridWorkflowSpec.model_validate(
+        {"subtasks": [{"name": n, "classical": {"image": "busybox"}} for n in ("s", "t")]}
+    )
+    body = {"metadata": {"name": "wf", "namespace": namespace, "uid": "u-2"}, "spec": {}}
+    launch = {
+        n: (
+            CreatePod(subtask=n, attempt=1, pod_name=f"wf-{n}-1", pool="cpu"),
+            ReleasePod(f"wf-{n}-1", "cpu"),
+        )
+        for n in ("s", "t")
+    }
+    # wf-t-1 exists already, gated, as a lost status write would leave it.
+    asyncio.run(
+        applier.act(
+            body, spec, Plan(HybridWorkflowStatus(), (launch["t"][0],)), {}, logging.getLogger()
+        )
+    )
+    assert GATE in [
+        g["name"] for g in cluster.get("pod", "wf-t-1", namespace)["spec"]["schedulingGates"]
+    ]
+    writes: list[tuple[str, str]] = []
+    for fn, name_at in (("create_pod", None), ("patch_pod", 1), ("read_pod", 1)):
+        real = getattr(kubeio, fn)
+
+        def counted(*args: Any, _real: Any = real, _fn: str = fn, _at: int | None = name_at) -> Any:
+            name = args[_at] if _at is not None else args[2]["metadata"]["name"]
+            writes.append((_fn, name))
+            return _real(*args)
+
+        monkeypatch.setattr(kubeio, fn, counted)
+    plan = Plan(HybridWorkflowStatus(), (*launch["s"], *launch["t"]))
+    events = asyncio.run(applier.act(body, spec, plan, {}, logging.getLogger()))
+    assert [e for e in events if e.warning] == []
+    assert sorted(writes) == [
+        ("create_pod", "wf-s-1"),
+        ("create_pod", "wf-t-1"),
+        ("patch_pod", "wf-t-1"),
+    ]
+    for pod_name in ("wf-s-1", "wf-t-1"):
+        pod = cluster.get("pod", pod_name, namespace)
+        assert pod is not None and not pod["spec"].get("schedulingGates"), pod
+        assert pod["spec"]["nodeSelector"] == dict(spec.resources.classicalPools[0].nodeSelector)
+        assert pod["metadata"]["annotations"][POOL_ANNOTATION] == "cpu"
+        wait_for(
+            f"{pod_name} bound",
+            lambda n=pod_name: (
+                (cluster.get("pod", n, namespace) or {}).get("spec", {}).get("nodeName")
+            ),
+            60,
+        )

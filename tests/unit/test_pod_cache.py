@@ -70,9 +70,17 @@ def test_a_pod_through_its_life() -> None:
     assert pods.workflow_pods("ns", workflow_label("wf"))[0].phase is PodPhase.SUCCEEDED
     assert "n1" not in pods.usage_by_node  # finished: its room is free
 
+    # An event that changes nothing the workflow plans from (a condition, a relist of the
+    # pod as it was) wakes nobody.
+    done = released(gated, "n1", "Succeeded")
+    done["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    pods.apply("MODIFIED", done)
+    pods.apply("ADDED", done)
+    assert woken == [("ns", "wf")] * 3
+
     pods.apply("DELETED", released(gated, "n1", "Succeeded"))
     assert pods.workflow_pods("ns", workflow_label("wf")) == []
-    assert woken == [("ns", "wf")] * 4  # every event of its pods wakes the workflow
+    assert woken == [("ns", "wf")] * 4  # created, released and running, succeeded, deleted
 
 
 def test_anyones_bound_pod_takes_room_and_wakes_nobody() -> None:

@@ -30,6 +30,7 @@ from qorch.operator.podspec import (
     build_pod,
     pod_state,
     release_patch,
+    released,
     workflow_label,
 )
 from qorch.orchestrator.cluster import PodRequest, pod_request, quantity
@@ -275,6 +276,36 @@ def test_release_patch_narrows_adds_tolerations_and_removes_only_our_gate() -> N
     assert released.pool == "gpu" and released.pool_moves == 2
     gated = {"metadata": meta, "spec": {"schedulingGates": [{"name": GATE}]}, "status": {}}
     assert pod_state(gated).pool is None  # not released (yet): not on any pool
+
+
+@pytest.mark.parametrize("annotated", [False, True])
+def test_a_pod_created_released_is_the_pod_the_release_patch_leaves(annotated: bool) -> None:
+    """The applier creates a pod released when the same plan releases it (one write, not
+    two): what it creates must be exactly what the release patch would have left."""
+    import jsonpatch
+
+    manifest: dict[str, Any] = {
+        "metadata": {"name": "p", **({"annotations": {"x.io/a": "1"}} if annotated else {})},
+        "spec": {
+            "schedulingGates": [{"name": GATE}, {"name": "other.io/quota"}],
+            "nodeSelector": {"zone": "a"},
+            "containers": [{"name": "main", "image": "busybox"}],
+        },
+    }
+    pool = ClassicalPool(
+        name="gpu",
+        nodeSelector={"qorch.io/pool": "gpu", "zone": "b"},
+        tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists")],
+    )
+    before = copy.deepcopy(manifest)
+    for moves in (0, 3):
+        patched = jsonpatch.apply_patch(manifest, release_patch(manifest, pool, moves))
+        assert released(manifest, pool, moves) == patched
+    assert manifest == before  # the manifest given is left as it was
+    only_ours = copy.deepcopy(manifest)
+    only_ours["spec"]["schedulingGates"] = [{"name": GATE}]
+    out = released(only_ours, default_pools()[0])
+    assert "schedulingGates" not in out["spec"]  # no empty list: nothing gates it
 
 
 def test_pod_state_reads_the_route_and_its_move_count_back() -> None:

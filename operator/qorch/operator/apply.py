@@ -36,6 +36,7 @@ from qorch.operator.podspec import (
     owner_reference,
     release_patch,
     release_view,
+    released,
     workflow_label,
 )
 from qorch.orchestrator.lifecycle import ACTIVE
@@ -193,11 +194,19 @@ class Applier:
         return events
 
     async def _perform_chain(self, chain: list[Any], context: _ActContext) -> list[Event]:
-        events = [await self._perform(action, context) for action in chain]
+        release: ReleasePod | None = None
+        if len(chain) > 1 and isinstance(chain[0], CreatePod) and isinstance(chain[1], ReleasePod):
+            # Created and released in one plan: created released, one write (``released``).
+            release, chain = chain[1], [chain[0], *chain[2:]]
+        events = [await self._perform(chain[0], context, release)]
+        events += [await self._perform(action, context) for action in chain[1:]]
         return [e for e in events if e is not None]
 
-    async def _perform(self, action: Any, context: _ActContext) -> Event | None:
-        """One action; the Warning to post when its write failed (retried next cycle)."""
+    async def _perform(
+        self, action: Any, context: _ActContext, release: ReleasePod | None = None
+    ) -> Event | None:
+        """One action; the Warning to post when its write failed (retried next cycle).
+        ``release``: the ReleasePod of the CreatePod ``action``, done by the create."""
         body, namespace, name = context.body, context.namespace, context.name
         subtasks, pools, qasm, logger = (
             context.subtasks,
@@ -223,7 +232,15 @@ class Applier:
                     inputs=action.inputs,
                     inputs_config_map=inputs_cm,
                 )
-                await self._create_pod(namespace, manifest)
+                if release is None:
+                    await self._create_pod(namespace, manifest)
+                else:
+                    pool = pools[release.pool]
+                    if not await self._create_pod(
+                        namespace, released(manifest, pool, release.moves)
+                    ):  # it existed (a replayed plan): release that one
+                        await self._release_pod(namespace, action.pod_name, pool, release.moves)
+                    metrics.placements(pool.name, "pool")
             elif isinstance(action, ReleasePod):
                 await self._release_pod(
                     namespace, action.pod_name, pools[action.pool], action.moves
@@ -333,21 +350,23 @@ class Applier:
             if exc.status != 409:
                 raise
 
-    async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
+    async def _create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create the pod; False when it existed already (a replayed plan)."""
         try:
             created = await asyncio.to_thread(kubeio.create_pod, self.core, namespace, manifest)
         except ApiException as exc:
-            if exc.status != 409:  # already exists: a replayed plan, nothing to do
+            if exc.status != 409:
                 raise
-            return
-        # The release in the same plan comes before the watch has shown the pod: it is
-        # computed from what the create returned instead of a read.
+            return False
+        # A gated pod's release (in a later plan) may come before the watch has shown the
+        # pod: it is then computed from what the create returned instead of a read.
         view = release_view(created)
         if view is not None:
             key = (namespace, created["metadata"]["name"])
             self._created_views[key] = view
             while len(self._created_views) > CREATED_VIEWS_MAX:
                 self._created_views.popitem(last=False)
+        return True
 
     async def _release_pod(self, namespace: str, pod_name: str, pool: Any, moves: int = 0) -> None:
         """Narrow the pod to ``pool`` and remove Qorch's gate, in one patch computed from the

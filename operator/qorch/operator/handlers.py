@@ -25,7 +25,12 @@ from prometheus_client import start_http_server
 
 from qorch.api.backend import CalibrationSummary, GatewayRef, Provider
 from qorch.api.meta import GROUP, VERSION
-from qorch.api.workflow import HybridWorkflowStatus, ResourceKind, WorkflowPhase
+from qorch.api.workflow import (
+    HybridWorkflowSpec,
+    HybridWorkflowStatus,
+    ResourceKind,
+    WorkflowPhase,
+)
 from qorch.gateway.base import GatewayError, GatewayTarget
 from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
@@ -242,6 +247,8 @@ async def drive_workflow(
     # the first cycle: what was validated is what runs, even if a referenced ConfigMap
     # changes later.
     loaded: tuple[dict[str, str], dict[str, CircuitInfo]] | None = None
+    # The spec parsed, per generation: a status write (most events) leaves it as it was.
+    parsed: tuple[object, HybridWorkflowSpec | None, str] = (None, None, "")
     subtasks = 0
     try:
         while not stopped:
@@ -252,7 +259,10 @@ async def drive_workflow(
                 if obj.observe(raw):
                     logger.warning("status written by someone else; planning from the stored one")
                 status = obj.status
-                spec, problem = parse_spec(raw.get("spec") or {})
+                generation = raw["metadata"].get("generation")
+                if parsed[0] != generation or generation is None:
+                    parsed = (generation, *parse_spec(raw.get("spec") or {}))
+                _, spec, problem = parsed
                 if spec is None:
                     await _fail_unparseable(runtime, body, raw, problem)
                     return

@@ -17,10 +17,13 @@ The views:
 - ``usage_by_node``: the requests of every bound, unfinished pod by node (anyone's: they
   all take room), what the cluster pass computes free capacity from.
 
-Every event on a Qorch pod wakes its workflow's daemon (``wake``), a deletion a relist
-found included. The watch runs in a thread of its own (the Kubernetes client blocks) and
-hands each event to the event loop. ``namespaces`` (the operator's ``--namespace``) limits
-it to those namespaces, one list and watch each, as Kopf's watches are limited.
+An event on a Qorch pod wakes its workflow's daemon (``wake``) when it changes what the
+workflow plans from (the pod's ``PodState``: phase, node, result, ...) or deletes the pod
+(a deletion a relist found included); one that changes nothing of that (a condition, a
+relist of the pod as it was) wakes nobody. The watch runs in a thread of its own (the
+Kubernetes client blocks) and hands each event to the event loop. ``namespaces`` (the
+operator's ``--namespace``) limits it to those namespaces, one list and watch each, as
+Kopf's watches are limited.
 """
 
 from __future__ import annotations
@@ -125,6 +128,8 @@ class PodCache:
             annotations = meta.get("annotations") or {}
             # A long name's label is shortened and hashed: the annotation has the name.
             owner = annotations.get(ANNOTATION_WORKFLOW_NAME) or labels[LABEL_WORKFLOW]
+        group = self._workflow_of.get(key)
+        known = self._workflow.get(group, {}).get(key[1]) if group is not None else None
         if kind == "DELETED":
             self._forget(key)
         else:
@@ -137,6 +142,8 @@ class PodCache:
                 return
             self._forget(key)
             self._remember(key, labels, usage, state, view, owner)
+            if state == known:
+                return  # nothing its workflow plans from changed
         if owner is not None:
             self.wake(key[0], owner)
 
