@@ -148,7 +148,9 @@ def test_three_stage_dag_runs_in_order_and_succeeds() -> None:
     w = World(spec(classical("a"), classical("b", "a"), classical("c", "b")))
     p = w.step()
     assert [type(a) for a in p.actions] == [CreatePod, ReleasePod]
-    assert w.sub("a").phase is SubtaskPhase.LAUNCHING
+    # Created on its pool: Scheduled in the first status write, its history saying both.
+    assert w.sub("a").phase is SubtaskPhase.SCHEDULED
+    assert [h.event for h in w.sub("a").history] == ["Placed", "Released"]
     assert w.sub("b").phase is SubtaskPhase.PENDING
     assert w.status.phase is WorkflowPhase.RUNNING
     for name in ("a", "b", "c"):
@@ -341,7 +343,7 @@ def test_history_and_events_record_every_decision() -> None:
     w = World(spec(classical("a")))
     p = w.step()
     assert [e.reason for e in p.events] == ["Validated", "Placed"]
-    assert [h.event for h in w.sub("a").history] == ["Placed"]
+    assert [h.event for h in w.sub("a").history] == ["Placed", "Released"]
     assert w.sub("a").placement is not None
     assert w.sub("a").placement.kind is ResourceKind.POOL
 

@@ -423,8 +423,8 @@ class WorkflowPhase(StrEnum):
 
 class SubtaskPhase(StrEnum):
     PENDING = "Pending"  # waiting for dependencies
-    LAUNCHING = "Launching"  # pod created (gated) or job being submitted
-    SCHEDULED = "Scheduled"  # placement applied; pod not yet running / job queued
+    LAUNCHING = "Launching"  # pod created gated (its pool not yet committed) or job submitted
+    SCHEDULED = "Scheduled"  # placement applied (pod on its pool, job queued); not yet running
     RUNNING = "Running"
     RETRYING = "Retrying"  # last attempt failed; next one after backoff
     SUCCEEDED = "Succeeded"

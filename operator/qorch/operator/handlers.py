@@ -1,8 +1,8 @@
 """Kopf handlers: translate events into pure ``plan`` calls and the plans into writes.
 
 One daemon per HybridWorkflow drives it (level-based: each cycle compares the
-recorded status with the pods and gateway jobs it finds); pod events wake the daemon,
-and it re-plans at least every ``resync_seconds`` anyway. Run with ``qorch operator``
+recorded status with the pods and gateway jobs it finds); a pod event that changes what
+it plans from wakes the daemon, and it re-plans at least every ``resync_seconds`` anyway. Run with ``qorch operator``
 or ``kopf run -m qorch.operator.handlers``.
 """
 

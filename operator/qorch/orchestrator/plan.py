@@ -61,7 +61,9 @@ NAME_LIMIT = 253
 
 @dataclass(frozen=True)
 class CreatePod:
-    """Create the subtask's pod, gated: nothing schedules it until ``ReleasePod``."""
+    """Create the subtask's pod, gated: nothing schedules it until ``ReleasePod``. A
+    ``ReleasePod`` right after it in the same plan is done by the create (the applier
+    creates the pod released: one write)."""
 
     subtask: str
     attempt: int
@@ -415,12 +417,14 @@ def _start(
     st.remoteJobId = None
     st.result = None
     snap = cyc.snap
+    released = False
     if decision.kind is ResourceKind.POOL:
         st.podName = pod_name(snap.name, sub.name, st.attempts)
         st.jobId = None
         cyc.actions.append(_create_pod(cyc, sub, st, decision.name, route))
         if _committed(cyc, sub, st):
             cyc.actions.append(ReleasePod(st.podName, decision.name))
+            released = True
         where = f"pod {st.podName} on pool {decision.name}"
         if route is not None:
             where += f", batches to {route.kind.value} {route.name}"
@@ -432,6 +436,16 @@ def _start(
         where = f"job {st.jobId} on quantum backend {decision.name}"
     message = f"attempt {st.attempts}: {where}"
     cyc.move(st, SubtaskPhase.LAUNCHING, event, message)
+    if released:
+        # Created on its pool (the applier creates it placed): Scheduled in the same
+        # status write, not one write later when the watch shows the pod. A create that
+        # failed looks the same either way: no pod, created again within lost_pod_grace.
+        cyc.move(
+            st,
+            SubtaskPhase.SCHEDULED,
+            "Released",
+            f"pod {st.podName} released to pool {decision.name}",
+        )
     cyc.event(event, f"{sub.name} {message}")
 
 
