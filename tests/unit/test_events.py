@@ -43,3 +43,18 @@ def test_a_long_merge_is_cut_to_the_event_limit_and_says_so() -> None:
     assert len(merged.message) <= 1024
     assert merged.message.startswith("100 subtasks: s000: running")
     assert "more characters]" in merged.message
+
+
+def test_the_last_successes_are_named_by_the_workflows_success() -> None:
+    events = [
+        Event("SubtaskSucceeded", "b: pod w-b-1 completed"),
+        Event("SubtaskSucceeded", "c: pod w-c-1 completed"),
+        Event("WorkflowSucceeded", "all 3 subtasks succeeded"),
+    ]
+    (done,) = coalesce(events)
+    assert done.reason == "WorkflowSucceeded"
+    assert done.message == (
+        "all 3 subtasks succeeded; last: b: pod w-b-1 completed; c: pod w-c-1 completed"
+    )
+    # Without the workflow's success, each cycle's successes stay their own Event.
+    assert [e.reason for e in coalesce(events[:2])] == ["SubtaskSucceeded"]

@@ -64,7 +64,8 @@ class ResultConflictError(Exception):
     """The result's ConfigMap name is taken by an object Qorch did not create."""
 
 
-# Pod writes of one plan sent at once: a workflow of 100 subtasks creates 100 pods, which one after another took 100 round trips (bench/scale.py, 10x100).
+# Pod writes of one plan sent at once: a workflow of 100 subtasks creates 100 pods, which
+# one after another took 100 round trips (bench/scale.py, 10x100).
 POD_WRITES_AT_ONCE = 16
 # Release views of created pods kept until their release (``Applier._created_views``).
 CREATED_VIEWS_MAX = 4096

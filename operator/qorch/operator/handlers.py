@@ -2,8 +2,8 @@
 
 One daemon per HybridWorkflow drives it (level-based: each cycle compares the
 recorded status with the pods and gateway jobs it finds); a pod event that changes what
-it plans from wakes the daemon, and it re-plans at least every ``resync_seconds`` anyway. Run with ``qorch operator``
-or ``kopf run -m qorch.operator.handlers``.
+it plans from wakes the daemon, and it re-plans at least every ``resync_seconds`` anyway.
+Run with ``qorch operator`` or ``kopf run -m qorch.operator.handlers``.
 """
 
 from __future__ import annotations
