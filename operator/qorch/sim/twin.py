@@ -251,6 +251,10 @@ class Twin:
         self.job_subtask: dict[str, tuple[str, str]] = {}
         self.result = TwinResult(policy=policy.name, horizon=0.0)
         self.planner_config = PlannerConfig()
+        # The backends as every workflow's snapshot of one cycle reads them: built once per
+        # cycle (the runtime builds all snapshots before it applies a plan), dropped when a
+        # plan is applied. A week's static replay carries hundreds of waiting workflows.
+        self._backend_views: tuple[float, dict[str, BackendInfo]] | None = None
         # The operator's decision loop, on this world. Every policy re-plans at least every
         # ``resync_seconds`` while work is active (the operator resyncs every 10 s; coarser
         # here, the same for all policies).
@@ -321,6 +325,7 @@ class Twin:
         return self._pod_usage(t)
 
     async def apply(self, wf: TwinWorkflow, decided: Plan, t: float) -> None:
+        self._backend_views = None
         self._apply(wf, decided, t)
 
     def record(self, wf: TwinWorkflow, snapshot: WorkflowSnapshot, decided: Plan, t: float) -> None:
@@ -397,11 +402,16 @@ class Twin:
             now=self.wall(t),
             pods=pods,
             jobs=jobs,
-            backends={name: b.view(t) for name, b in self.backends.items()},
+            backends=self._views(t),
             circuits=wf.circuits,
             config=self.planner_config,
             created=self.wall(wf.arrival),
         )
+
+    def _views(self, t: float) -> dict[str, BackendInfo]:
+        if self._backend_views is None or self._backend_views[0] != t:
+            self._backend_views = (t, {name: b.view(t) for name, b in self.backends.items()})
+        return self._backend_views[1]
 
     def _pod_state(self, name: str, t: float) -> PodState | None:
         pool = self.pools.get(self.pod_pool.get(name, ""))
