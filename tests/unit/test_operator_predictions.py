@@ -28,7 +28,7 @@ from qorch.orchestrator import BackendInfo, Plan, WorkflowSnapshot
 from qorch.orchestrator.plan import SubmitJob
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.snapshot import PredictorReport
-from qorch.predictor.workflow import backend_input
+from qorch.predictor.workflow import backend_input, placeable
 
 REPO = Path(__file__).resolve().parents[2]
 GHZ = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[3]; creg c[3]; h q[0]; cx q[0],q[1]; cx q[1],q[2]; measure q -> c;'  # noqa: E501
@@ -135,6 +135,32 @@ def test_a_circuit_a_pod_simulates_is_predicted_while_it_runs_so_it_may_be_relau
     spec = workflow("a", "b")
     spec.reallocation.enabled = False  # nothing moves: nothing to weigh
     assert predict(service, spec, status) == ({}, None)
+
+
+def test_launched_work_is_predicted_only_for_a_pass_that_weighs_it() -> None:
+    """The cluster pass counts and moves queued jobs and simulating pods: they are predicted.
+    A decision that never looks at launched work again (the twin's static and batch
+    baselines: ``launched=False``) gets predictions for the work still to place only."""
+    pod = Placement(kind=ResourceKind.POOL, name="cpu")
+    job = Placement(kind=ResourceKind.BACKEND, name="ibm-a")
+    status = HybridWorkflowStatus(
+        subtasks=[
+            SubtaskStatus(name="queued", phase=SubtaskPhase.SCHEDULED, placement=job),
+            SubtaskStatus(name="sent", phase=SubtaskPhase.LAUNCHING, placement=job),
+            SubtaskStatus(name="simulating", phase=SubtaskPhase.RUNNING, placement=pod),
+            SubtaskStatus(name="retry", phase=SubtaskPhase.RETRYING),
+        ]
+    )
+    spec = workflow("new", "queued", "sent", "simulating", "retry")
+    sources = {s.name: GHZ for s in spec.subtasks}
+    every = [(n, 2000) for n in ("new", "queued", "sent", "simulating", "retry")]
+    assert placeable(spec, status, sources) == every
+    assert placeable(spec, status, sources, launched=False) == [("new", 2000), ("retry", 2000)]
+    service = PredictionService(str(REPO / "models"))
+    predictions, _ = asyncio.run(
+        service.predict(spec, status, sources, BACKENDS, None, launched=False)
+    )
+    assert {s for s, _ in predictions} == {"new", "retry"}
 
 
 def test_a_broken_model_directory_falls_back_and_says_why(tmp_path: Path) -> None:

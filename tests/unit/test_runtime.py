@@ -244,3 +244,19 @@ def test_on_the_wall_clock_a_world_that_announces_nothing_is_polled() -> None:
     assert 0.6 <= took < 10.0  # two steps of 0.3 s, seen within a poll or two
     assert runtime.done[0].status.phase is WorkflowPhase.SUCCEEDED
     assert len(world.cycles) >= 3
+
+
+@pytest.mark.parametrize("weighs", [True, False])
+def test_predictions_cover_launched_work_only_when_the_policy_weighs_it(weighs: bool) -> None:
+    runtime, _ = simulated([flow("a")])
+    runtime.policy.weighs_launched = weighs  # type: ignore[misc]
+    asked: list[bool] = []
+    predict = runtime.predictions.predict
+
+    async def recording(*args: Any, launched: bool = True) -> dict[str, WorkflowSnapshot]:
+        asked.append(launched)
+        return await predict(*args, launched=launched)
+
+    runtime.predictions.predict = recording  # type: ignore[method-assign]
+    asyncio.run(runtime.run(limit=1000.0))
+    assert asked and set(asked) == {weighs}

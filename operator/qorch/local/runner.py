@@ -536,12 +536,21 @@ class _ServicePredictions:
         self.service = service
 
     async def predict(
-        self, snapshots: dict[str, WorkflowSnapshot], sources: Mapping[str, Mapping[str, str]]
+        self,
+        snapshots: dict[str, WorkflowSnapshot],
+        sources: Mapping[str, Mapping[str, str]],
+        *,
+        launched: bool = True,
     ) -> dict[str, WorkflowSnapshot]:
         out = {}
         for key, snap in snapshots.items():
             predictions, report = await self.service.predict(
-                snap.spec, snap.status, sources.get(key, {}), snap.backends.values(), None
+                snap.spec,
+                snap.status,
+                sources.get(key, {}),
+                snap.backends.values(),
+                None,
+                launched=launched,
             )
             if report is not None:
                 snap = dataclasses.replace(snap, predictions=predictions, predictor=report)

@@ -141,10 +141,13 @@ class PredictionService:
         sources: Mapping[str, str],
         backends: Iterable[BackendInfo],
         live: MetricsView | None,
+        *,
+        launched: bool = True,
     ) -> tuple[dict[tuple[str, str], Prediction], PredictorReport | None]:
         """Predictions for every circuit subtask that may be placed this cycle on every
-        resource it may use; (empty, None) when there is none."""
-        subtasks = placeable(spec, status, sources)
+        resource it may use; (empty, None) when there is none. ``launched``: see
+        ``placeable``."""
+        subtasks = placeable(spec, status, sources, launched=launched)
         if not subtasks:
             return {}, None
         # Read here, on the event loop that appends to them, not in the pass's thread.

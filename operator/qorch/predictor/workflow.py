@@ -252,21 +252,24 @@ def backend_input(
 
 
 def placeable(
-    spec: HybridWorkflowSpec, status: HybridWorkflowStatus, sources: Mapping[str, str]
+    spec: HybridWorkflowSpec,
+    status: HybridWorkflowStatus,
+    sources: Mapping[str, str],
+    *,
+    launched: bool = True,
 ) -> list[tuple[str, int]]:
     """Circuit and variational subtasks (name, shots per batch) that may be placed or moved
     in this cycle (a variational loop also while it runs: its batches move): not started
     (or waiting to retry), or launched but not running (a queued job, an unbound pod: the
     cluster pass weighs moving them), or simulated by a running pod (it may be relaunched);
     their source read, no dependency failed. A dependency still running counts: the plan
-    may see it finish and place its dependents at once."""
+    may see it finish and place its dependents at once. ``launched`` False: only what is
+    still to be placed (not launched, no running loop or pod), for a decision that never
+    looks at launched work again (the twin's static and batch baselines)."""
     phases = {s.name: s.phase for s in status.subtasks}
-    waiting = (
-        SubtaskPhase.PENDING,
-        SubtaskPhase.RETRYING,
-        SubtaskPhase.LAUNCHING,
-        SubtaskPhase.SCHEDULED,
-    )
+    waiting: tuple[SubtaskPhase, ...] = (SubtaskPhase.PENDING, SubtaskPhase.RETRYING)
+    if launched:
+        waiting += (SubtaskPhase.LAUNCHING, SubtaskPhase.SCHEDULED)
     dead = (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED)
     simulating = {
         s.name
@@ -282,12 +285,12 @@ def placeable(
         phase = phases.get(sub.name, SubtaskPhase.PENDING)
         if sub.variational is not None:
             # A running loop's next batches may be re-routed: the pass weighs them too.
-            if phase in waiting or phase is SubtaskPhase.RUNNING:
+            if phase in waiting or (launched and phase is SubtaskPhase.RUNNING):
                 out.append((sub.name, sub.variational.shots))
             continue
         if sub.circuit is None:
             continue
-        if sub.name in simulating and spec.reallocation.enabled:
+        if launched and sub.name in simulating and spec.reallocation.enabled:
             # A pod simulating it may be relaunched elsewhere when the gain pays for the
             # progress it loses: the pass needs its predictions on every resource.
             out.append((sub.name, sub.circuit.shots))

@@ -158,7 +158,9 @@ class Runtime(Generic[W]):
         sources: Mapping[str, Mapping[str, str]] = {
             key: wf.sources for key, wf in self.active.items()
         }
-        predicted = await self.predictions.predict(built, sources)
+        predicted = await self.predictions.predict(
+            built, sources, launched=self.policy.weighs_launched
+        )
         view = CycleView(t, predicted, self.world.nodes(), self.world.usage(t), tick)
         snapshots = self.policy.decide(view, self.world)
         placement = self.policy.placement_policy()

@@ -34,6 +34,10 @@ class CyclePolicy(Protocol):
     name: str
     reallocation: bool  # False: every workflow runs with ``reallocation.enabled: false``
     pass_seconds: float | None  # a cycle at least this often while work is active
+    # Whether the pass weighs launched work each cycle (queued jobs, unbound or simulating
+    # pods, running loops: the cluster pass counts and moves them), so needs predictions
+    # for it. False: predictions only for what is still to be placed.
+    weighs_launched: bool
 
     def placement_policy(self) -> PlacementPolicy: ...
 
@@ -45,6 +49,7 @@ class ClusterPass:
 
     name = "qorch"
     reallocation = True
+    weighs_launched = True
 
     def __init__(self, pass_seconds: float | None = 60.0) -> None:
         self.pass_seconds = pass_seconds

@@ -22,10 +22,15 @@ from qorch.predictor.workflow import (
 
 class Predictions(Protocol):
     async def predict(
-        self, snapshots: dict[str, WorkflowSnapshot], sources: Mapping[str, Mapping[str, str]]
+        self,
+        snapshots: dict[str, WorkflowSnapshot],
+        sources: Mapping[str, Mapping[str, str]],
+        *,
+        launched: bool = True,
     ) -> dict[str, WorkflowSnapshot]:
         """Each snapshot with the predictions of its placeable subtasks (``sources``: each
-        workflow's circuit sources, by the snapshots' keys)."""
+        workflow's circuit sources, by the snapshots' keys; ``launched`` False: only the
+        work still to be placed, see ``placeable``)."""
         ...
 
     def record_outcomes(self, snapshot: WorkflowSnapshot, decided: Plan) -> None:
@@ -52,14 +57,18 @@ class InlinePredictions:
         self._new = NewSuccesses()
 
     async def predict(
-        self, snapshots: dict[str, WorkflowSnapshot], sources: Mapping[str, Mapping[str, str]]
+        self,
+        snapshots: dict[str, WorkflowSnapshot],
+        sources: Mapping[str, Mapping[str, str]],
+        *,
+        launched: bool = True,
     ) -> dict[str, WorkflowSnapshot]:
         waits = self.queues.recent_waits()
         service = self.queues.service_seconds()
         out = {}
         for key, snap in snapshots.items():
             given = sources.get(key, {})
-            subtasks = placeable(snap.spec, snap.status, given)
+            subtasks = placeable(snap.spec, snap.status, given, launched=launched)
             if not subtasks:
                 out[key] = snap
                 continue

@@ -49,6 +49,7 @@ class _Unchanged:
     """Snapshots go to ``plan`` as built: no pass."""
 
     pass_seconds: float | None = None
+    weighs_launched = False  # what it placed stays: only new work is predicted
 
     def decide(self, view: CycleView, twin: Twin) -> dict[str, WorkflowSnapshot]:
         return view.snapshots
@@ -149,6 +150,7 @@ class Qonductor:
     name = "qonductor"
     reallocation = False
     pass_seconds: float | None = QONDUCTOR_ROUND_SECONDS
+    weighs_launched = False  # a round assigns ready work only, and never moves it
 
     def __init__(self, seed: int = 0) -> None:
         self.policy = _Assigned()
