@@ -692,7 +692,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--policy",
         action="append",
-        choices=["static", "least-busy", "qonductor", "qorch", "oracle", "qorch-static"],
+        choices=[
+            "static",
+            "least-busy",
+            "qonductor",
+            "qorch",
+            "oracle",
+            "qorch-static",
+            "qorch-fidelity",
+        ],
         help="replay this policy (repeatable; default: all five)",
     )
     p.add_argument(

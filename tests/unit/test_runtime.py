@@ -260,3 +260,16 @@ def test_predictions_cover_launched_work_only_when_the_policy_weighs_it(weighs: 
     runtime.predictions.predict = recording  # type: ignore[method-assign]
     asyncio.run(runtime.run(limit=1000.0))
     assert asked and set(asked) == {weighs}
+
+
+def test_a_policy_with_an_objective_sets_it_on_every_workflow_at_admission() -> None:
+    from qorch.api.workflow import ObjectiveSpec, Weights
+
+    runtime, _ = simulated([flow("a"), flow("b")])
+    asyncio.run(runtime.run(limit=1000.0))
+    assert {w.spec.objective.weights for w in runtime.done} == {None}  # their own
+    wanted = ObjectiveSpec(weights=Weights(time=0.02, error=0.98, cost=0.0))
+    runtime, _ = simulated([flow("a"), flow("b")])
+    runtime.policy.objective = wanted
+    asyncio.run(runtime.run(limit=1000.0))
+    assert [w.spec.objective for w in runtime.done] == [wanted, wanted]

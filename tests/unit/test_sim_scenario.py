@@ -111,6 +111,7 @@ def test_a_short_real_replay_finishes_under_every_policy() -> None:
         "qorch",
         "oracle",
         "qorch-static",
+        "qorch-fidelity",
     ]
     for r in results:
         s = r.summary()

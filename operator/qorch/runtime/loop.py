@@ -186,7 +186,10 @@ class Runtime(Generic[W]):
         reallocation = wf.spec.reallocation.model_copy(
             update={"enabled": self.policy.reallocation and wf.spec.reallocation.enabled}
         )
-        wf.spec = wf.spec.model_copy(update={"reallocation": reallocation})
+        update: dict[str, object] = {"reallocation": reallocation}
+        if self.policy.objective is not None:  # a what-if: every workflow asks for this
+            update["objective"] = self.policy.objective
+        wf.spec = wf.spec.model_copy(update=update)
         await self.world.admit(wf, t)
         self.active[wf.key] = wf
 

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from qorch.api.workflow import ObjectiveSpec
 from qorch.orchestrator.capacity import NodeInfo, PodUsage
 from qorch.orchestrator.cluster_view import decide_cluster, requests_for
 from qorch.orchestrator.placement import DecidedPolicy, PlacementPolicy, RulePolicy
@@ -38,6 +39,8 @@ class CyclePolicy(Protocol):
     # pods, running loops: the cluster pass counts and moves them), so needs predictions
     # for it. False: predictions only for what is still to be placed.
     weighs_launched: bool
+    # None: each workflow's own objective; else every workflow runs with this one.
+    objective: ObjectiveSpec | None
 
     def placement_policy(self) -> PlacementPolicy: ...
 
@@ -50,6 +53,7 @@ class ClusterPass:
     name = "qorch"
     reallocation = True
     weighs_launched = True
+    objective: ObjectiveSpec | None = None
 
     def __init__(self, pass_seconds: float | None = 60.0) -> None:
         self.pass_seconds = pass_seconds
