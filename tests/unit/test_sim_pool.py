@@ -4,6 +4,11 @@ first come first served; deleting one frees its room; background GPU load takes 
 
 from __future__ import annotations
 
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from qorch.orchestrator.cluster import PodRequest
 from qorch.orchestrator.snapshot import PodPhase
 from qorch.sim.pool import SimPool
@@ -89,3 +94,46 @@ def test_node_loss_fails_the_newest_running_pods_and_shrinks_the_pool() -> None:
     assert pool.next_change(200.0) == 400.0  # the nodes come back
     late = pool.state("late", 400.0)
     assert late is not None and late.phase is PodPhase.RUNNING
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0, 0, 1, 1, 1, 2, 3]), st.integers(0, 7), st.floats(0, 300)),
+        max_size=80,
+    )
+)
+def test_leaving_ended_pods_out_of_the_scans_changes_no_answer(
+    steps: list[tuple[int, int, float]],
+) -> None:
+    """A pool that leaves the pods that ended out of its scans answers every read as one
+    that scans every pod ever created: the same states, room, next change and running pods
+    (with a node loss and a background load that comes and goes)."""
+
+    def make(prune_seconds: float) -> SimPool:
+        return SimPool(
+            "gpu", 4.0, 16 * GIB, gpus=2.0,
+            background_gpus=lambda t: 1.0 if int(t // 500) % 2 else 0.0,
+            outages=((2000.0, 2600.0, 0.5),),
+            prune_seconds=prune_seconds,
+        )  # fmt: skip
+
+    pools = (make(60.0), make(math.inf))
+    t, created = 0.0, 0
+    for kind, index, dt in steps:
+        t += dt
+        answers = []
+        for pool in pools:
+            if kind == 0:
+                request = PodRequest(1.0 + index % 3, GIB, 0.5 * (index % 3))
+                pool.create(f"p{created}", "s", 1, request, 100.0 + 37.0 * index)
+            elif kind == 1:
+                pool.release(f"p{index}", t)
+            elif kind == 2:
+                pool.delete(f"p{index}", t)
+            states = [pool.state(n, t) for n in sorted(pool.pods)]
+            running = sorted(p.name for p in pool.running(t))
+            answers.append((pool.free(t), pool.next_change(t), states, running))
+        created += kind == 0
+        assert answers[0] == answers[1]
+    assert pools[0]._pruned_to > 0 or t < 60 or not steps

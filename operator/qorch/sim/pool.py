@@ -15,7 +15,7 @@ back.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from qorch.orchestrator.cluster import PodRequest
@@ -58,6 +58,13 @@ class SimPool:
     pods: dict[str, SimPod] = field(default_factory=dict)
     _now: float = 0.0
     _outages_applied: int = 0
+    # The released pods that may still matter: every pod ended by ``_pruned_to`` is left
+    # out (it holds no room, starts and ends nothing at or after that time), so that a
+    # week's replay does not scan every pod that ever ran on each read. A question about
+    # an earlier time scans ``pods``. Unreleased pods never matter: they start at infinity.
+    _live: dict[str, SimPod] = field(default_factory=dict)
+    _pruned_to: float = -math.inf
+    prune_seconds: float = 600.0  # how often (twin seconds) ended pods are left out
 
     def create(
         self,
@@ -82,12 +89,26 @@ class SimPool:
         if pod is None or pod.released_at is not None:
             return False
         pod.released_at = t
+        self._live[name] = pod
         self.advance(t)
         return True
+
+    def take(self, name: str) -> SimPod | None:
+        """Remove a pod that has not been released, to ``put`` it in another pool (a
+        narrowed pod); None when there is none, or it was released (it stays)."""
+        pod = self.pods.get(name)
+        if pod is None or pod.released_at is not None:
+            return None
+        return self.pods.pop(name)
+
+    def put(self, pod: SimPod) -> None:
+        """A pod taken from another pool, not yet released."""
+        self.pods[pod.name] = pod
 
     def delete(self, name: str, t: float) -> bool:
         """The pod goes (its room is free at once); False when there was none."""
         self.advance(t)
+        self._live.pop(name, None)
         if self.pods.pop(name, None) is None:
             return False
         self.advance(t)
@@ -139,7 +160,7 @@ class SimPool:
         """The first time after ``t`` at which one of the pods starts or ends, or nodes
         leave or come back."""
         self.advance(t)
-        times = [x for p in self.pods.values() for x in (p.start, p.end) if t < x < math.inf]
+        times = [x for p in self._matter(t) for x in (p.start, p.end) if t < x < math.inf]
         times += [x for start, end, _ in self.outages for x in (start, end) if t < x < math.inf]
         return min(times, default=None)
 
@@ -155,13 +176,14 @@ class SimPool:
             self._outages_applied += 1
             self.advance(lost)
             self._lose_nodes(lost)
+        self._prune()
         # Nothing starts before what was already read (a pod seen Pending then stays so
         # up to then), nor before a pod released earlier started.
-        started = [p.start for p in self.pods.values() if p.start < math.inf]
+        started = [p.start for p in self._live.values() if p.start < math.inf]
         floor = max([self._now, *started])
         self._now = t
         waiting = sorted(
-            (p for p in self.pods.values() if p.released_at is not None and p.start == math.inf),
+            (p for p in self._live.values() if p.start == math.inf),
             key=lambda p: (p.released_at, p.name),
         )
         for pod in waiting:
@@ -175,7 +197,7 @@ class SimPool:
         pod released before it) and no later than ``t`` (None: not by then)."""
         released = pod.released_at if pod.released_at is not None else t
         first = max(released, floor)
-        ends = [p.end for p in self.pods.values()] + [end for _, end, _ in self.outages]
+        ends = [p.end for p in self._matter(first)] + [end for _, end, _ in self.outages]
         candidates = sorted({first, *(x for x in ends if first < x <= t)})
         for at in candidates:
             if at > t:
@@ -197,7 +219,7 @@ class SimPool:
     def _lose_nodes(self, at: float) -> None:
         """Fail running pods, the newest first, until the rest fit what is left."""
         running = sorted(
-            (p for p in self.pods.values() if p.start <= at < p.end),
+            (p for p in self._matter(at) if p.start <= at < p.end),
             key=lambda p: (p.start, p.name),
             reverse=True,
         )
@@ -210,7 +232,7 @@ class SimPool:
 
     def _room(self, at: float) -> tuple[float, float, float]:
         used = [0.0, 0.0, 0.0]
-        for p in self.pods.values():
+        for p in self._matter(at):
             if p.start <= at < p.end:
                 used = [u + r for u, r in zip(used, p.request, strict=True)]
         share = self.capacity_share(at)
@@ -220,3 +242,19 @@ class SimPool:
             self.memory_bytes * share - used[1],
             gpus - used[2],
         )
+
+    def running(self, t: float) -> list[SimPod]:
+        """The pods running at ``t`` (holding their requests)."""
+        return [p for p in self._matter(t) if p.start <= t < p.end]
+
+    def _matter(self, at: float) -> Iterable[SimPod]:
+        """The pods that may hold room, start or end at or after ``at``."""
+        return self._live.values() if at >= self._pruned_to else self.pods.values()
+
+    def _prune(self) -> None:
+        """Leave out of ``_live`` the pods ended by now (a pod's end only ever moves
+        earlier: a loop that finishes, a lost node), at most once per ``prune_seconds``."""
+        if self._now < self._pruned_to + self.prune_seconds:
+            return
+        self._pruned_to = self._now
+        self._live = {n: p for n, p in self._live.items() if p.end > self._pruned_to}

@@ -440,9 +440,8 @@ class Twin:
     def _pod_usage(self, t: float) -> list[PodUsage]:
         usage = []
         for pool in self.pools.values():
-            for pod in pool.sim.pods.values():
-                if pod.start <= t < pod.end:
-                    usage.append(PodUsage(pool.sim.name, *pod.request))
+            for pod in pool.sim.running(t):
+                usage.append(PodUsage(pool.sim.name, *pod.request))
             background = pool.sim.background_gpus(t)
             if background > 0:
                 usage.append(PodUsage(pool.sim.name, 0.0, 0.0, min(background, pool.sim.gpus)))
@@ -463,10 +462,11 @@ class Twin:
                 pool = self.pools[self.pod_pool[action.pod_name]]
                 if action.pool != pool.sim.name and action.pool in self.pools:
                     # A narrow: the pod is now the new pool's (requests as they were).
-                    old = pool.sim.pods.pop(action.pod_name)
-                    self.pools[action.pool].sim.pods[action.pod_name] = old
-                    self.pod_pool[action.pod_name] = action.pool
-                    pool = self.pools[action.pool]
+                    moved = pool.sim.take(action.pod_name)
+                    if moved is not None:
+                        self.pools[action.pool].sim.put(moved)
+                        self.pod_pool[action.pod_name] = action.pool
+                        pool = self.pools[action.pool]
                 pool.sim.release(action.pod_name, t)
                 self._open(wf, action.pod_name, pool.sim.name, "pool", t)
             elif isinstance(action, DeletePod):
