@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import pytest
+from qiskit_aer.noise import NoiseModel, depolarizing_error
 
 import qorch.gateway.backends as backends
 from qorch.api.backend import Provider
 from qorch.gateway.backends import build_backend
+from qorch.gateway.noise import SerialisedOnceNoiseModel
 from qorch.quantum.circuits import load_qasm
 
 GHZ3 = (
@@ -44,12 +48,29 @@ def test_the_noise_model_is_serialised_once_and_runs_simulate_the_same(
         adapter.backend.options.noise_model.to_dict(serializable=True)
     )
     assert plain == frozen
-    assert plain[0].get("000", 0) < 1000  # noisy: the noise model is in effect
+    assert set(plain[0]) - {"000", "111"}  # noisy: the noise model is in effect
+
+
+def test_a_copy_of_the_model_is_a_plain_one_that_serialises_what_it_holds() -> None:
+    """Aer deep-copies the model to add the errors a circuit carries: the copy must not
+    answer with the original's dict."""
+    adapter, _ = seeded_counts(runs=1)
+    noise = adapter.backend.options.noise_model
+    assert isinstance(noise, SerialisedOnceNoiseModel)
+    before = noise.to_dict(serializable=True)
+    copied = copy.deepcopy(noise)
+    assert type(copied) is NoiseModel
+    copied.add_quantum_error(depolarizing_error(0.1, 2), ["cx"], [0, 4])  # not a coupling
+    assert len(copied.to_dict(serializable=True)["errors"]) == len(before["errors"]) + 1
+    assert noise.to_dict(serializable=True) is before
+    restored = pickle.loads(pickle.dumps(noise))
+    assert type(restored) is NoiseModel and restored.to_dict() == noise.to_dict()
 
 
 def test_a_backend_without_a_noise_model_is_left_alone() -> None:
     adapter = build_backend(Provider.AER, None, isolate=False)
     backends.serialise_noise_once(adapter.backend)
+    assert getattr(adapter.backend.options, "noise_model", None) is None
     prepared = [adapter.prepare(load_qasm(GHZ3), ())]
     counts = adapter.run_here("sampler", prepared, 100).result()[0].data.c.get_counts()
     assert set(counts) <= {"000", "111"}

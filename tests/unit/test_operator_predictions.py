@@ -161,6 +161,27 @@ def test_launched_work_is_predicted_only_for_a_pass_that_weighs_it() -> None:
         service.predict(spec, status, sources, BACKENDS, None, launched=False)
     )
     assert {s for s, _ in predictions} == {"new", "retry"}
+    # A running loop's next batches move only by a pass that weighs launched work.
+    loop = HybridWorkflowSpec.model_validate(
+        {
+            "resources": {"quantumBackends": ["ibm-a"]},
+            "subtasks": [
+                {
+                    "name": "vqe",
+                    "variational": {
+                        "qasm": "OPENQASM 3.0; input float[64] t; qubit[2] q; ry(t) q[0];",
+                        "hamiltonian": [{"pauli": "ZZ", "coefficient": 1.0}],
+                        "shots": 500,
+                    },
+                }
+            ],
+        }
+    )
+    running = HybridWorkflowStatus(
+        subtasks=[SubtaskStatus(name="vqe", phase=SubtaskPhase.RUNNING, placement=pod)]
+    )
+    assert placeable(loop, running, {"vqe": "..."}) == [("vqe", 500)]
+    assert placeable(loop, running, {"vqe": "..."}, launched=False) == []
 
 
 def test_a_broken_model_directory_falls_back_and_says_why(tmp_path: Path) -> None:

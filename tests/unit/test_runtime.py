@@ -257,7 +257,7 @@ def test_predictions_cover_launched_work_only_when_the_policy_weighs_it(weighs: 
         asked.append(launched)
         return await predict(*args, launched=launched)
 
-    runtime.predictions.predict = recording  # type: ignore[method-assign]
+    runtime.predictions.predict = recording  # type: ignore[assignment]
     asyncio.run(runtime.run(limit=1000.0))
     assert asked and set(asked) == {weighs}
 
@@ -273,3 +273,4 @@ def test_a_policy_with_an_objective_sets_it_on_every_workflow_at_admission() -> 
     runtime.policy.objective = wanted
     asyncio.run(runtime.run(limit=1000.0))
     assert [w.spec.objective for w in runtime.done] == [wanted, wanted]
+    assert runtime.done[0].spec.objective is not runtime.done[1].spec.objective

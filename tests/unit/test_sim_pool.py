@@ -5,13 +5,16 @@ first come first served; deleting one frees its room; background GPU load takes 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qorch.orchestrator.cluster import PodRequest
 from qorch.orchestrator.snapshot import PodPhase
-from qorch.sim.pool import SimPool
+from qorch.sim.pool import SimPod, SimPool
 
 GIB = float(1 << 30)
 ONE_CPU = PodRequest(1.0, GIB, 0.0)
@@ -96,10 +99,17 @@ def test_node_loss_fails_the_newest_running_pods_and_shrinks_the_pool() -> None:
     assert late is not None and late.phase is PodPhase.RUNNING
 
 
-@settings(max_examples=60, deadline=None)
+class ScanningPool(SimPool):
+    """The reference: every read scans every pod ever created, nothing is left out."""
+
+    def _matter(self, at: float) -> Iterable[SimPod]:
+        return self.pods.values()
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from([0, 0, 1, 1, 1, 2, 3]), st.integers(0, 7), st.floats(0, 300)),
+        st.tuples(st.sampled_from([0, 0, 1, 1, 1, 2, 3, 4]), st.integers(0, 7), st.floats(0, 300)),
         max_size=80,
     )
 )
@@ -107,33 +117,51 @@ def test_leaving_ended_pods_out_of_the_scans_changes_no_answer(
     steps: list[tuple[int, int, float]],
 ) -> None:
     """A pool that leaves the pods that ended out of its scans answers every read as one
-    that scans every pod ever created: the same states, room, next change and running pods
-    (with a node loss and a background load that comes and goes)."""
-
-    def make(prune_seconds: float) -> SimPool:
-        return SimPool(
-            "gpu", 4.0, 16 * GIB, gpus=2.0,
-            background_gpus=lambda t: 1.0 if int(t // 500) % 2 else 0.0,
-            outages=((2000.0, 2600.0, 0.5),),
-            prune_seconds=prune_seconds,
-        )  # fmt: skip
-
-    pools = (make(60.0), make(math.inf))
+    that scans every pod ever created: the same states, room, next change and running pods,
+    with a node loss, a background load that comes and goes, and pods that end early (a
+    loop's worker done with its batches)."""
+    kw: dict[str, Any] = {
+        "background_gpus": lambda t: 1.0 if int(t // 500) % 2 else 0.0,
+        "outages": ((2000.0, 2600.0, 0.5),),
+    }
+    pools = (
+        SimPool("gpu", 4.0, 16 * GIB, 2.0, prune_seconds=60.0, **kw),
+        ScanningPool("gpu", 4.0, 16 * GIB, 2.0, prune_seconds=math.inf, **kw),
+    )
     t, created = 0.0, 0
     for kind, index, dt in steps:
         t += dt
         answers = []
         for pool in pools:
+            name = f"p{index}"
             if kind == 0:
                 request = PodRequest(1.0 + index % 3, GIB, 0.5 * (index % 3))
-                pool.create(f"p{created}", "s", 1, request, 100.0 + 37.0 * index)
+                run = math.inf if index % 4 == 0 else 100.0 + 37.0 * index  # a loop: inf
+                pool.create(f"p{created}", "s", 1, request, run)
             elif kind == 1:
-                pool.release(f"p{index}", t)
+                pool.release(name, t)
             elif kind == 2:
-                pool.delete(f"p{index}", t)
+                pool.delete(name, t)
+            elif kind == 3 and name in pool.pods and pool.pods[name].start <= t:
+                pool.advance(t)
+                pool.end_early(pool.pods[name], min(t, pool.pods[name].end))
+            elif kind == 4 and name in pool.pods and pool.pods[name].released_at is None:
+                pool.put(pool.take(name))
             states = [pool.state(n, t) for n in sorted(pool.pods)]
             running = sorted(p.name for p in pool.running(t))
             answers.append((pool.free(t), pool.next_change(t), states, running))
         created += kind == 0
         assert answers[0] == answers[1]
-    assert pools[0]._pruned_to > 0 or t < 60 or not steps
+
+
+def test_a_released_pod_stays_in_its_pool_and_ends_no_later_than_it_would() -> None:
+    pool, other = SimPool("cpu", 4.0, 16 * GIB), SimPool("gpu", 4.0, 16 * GIB, 2.0)
+    pod = pool.create("p", "s", 1, ONE_CPU, 100.0)
+    other.put(pool.take("p"))
+    other.release("p", 0.0)
+    with pytest.raises(ValueError, match="stays there"):
+        other.take("p")
+    with pytest.raises(ValueError, match="later"):
+        other.end_early(pod, 500.0)
+    other.end_early(pod, 40.0)
+    assert phase(other, "p", 41.0) is PodPhase.SUCCEEDED

@@ -614,26 +614,17 @@ def _device_operations(target: Target) -> set[tuple[str, tuple[int, ...]]]:
 
 
 def serialise_noise_once(backend: Any) -> None:
-    """Make a fake device's noise model serialise once, not on every run.
+    """Make a fake device's noise model serialise once, not on every run
+    (``SerialisedOnceNoiseModel``). A backend without a noise model (Aer's ideal
+    simulator, IBM) is left as it is."""
+    from qiskit_aer.noise import NoiseModel
 
-    Aer turns the noise model into a JSON-safe dict (``to_dict(serializable=True)``, a JSON
-    round trip of every error) on every ``run`` before it hands it to its C++ simulator:
-    on fake_manila a third of a one-circuit call, paid again by every batch. The gateway
-    never changes a backend's noise model (a new calibration is a new backend object), so
-    the dict made once is the dict every run would make. A backend without a noise model
-    (Aer's ideal simulator, IBM) is left as it is."""
+    from qorch.gateway.noise import SerialisedOnceNoiseModel
+
     setup = getattr(backend, "_setup_sim", None)
     if getattr(backend, "sim", True) is None and callable(setup):
         setup()  # what the fake backend's first run() would do: build its simulator
     options = getattr(backend, "options", None)
     noise = getattr(options, "noise_model", None) if options is not None else None
-    if noise is None or getattr(noise, "_qorch_serialised", False):
-        return
-    serialised = noise.to_dict(serializable=True)
-    plain = noise.to_dict
-
-    def to_dict(serializable: bool = False) -> dict[str, Any]:
-        return serialised if serializable else plain(serializable)  # type: ignore[no-any-return]
-
-    noise.to_dict = to_dict
-    noise._qorch_serialised = True
+    if type(noise) is NoiseModel:  # none, or already serialised once: nothing to do
+        noise.__class__ = SerialisedOnceNoiseModel

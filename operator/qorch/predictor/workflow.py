@@ -265,7 +265,9 @@ def placeable(
     their source read, no dependency failed. A dependency still running counts: the plan
     may see it finish and place its dependents at once. ``launched`` False: only what is
     still to be placed (not launched, no running loop or pod), for a decision that never
-    looks at launched work again (the twin's static and batch baselines)."""
+    looks at launched work again: the twin's static and batch baselines, not the operator
+    (its cluster pass weighs launched work, and its ``Predicted`` condition is refreshed
+    by every pass that predicts)."""
     phases = {s.name: s.phase for s in status.subtasks}
     waiting: tuple[SubtaskPhase, ...] = (SubtaskPhase.PENDING, SubtaskPhase.RETRYING)
     if launched:

@@ -188,7 +188,7 @@ class Runtime(Generic[W]):
         )
         update: dict[str, object] = {"reallocation": reallocation}
         if self.policy.objective is not None:  # a what-if: every workflow asks for this
-            update["objective"] = self.policy.objective
+            update["objective"] = self.policy.objective.model_copy(deep=True)
         wf.spec = wf.spec.model_copy(update=update)
         await self.world.admit(wf, t)
         self.active[wf.key] = wf

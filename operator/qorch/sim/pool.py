@@ -62,9 +62,10 @@ class SimPool:
     # out (it holds no room, starts and ends nothing at or after that time), so that a
     # week's replay does not scan every pod that ever ran on each read. A question about
     # an earlier time scans ``pods``. Unreleased pods never matter: they start at infinity.
-    _live: dict[str, SimPod] = field(default_factory=dict)
-    _pruned_to: float = -math.inf
-    prune_seconds: float = 600.0  # how often (twin seconds) ended pods are left out
+    _live: dict[str, SimPod] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _pruned_to: float = field(default=-math.inf, init=False, repr=False, compare=False)
+    # How often (twin seconds) the pods that ended are left out (inf: never).
+    prune_seconds: float = 600.0
 
     def create(
         self,
@@ -93,17 +94,26 @@ class SimPool:
         self.advance(t)
         return True
 
-    def take(self, name: str) -> SimPod | None:
-        """Remove a pod that has not been released, to ``put`` it in another pool (a
-        narrowed pod); None when there is none, or it was released (it stays)."""
-        pod = self.pods.get(name)
-        if pod is None or pod.released_at is not None:
-            return None
+    def take(self, name: str) -> SimPod:
+        """Remove a pod that has not been released, to ``put`` it in another pool (a pod
+        narrowed to a pool when it is released: ``plan`` narrows gated pods only)."""
+        pod = self.pods[name]
+        if pod.released_at is not None:
+            raise ValueError(f"pod {name} was released in pool {self.name}: it stays there")
         return self.pods.pop(name)
 
     def put(self, pod: SimPod) -> None:
         """A pod taken from another pool, not yet released."""
+        if pod.released_at is not None:
+            raise ValueError(f"pod {pod.name} was released elsewhere: it cannot move")
         self.pods[pod.name] = pod
+
+    def end_early(self, pod: SimPod, at: float) -> None:
+        """The pod ends at ``at`` (a loop's worker that finished its batches): never later
+        than it would have, which is what leaving ended pods out relies on."""
+        if at - pod.start > pod.run_seconds:
+            raise ValueError(f"pod {pod.name} cannot end later than it would ({at})")
+        pod.run_seconds = at - pod.start
 
     def delete(self, name: str, t: float) -> bool:
         """The pod goes (its room is free at once); False when there was none."""
@@ -179,11 +189,12 @@ class SimPool:
         self._prune()
         # Nothing starts before what was already read (a pod seen Pending then stays so
         # up to then), nor before a pod released earlier started.
-        started = [p.start for p in self._live.values() if p.start < math.inf]
+        matter = list(self._matter(self._now))
+        started = [p.start for p in matter if p.start < math.inf]
         floor = max([self._now, *started])
         self._now = t
         waiting = sorted(
-            (p for p in self._live.values() if p.start == math.inf),
+            (p for p in matter if p.released_at is not None and p.start == math.inf),
             key=lambda p: (p.released_at, p.name),
         )
         for pod in waiting:
@@ -254,7 +265,9 @@ class SimPool:
     def _prune(self) -> None:
         """Leave out of ``_live`` the pods ended by now (a pod's end only ever moves
         earlier: a loop that finishes, a lost node), at most once per ``prune_seconds``."""
-        if self._now < self._pruned_to + self.prune_seconds:
+        if not math.isfinite(self.prune_seconds) or (
+            self._now < self._pruned_to + self.prune_seconds
+        ):
             return
         self._pruned_to = self._now
         self._live = {n: p for n, p in self._live.items() if p.end > self._pruned_to}

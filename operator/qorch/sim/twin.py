@@ -462,11 +462,9 @@ class Twin:
                 pool = self.pools[self.pod_pool[action.pod_name]]
                 if action.pool != pool.sim.name and action.pool in self.pools:
                     # A narrow: the pod is now the new pool's (requests as they were).
-                    moved = pool.sim.take(action.pod_name)
-                    if moved is not None:
-                        self.pools[action.pool].sim.put(moved)
-                        self.pod_pool[action.pod_name] = action.pool
-                        pool = self.pools[action.pool]
+                    self.pools[action.pool].sim.put(pool.sim.take(action.pod_name))
+                    self.pod_pool[action.pod_name] = action.pool
+                    pool = self.pools[action.pool]
                 pool.sim.release(action.pod_name, t)
                 self._open(wf, action.pod_name, pool.sim.name, "pool", t)
             elif isinstance(action, DeletePod):
@@ -616,7 +614,7 @@ class Twin:
             if loop.current is None:
                 if loop.sent >= loop.batches_total:
                     loop.done_at = clock
-                    pod.run_seconds = clock - pod.start
+                    pool.end_early(pod, clock)
                     pod.result = {
                         "optimizer": "cobyla",
                         "iterations": loop.sent,
