@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from qorch.sim.policy_names import POLICIES
+
 if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
 
@@ -692,15 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--policy",
         action="append",
-        choices=[
-            "static",
-            "least-busy",
-            "qonductor",
-            "qorch",
-            "oracle",
-            "qorch-static",
-            "qorch-fidelity",
-        ],
+        choices=POLICIES,
         help="replay this policy (repeatable; default: all five)",
     )
     p.add_argument(

@@ -43,6 +43,7 @@ from qorch.orchestrator.snapshot import WorkflowSnapshot
 from qorch.predictor.analytic import AnalyticConfig
 from qorch.runtime.policy import ClusterPass, CyclePolicy, CycleView
 from qorch.sim.baselines import BatchBackend, BatchJob, batch_assign
+from qorch.sim.policy_names import POLICIES
 from qorch.sim.twin import Twin
 
 QONDUCTOR_ROUND_SECONDS = 120.0
@@ -296,17 +297,6 @@ def _perfect(snap: WorkflowSnapshot, twin: Twin) -> dict[tuple[str, str], Predic
                 seconds_p10=run, seconds_p50=run, seconds_p90=run, run_seconds=run
             )
     return out
-
-
-POLICIES = (
-    "static",
-    "least-busy",
-    "qonductor",
-    "qorch",
-    "oracle",
-    "qorch-static",
-    "qorch-fidelity",
-)
 
 
 def make_policy(name: str, *, seed: int = 0, pass_seconds: float = 60.0) -> CyclePolicy:

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from qorch.predictor import Predictor
-from qorch.sim.policies import POLICIES, make_policy
+from qorch.sim.policies import make_policy
+from qorch.sim.policy_names import POLICIES
 from qorch.sim.records import TwinResult
 from qorch.sim.scenario import Scenario, build_world, load_traces, make_workflows
 from qorch.sim.twin import Twin, make_predictor
