@@ -295,9 +295,10 @@ def test_outcomes_feed_the_queue_history_and_the_running_error() -> None:
 
 def test_a_backends_service_time_is_learned_from_the_waits_per_job_ahead() -> None:
     """Each job the plan submits is noted with the queue its backend showed; when it has
-    waited, wait / jobs ahead is one sample of the seconds a job holds the backend. From
-    three on, their median reaches the predictor as the backend's service time, and the
-    median wait of a queue of 20 becomes 20 x that instead of 20 x the analytic 66 s."""
+    waited, it waited that long for that many jobs ahead. From three on, the waits summed
+    over the jobs ahead summed (with the analytic 66 s counting as ten more such jobs)
+    reach the predictor as the backend's service time, and the median wait of a queue of
+    20 becomes 20 x that instead of 20 x the analytic 66 s."""
     service = PredictionService(None)
     spec = workflow("a")
     backend = dataclasses.replace(BACKENDS[0], queue_length=10)
@@ -317,19 +318,23 @@ def test_a_backends_service_time_is_learned_from_the_waits_per_job_ahead() -> No
         st.placement = Placement(kind=ResourceKind.BACKEND, name="ibm-a")
         st.actual = ActualOutcome(queueSeconds=wait, runSeconds=2.0)
         service.record_outcomes(snap, Plan(status=done))
-    assert service.queues.service_seconds() == {"ibm-a": 30.0}  # median of 30, 25, 40
-    assert sample("qorch_backend_learned_service_seconds", {"quantum_backend": "ibm-a"}) == 30.0
+    # 950 s for 30 jobs ahead, and the analytic 66 s for ten jobs of 10 ahead each.
+    learned_seconds = (950.0 + 100 * 66.0) / (30 + 100)
+    assert service.queues.service_seconds() == {"ibm-a": pytest.approx(learned_seconds)}
+    assert sample(
+        "qorch_backend_learned_service_seconds", {"quantum_backend": "ibm-a"}
+    ) == pytest.approx(learned_seconds)
     # A wait without its submission seen (another replica submitted it) teaches no rate.
     service.queues.waited("ibm-b", 500.0, "unknown-job")
     assert "ibm-b" not in service.queues.service_seconds()
     busy = dataclasses.replace(BACKENDS[0], queue_length=20)
     learned = backend_input(busy, None, (), service.queues.service_seconds()["ibm-a"])
-    assert learned.service_seconds == 30.0
+    assert learned.service_seconds == pytest.approx(learned_seconds)
     from qorch.predictor import PredictionContext, Predictor, SubtaskInput
 
     parsed = service.circuits.parse(GHZ)
     predictor = Predictor(None)
-    for b, median in ((learned, 600.0), (backend_input(busy, None, ()), 20 * 66.0)):
+    for b, median in ((learned, 20 * learned_seconds), (backend_input(busy, None, ()), 20 * 66.0)):
         context = PredictionContext.of([SubtaskInput("a", parsed, 100)], [b])
         (p,) = predictor.predict([("a", "ibm-a")], context)
         assert p.queue_seconds_p50 == pytest.approx(median)

@@ -411,16 +411,41 @@ def test_queue_observations_learn_per_job_ahead_and_forget_what_will_not_run() -
     obs.note_plan(backends, [SubmitJob("s", 1, f"j{i}", "b") for i in range(3)])
     for i, wait in enumerate((90.0, 100.0, 110.0)):
         obs.waited("b", wait, f"j{i}")
-    assert obs.service_seconds() == {"b": 10.0}  # 90/9, 100/10, 110/11
+    # 300 s for 30 jobs ahead, and the analytic 66 s for ten more jobs of 10 ahead each.
+    learned = pytest.approx((300.0 + 100 * 66.0) / (30 + 100))
+    assert obs.service_seconds() == {"b": learned}
     assert obs.recent_waits() == {"b": (90.0, 100.0, 110.0)}
     # A cancelled (moved) job teaches nothing, even if a wait is reported for it later.
     obs.note_plan(backends, [SubmitJob("s", 2, "moved", "b")])
     obs.note_plan(backends, [CancelJob("moved", "b", "moved away")])
     obs.waited("b", 5000.0, "moved")
-    assert obs.service_seconds() == {"b": 10.0}
+    assert obs.service_seconds() == {"b": learned}
     # Bounded: the oldest submissions age out.
     for i in range(SUBMISSIONS_MAX + 5):
         obs.submitted(f"x{i}", 1)
     obs.waited("b", 1.0, "x0")  # aged out: a wait, but no rate
     assert len(obs._submitted) == SUBMISSIONS_MAX
-    assert obs.service_seconds() == {"b": 10.0}
+    assert obs.service_seconds() == {"b": learned}
+
+
+def test_a_learned_service_time_weighs_each_job_by_the_jobs_it_found_ahead() -> None:
+    """Jobs that found one or two ahead and started at once (a queue emptied in bulk) must
+    not teach that a backend serves a job in seconds while those that found 80 ahead
+    waited 80 x 75 s: the median of ``w / n`` did (it learned 1 s here); waits over jobs
+    ahead, summed, does not. The analytic 66 s counts as ten jobs, so a rate learned from
+    twenty jobs is mostly theirs."""
+    from qorch.predictor.workflow import QueueObservations
+
+    obs = QueueObservations()
+    found = [1, 2, 1, 80, 1, 2, 80, 1, 80, 2, 1, 80, 1, 2, 80, 1, 2, 80, 1, 2]
+    for i, ahead in enumerate(found):
+        obs.submitted(f"j{i}", ahead)
+        obs.waited("b", 75.0 * ahead if ahead >= 80 else 1.0, f"j{i}")
+    (rate,) = obs.service_seconds().values()
+    assert 70.0 < rate < 75.0
+    # Twenty jobs that each waited 30 s a job ahead: the rate is theirs, pulled a third of
+    # the way toward the analytic 66 s.
+    for i in range(20):
+        obs.submitted(f"k{i}", 10)
+        obs.waited("b", 300.0, f"k{i}")
+    assert obs.service_seconds()["b"] == pytest.approx((20 * 30.0 + 10 * 66.0) / 30)

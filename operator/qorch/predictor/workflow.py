@@ -6,7 +6,7 @@ caller hands in the predictor, the parsed-circuit cache and what it read of the 
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from qorch.orchestrator.plan import CancelJob, SubmitJob
 from qorch.orchestrator.prediction import Prediction
 from qorch.orchestrator.prices import pool_price_per_hour
 from qorch.orchestrator.snapshot import BackendInfo, MetricsView, PredictorReport
+from qorch.predictor.analytic import AnalyticConfig
 from qorch.predictor.features import (
     BackendInput,
     CalibrationMedians,
@@ -47,6 +48,9 @@ SUBMISSIONS_MAX = 10_000
 # A learned service time under this is taken as this (a queue served "instantly" by a
 # handful of samples must not make every queue look free).
 MIN_SERVICE_SECONDS = 1.0
+# The analytic service time counts as this many jobs like the backend's own when its
+# service time is learned (``QueueObservations.service_seconds``).
+SERVICE_PRIOR_JOBS = 10
 
 
 class QueueObservations:
@@ -54,17 +58,31 @@ class QueueObservations:
 
     - the waits they took, oldest first: the predictor's history features;
     - the seconds each job AHEAD held the backend: a job that found ``n`` jobs queued when it
-      was submitted and waited ``w`` says ``w / n``. The median over the backend's recent
-      jobs is its live service time, which the predictor multiplies by the queue length
-      for the median wait. Without it the queue length only sets a floor, at one analytic
-      figure (66 s) per job for every backend, though real backends serve a job in 40 s or
-      in 5 minutes (the 2023 queue trace drains at both rates).
+      was submitted and waited ``w`` says it waited ``w`` for ``n``. Over the backend's
+      recent jobs, the waits summed over the jobs ahead summed is its live service time,
+      which the predictor multiplies by the queue length for the median wait. Without it
+      the queue length only sets a floor, at one analytic figure (66 s) per job for every
+      backend, though real backends serve a job in 40 s or in 5 minutes (the 2023 queue
+      trace drains at both rates).
+
+    Why a ratio of sums, and why the analytic figure still counts: a job that found one or
+    two ahead says little about the rate (a queue emptied at once, or one slow job), and
+    the median of ``w / n`` over 20 such jobs followed those lucky few: replaying the week
+    of real queues, it once learned 6 s a job for a device that drained at 76 s, and a loop
+    moved there waited hours a batch. Weighing each job by the jobs it saw ahead, and the
+    analytic figure as ``SERVICE_PRIOR_JOBS`` jobs like them, halved the wait lost by
+    picking the queue this predicts shortest (``bench/real_traces.py``, issue 14's note).
     """
 
-    def __init__(self, window: int = RECENT_WAITS) -> None:
+    def __init__(
+        self,
+        window: int = RECENT_WAITS,
+        prior_seconds: float = AnalyticConfig.service_seconds_per_job,
+    ) -> None:
         self.window = window
+        self.prior_seconds = prior_seconds
         self.waits: dict[str, deque[float]] = {}
-        self._per_job_ahead: dict[str, deque[float]] = {}
+        self._ahead: dict[str, deque[tuple[float, int]]] = {}  # (wait, jobs ahead)
         self._submitted: OrderedDict[str, int] = OrderedDict()  # job id -> jobs ahead
 
     def submitted(self, job_id: str, ahead: int) -> None:
@@ -99,8 +117,8 @@ class QueueObservations:
         self.waits.setdefault(backend, deque(maxlen=self.window)).append(wait)
         ahead = self._submitted.pop(job_id, None) if job_id else None
         if ahead:
-            seen = self._per_job_ahead.setdefault(backend, deque(maxlen=self.window))
-            seen.append(wait / ahead)
+            seen = self._ahead.setdefault(backend, deque(maxlen=self.window))
+            seen.append((max(wait, 0.0), ahead))
 
     def waited_for(self, st: SubtaskStatus) -> str | None:
         """Remember the queue wait of a succeeded subtask that ran as a job on a backend;
@@ -120,13 +138,20 @@ class QueueObservations:
         return {name: tuple(seen) for name, seen in self.waits.items()}
 
     def service_seconds(self) -> dict[str, float]:
-        """Per backend with enough jobs that found others ahead: the median seconds per job
-        ahead."""
-        return {
-            name: max(statistics.median(seen), MIN_SERVICE_SECONDS)
-            for name, seen in self._per_job_ahead.items()
-            if len(seen) >= MIN_SERVICE_SAMPLES
-        }
+        """Per backend with enough jobs that found others ahead: the seconds a job ahead
+        holds it, ``(sum w + k n prior) / (sum n + k n)`` over its recent jobs (waits ``w``
+        behind ``n`` ahead; ``n`` their mean, ``k`` = ``SERVICE_PRIOR_JOBS``): their
+        waits per job ahead, the analytic figure counting as ``k`` more such jobs."""
+        out = {}
+        for name, seen in self._ahead.items():
+            if len(seen) < MIN_SERVICE_SAMPLES:
+                continue
+            waited = math.fsum(w for w, _ in seen)
+            ahead = sum(n for _, n in seen)
+            prior_ahead = SERVICE_PRIOR_JOBS * ahead / len(seen)
+            rate = (waited + prior_ahead * self.prior_seconds) / (ahead + prior_ahead)
+            out[name] = max(rate, MIN_SERVICE_SECONDS)
+        return out
 
 
 class NewSuccesses:
