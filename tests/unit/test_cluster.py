@@ -48,6 +48,7 @@ from qorch.orchestrator.cluster import (
     decide,
     pod_request,
     quantity,
+    relative_gain,
 )
 from qorch.orchestrator.cost import usable
 from qorch.orchestrator.prediction import MODEL, POOL, QPU, Prediction
@@ -859,3 +860,55 @@ def test_a_loop_counts_one_batch_in_its_backends_queue_not_all_it_has_left() -> 
     # The figures handed back for the loop are one batch's (what the planner records).
     assert places["vqe"].prediction is not None
     assert places["vqe"].prediction.run_seconds == pytest.approx(RUN)
+
+
+def test_the_gain_is_relative_to_what_staying_costs_not_to_the_distance_from_the_ideal() -> None:
+    # Time weighing 0.7 (speed) and the same fidelity and price everywhere. At qb the job
+    # would finish 3% sooner (1065 s against 1100 s): qa's score is near zero (4% over the
+    # best), and 3% of completion read as a gain of 65% of it, so the job moved. It stays.
+    same = {"qa": 1.0, "qb": 1.0}
+    slight = decide(queued_at("qa", {"qa": 1100.0, "qb": 1000.0}, fidelity=same, waited=0))
+    assert slight.moves == ()
+    # Twice as long at qa (its own job's run is not ahead of it): 2000 s against 1065 s,
+    # 1 - (1065 / 2000) ** 0.7 = 36% > 20%, and the reason says so.
+    (move,) = decide(queued_at("qa", {"qa": 2000.0, "qb": 1000.0}, fidelity=same, waited=0)).moves
+    assert move.gain == pytest.approx(1 - (1065 / 2000) ** 0.7, rel=1e-6)
+    assert move.gain == pytest.approx(relative_gain(move.score_here or 0.0, move.score_there))
+    assert f"gain {move.gain:.0%} > required 20%" in move.reason
+
+
+def test_relative_gain_reads_as_the_cost_factor_saved() -> None:
+    assert relative_gain(0.5, 0.5) == 0.0
+    assert relative_gain(1.0, 0.0) == pytest.approx(0.5)  # half the cost factor
+    assert relative_gain(0.0, 1.0) == pytest.approx(-1.0)  # twice what staying costs
+    assert relative_gain(3.0, 3.0 - math.log2(1.25)) == pytest.approx(0.2)
+
+
+def test_a_loop_is_not_scored_behind_its_own_batch_so_it_does_not_move_back_and_forth() -> None:
+    # qa and qb each have one job of others queued, served in 100 s. The loop's batch
+    # queued at its route shows in that backend's queue (2 jobs, 200 s predicted), but the
+    # loop's next batches will not wait behind it. Scored with it ahead, qa looked 1.6x
+    # slower than qb for every batch; the loop moved to qb, and from there back to qa.
+    loop = SubtaskSpec(
+        name="a",
+        variational=VariationalSpec(
+            qasm=QASM, hamiltonian=[PauliTerm(pauli="ZZ", coefficient=1)], maxIterations=10
+        ),
+    )
+    wf = spec([loop], backends=("qa", "qb"))
+
+    def decide_at(route: str, others: Mapping[str, int]) -> ClusterDecision:
+        shown = {b: n + (b == route) for b, n in others.items()}  # the queues as shown
+        predictions: Predictions = {("a", b): qpu("a", b, 100.0 * n) for b, n in shown.items()}
+        sub = SubtaskEntry("a", Stage.QUEUED, route, since=NOW, num_qubits=2, pod_pool="cpu")
+        backends = {
+            b: BackendLoad(BackendInfo(b, Provider.FAKE, 127, queue_length=n))
+            for b, n in shown.items()
+        }
+        return decide(ClusterSnapshot(NOW, [entry("ns/w", wf, [sub], predictions)], backends))
+
+    for route in ("qa", "qb"):
+        assert decide_at(route, {"qa": 1, "qb": 1}).moves == ()
+    # Where the others' queue really is longer, the loop's next batches go elsewhere.
+    (move,) = decide_at("qa", {"qa": 6, "qb": 1}).moves
+    assert (move.source.name, move.target.name) == ("qa", "qb")

@@ -372,7 +372,12 @@ class ReallocationSpec(StrictModel):
     enabled: bool = True
     intervalSeconds: int = Field(default=15, ge=1, le=3600)
     threshold: float = Field(
-        default=DEFAULT_THRESHOLD, ge=0, le=1, description="Relative cost gain a move must beat."
+        default=DEFAULT_THRESHOLD,
+        ge=0,
+        le=1,
+        description="Relative cost gain a move must beat: 1 - 2^(cost there - cost here), "
+        "the cost being the workflow's weighted sum of log2 terms (0.2: staying costs "
+        "1.25x what moving does).",
     )
     hysteresis: float = Field(
         default=DEFAULT_HYSTERESIS,
