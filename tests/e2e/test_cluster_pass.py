@@ -218,8 +218,12 @@ def test_a_running_simulation_is_relaunched_on_a_backend_whose_queue_drained(
 ) -> None:
     # An ideal simulator backend with 500 jobs ahead: the 28-qubit circuit goes to the CPU
     # pool (about 200 s predicted there). Its pod runs (a KWOK pod runs until deleted); the
-    # backend's queue drains, and the rest of the pod's run is worth more than starting
-    # again at the backend: the pass relaunches it there, and the old pod goes.
+    # backend's queue drains. The backend simulates about as fast as the pod, but it is
+    # free and the pod is not, and this workflow weighs money first (preset ``cost``,
+    # threshold 0.1): the rest of the pod's run costs more than starting again at the
+    # backend, so the pass relaunches it there, and the old pod goes. (Under ``balanced``
+    # and the default threshold, a move that saves a fraction of a cent for a later finish
+    # is not worth a restart: 6% gain.)
     name = f"sim-{namespace}"[:63].rstrip("-")
     cluster.apply(json.dumps(scripted_backend(name, numQubits=30)))
     busy = {"status": {"queueLength": 500}}
@@ -230,9 +234,12 @@ def test_a_running_simulation_is_relaunched_on_a_backend_whose_queue_drained(
                      QORCH_TEST_SCRIPTED_RUN_SECONDS="1")  # fmt: skip
         cpu = {"name": "cpu", "nodeSelector": {"qorch.io/pool": "cpu"}, "maxQubits": 28}
         sub = {"name": "wide", "circuit": {"qasm": wide_circuit(28, 10), "shots": 100000}}
-        cluster.apply(
-            workflow("relaunch", sub, quantumBackends=[name], classicalPools=[cpu]), namespace
+        manifest = json.loads(
+            workflow("relaunch", sub, quantumBackends=[name], classicalPools=[cpu])
         )
+        manifest["spec"]["objective"] = {"preset": "cost"}
+        manifest["spec"]["reallocation"] = {"threshold": 0.1}
+        cluster.apply(json.dumps(manifest), namespace)
 
         def running_pod() -> str | None:
             wf = cluster.get("hwf", "relaunch", namespace) or {}
