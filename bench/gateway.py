@@ -2,7 +2,8 @@
 (issue 16): what does going through ``qorch gateway`` cost over calling SamplerV2 here?
 
     nice .venv/bin/python bench/gateway.py [--quick] [--jobs N] [--in-flight K] [--shots S]
-        [--backends aer,fake_manila] [--lone N] [--poll-ms MS] [--gateway-arg ARG ...]
+        [--backends aer,fake_manila] [--lone N] [--wait-s S | --poll-ms MS]
+        [--gateway-arg ARG ...]
         [--json PATH] [--log-dir DIR]
 
 Per backend (``aer``: the ideal Aer simulator, ``--provider aer``; ``fake_<device>``: the
@@ -14,11 +15,13 @@ noisy fake device, ``--provider fake --backend fake_<device>``), the same N GHZ-
   ``--gateway-arg=--batch-size --gateway-arg=64``); the
   N jobs are submitted over HTTP with at most K (default 16) between submission and Done
   at once, as an operator with K subtasks in flight would; one poller asks for all pending
-  jobs in one ``POST /v1/jobs/status`` every ``--poll-ms`` (default 20) after the previous
-  answer. Total wall time from the first submission to the last job seen Done, per-job
-  latency (submission to seen Done) median and p95, and where it goes: the submission's
-  answer (the gateway parses and transpiles before answering 202), the gateway's own queue
-  and execution seconds, the batches it ran (from the jobs' ``remote_job_id``);
+  jobs in one ``POST /v1/jobs/status`` with ``wait_seconds`` ``--wait-s`` (default 10: a
+  long poll, answered as soon as one of them is final), again as soon as it is answered;
+  ``--wait-s 0``: a short poll every ``--poll-ms`` (default 20) instead. Total wall time
+  from the first submission to the last job seen Done, per-job latency (submission to
+  seen Done) median and p95, and where it goes: the submission's answer (the gateway
+  parses and transpiles before answering 202), the gateway's own queue and execution
+  seconds, the batches it ran (from the jobs' ``remote_job_id``);
 - one batched call: the N circuits in ONE SamplerV2 ``run()`` here, parse (``load_qasm``),
   transpile (the gateway's ``Transpiler``: ``generate_preset_pass_manager`` at its
   optimization level, for the backend the gateway builds, ``build_backend``), run
@@ -119,6 +122,7 @@ class Settings:
     shots: int
     lone: int
     poll_s: float
+    wait_s: float  # > 0: long poll (``wait_seconds``), else a short poll every poll_s
     gateway_args: tuple[str, ...]
     log_dir: Path
 
@@ -144,22 +148,31 @@ class JobTiming:
 class GatewayClient:
     """Submits jobs and polls all pending ones in one ``POST /v1/jobs/status`` per round."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, poll_s: float) -> None:
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, poll_s: float, wait_s: float = 0.0
+    ) -> None:
         self.url = url
         self.session = session
         self.poll_s = poll_s
+        self.wait_s = wait_s
         self.polls = 0
         self._pending: dict[str, asyncio.Future[tuple[float, dict[str, Any]]]] = {}
+        self._submitted = asyncio.Event()
 
     async def poll_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_s)
+            if self.wait_s <= 0:
+                await asyncio.sleep(self.poll_s)
+            elif not self._pending:
+                self._submitted.clear()
+                await self._submitted.wait()
             if not self._pending:
                 continue
             ids = list(self._pending)
-            async with self.session.post(
-                f"{self.url}/v1/jobs/status", json={"job_ids": ids}
-            ) as resp:
+            body: dict[str, Any] = {"job_ids": ids}
+            if self.wait_s > 0:
+                body["wait_seconds"] = self.wait_s
+            async with self.session.post(f"{self.url}/v1/jobs/status", json=body) as resp:
                 resp.raise_for_status()
                 body = await resp.json()
             now = time.perf_counter()
@@ -187,6 +200,7 @@ class GatewayClient:
             asyncio.get_running_loop().create_future()
         )
         self._pending[job_id] = future
+        self._submitted.set()
         seen_done, job = await future
         if job["phase"] != "Done":
             raise RuntimeError(f"job {job_id}: {job['phase']}: {job['message']}")
@@ -270,7 +284,7 @@ async def gateway_phase(case: Case, settings: Settings) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=300)
         connector = aiohttp.TCPConnector(limit=settings.in_flight + 8)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            client = GatewayClient(gw.url, session, settings.poll_s)
+            client = GatewayClient(gw.url, session, settings.poll_s, settings.wait_s)
             poller = asyncio.create_task(client.poll_forever())
             try:
                 return await _gateway_runs(case, settings, gw, client, healthy, log_path)
@@ -442,6 +456,7 @@ def run(cases: Sequence[Case], settings: Settings) -> dict[str, Any]:
             "shots": settings.shots,
             "lone": settings.lone,
             "poll_ms": settings.poll_s * 1e3,
+            "wait_s": settings.wait_s,
             "gateway_args": list(settings.gateway_args),
             "circuit": GHZ3,
         },
@@ -468,11 +483,16 @@ def show(r: dict[str, Any]) -> None:
         console = Console(width=140)
     s = r["settings"]
     extra = " ".join(s["gateway_args"]) or "none"
+    poll = (
+        f"long-polled (wait_seconds {s['wait_s']:g})"
+        if s.get("wait_s")
+        else f"polled every {s['poll_ms']:.0f} ms"
+    )
     table = Table(
         title=(
             f"Gateway vs direct SamplerV2: {s['jobs']} GHZ-3 circuits x {s['shots']:,} shots; "
-            f"gateway: {s['in_flight']} in flight, status polled every {s['poll_ms']:.0f} ms "
-            f"(one batched request), extra gateway flags: {extra}"
+            f"gateway: {s['in_flight']} in flight, status {poll} (one batched request), "
+            f"extra gateway flags: {extra}"
         )
     )
     labels = list(r["backends"])
@@ -583,7 +603,10 @@ def main() -> int:
         "--backends", default="aer,fake_manila", help="comma-separated: aer, fake_<device>"
     )
     parser.add_argument("--lone", type=int, default=None, help="lone jobs (default 20)")
-    parser.add_argument("--poll-ms", type=float, default=20.0, help="status poll interval")
+    parser.add_argument(
+        "--wait-s", type=float, default=10.0, help="long poll's wait_seconds (0: short polls)"
+    )
+    parser.add_argument("--poll-ms", type=float, default=20.0, help="short poll interval")
     parser.add_argument(
         "--gateway-arg",
         action="append",
@@ -604,6 +627,7 @@ def main() -> int:
         shots=args.shots,
         lone=args.lone or (5 if args.quick else 20),
         poll_s=args.poll_ms / 1e3,
+        wait_s=args.wait_s,
         gateway_args=tuple(args.gateway_arg),
         log_dir=log_dir,
     )

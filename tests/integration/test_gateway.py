@@ -693,3 +693,47 @@ async def test_queued_jobs_say_how_many_jobs_are_ahead_of_them() -> None:
         assert gone["phase"] == "Cancelled" and gone["queue_position"] is None
     finally:
         await client.close()
+
+
+async def test_a_status_request_may_wait_until_one_of_its_jobs_is_final() -> None:
+    """Long poll (``wait_seconds``): the answer comes when a job finishes, not at the
+    client's next poll; at once when there is nothing to wait for; bounded."""
+    client = await _client(Provider.AER, "aer", QueueOnly, max_qubits=4)
+    try:
+        for i in range(2):
+            payload = {"job_id": f"j{i}", "backend": "aer", "qasm": GHZ3, "shots": 10}
+            assert (await client.post("/v1/jobs", json=payload)).status == 202
+        began = time.monotonic()
+        waiting = asyncio.ensure_future(
+            client.post("/v1/jobs/status", json={"job_ids": ["j0", "j1"], "wait_seconds": 20})
+        )
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # both queued: it waits
+        await client.delete("/v1/jobs/j1")  # final: the waiting request answers now
+        jobs = {j["job_id"]: j["phase"] for j in (await (await waiting).json())["jobs"]}
+        assert jobs == {"j0": "Queued", "j1": "Cancelled"}
+        assert time.monotonic() - began < 5
+        # Nothing final within the wait: the jobs as they are, after it.
+        began = time.monotonic()
+        resp = await client.post("/v1/jobs/status", json={"job_ids": ["j0"], "wait_seconds": 0.4})
+        assert [j["phase"] for j in (await resp.json())["jobs"]] == ["Queued"]
+        assert 0.35 < time.monotonic() - began < 5
+        # Nothing to wait for: a final job, an unknown one, none at all.
+        for ids in (["j0", "j1"], ["j0", "nope"], []):
+            began = time.monotonic()
+            resp = await client.post("/v1/jobs/status", json={"job_ids": ids, "wait_seconds": 20})
+            assert resp.status == 200 and time.monotonic() - began < 2
+        for bad in (-1, 31, "5", True, None):
+            resp = await client.post("/v1/jobs/status", json={"job_ids": [], "wait_seconds": bad})
+            assert resp.status == 400
+            assert "'wait_seconds' must be a number from 0 to 30" in (await resp.json())["detail"]
+    finally:
+        await client.close()
+
+
+async def test_a_job_run_on_aer_is_seen_done_by_one_waiting_status_request(aer: TestClient) -> None:
+    payload = {"job_id": "lp", "backend": "aer", "qasm": GHZ3, "shots": 100}
+    assert (await aer.post("/v1/jobs", json=payload)).status == 202
+    resp = await aer.post("/v1/jobs/status", json={"job_ids": ["lp"], "wait_seconds": 30})
+    (job,) = (await resp.json())["jobs"]
+    assert job["phase"] == "Done" and sum(job["result"]["counts"].values()) == 100

@@ -28,6 +28,9 @@ CALIBRATION_REFRESH_SECONDS = 60.0
 # How often a calibration file (``--calibration-file``) is checked for a change, by default.
 CALIBRATION_FILE_CHECK_SECONDS = 5.0
 SERVICE_KEY = web.AppKey("service", GatewayService)
+# The longest a status request may wait for a job to finish (``wait_seconds``): under the
+# usual 60 s idle timeouts of proxies between a client and the gateway.
+MAX_STATUS_WAIT_SECONDS = 30
 
 JOB_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -157,7 +160,16 @@ OPENAPI: dict[str, Any] = {
                                 "type": "object",
                                 "additionalProperties": False,
                                 "properties": {
-                                    "job_ids": {"type": "array", "items": {"type": "string"}}
+                                    "job_ids": {"type": "array", "items": {"type": "string"}},
+                                    "wait_seconds": {
+                                        "type": "number",
+                                        "minimum": 0,
+                                        "maximum": MAX_STATUS_WAIT_SECONDS,
+                                        "description": "Long poll: answer once one of the "
+                                        "jobs is final (Done, Error, Cancelled), or after "
+                                        "this many seconds; at once when one is final "
+                                        "already or unknown. 0 (the default): at once.",
+                                    },
                                 },
                             }
                         }
@@ -360,12 +372,21 @@ async def submit(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     body = await _json(request)
-    _refuse_unknown(body, ["job_ids"])
+    _refuse_unknown(body, ["job_ids", "wait_seconds"])
     ids = body.get("job_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise GatewayRequestError(400, "field 'job_ids' must be a list of strings")
+    wait = body.get("wait_seconds", 0)
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, int | float)
+        or not 0 <= wait <= MAX_STATUS_WAIT_SECONDS
+    ):
+        raise GatewayRequestError(
+            400, f"field 'wait_seconds' must be a number from 0 to {MAX_STATUS_WAIT_SECONDS}"
+        )
     service = request.app[SERVICE_KEY]
-    records = service.status(ids)
+    records = await service.wait_for_final(ids, wait) if wait else service.status(ids)
     positions = service.queue_positions()
     jobs = [r.to_json(positions.get(r.submission.job_id)) for r in records]
     return web.json_response({"jobs": jobs})

@@ -15,6 +15,7 @@ ones that were running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -125,6 +126,11 @@ class JobRecord:
     # What the gateway did unusually (re-run, re-attached): kept in the message to the end.
     note: str = ""
     attaching: bool = False
+
+    @property
+    def final(self) -> bool:
+        """Done, failed or cancelled: it will not change again."""
+        return self.phase in (JobPhase.DONE, JobPhase.ERROR, JobPhase.CANCELLED)
 
     def to_json(self, queue_position: int | None = None) -> dict[str, Any]:
         """``queue_position``: jobs ahead of this queued one in the gateway's own queue
@@ -410,6 +416,9 @@ class GatewayService:
         self.price = price_per_qpu_second
         self.jobs: OrderedDict[str, JobRecord] = OrderedDict()
         self._wakeup = asyncio.Event()
+        # Set (and replaced) whenever a job reaches a final phase: what a status request
+        # that waits (``wait_for_final``) wakes on.
+        self._finished = asyncio.Event()
         self._label = metrics.labels_for(adapter.name)
         # A provider that queues jobs itself (IBM): the hand-off is not the start.
         self._remote = adapter.provider is Provider.IBM
@@ -478,6 +487,23 @@ class GatewayService:
 
     def status(self, job_ids: list[str]) -> list[JobRecord]:
         return [self.jobs[j] for j in job_ids if j in self.jobs]
+
+    async def wait_for_final(self, job_ids: list[str], seconds: float) -> list[JobRecord]:
+        """``status(job_ids)`` once one of them is final (done, error, cancelled), or after
+        ``seconds``, whichever comes first; at once when one of them is final
+        already, unknown, or none is asked for (nothing to wait for). A client that waits
+        here learns that a job finished when it finishes, not at its next poll."""
+        deadline = time.monotonic() + max(seconds, 0.0)
+        while True:
+            records = self.status(job_ids)
+            if len(records) < len(job_ids) or not records or any(r.final for r in records):
+                return records
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return records
+            finished = self._finished
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), left)
 
     def queue_positions(self) -> dict[str, int]:
         """How many jobs are ahead of each queued one (submission order). A local device
@@ -810,6 +836,8 @@ class GatewayService:
         self._save(record)
         self._update_queue_gauge()
         self._forget_old()
+        self._finished.set()  # wakes every waiting status request; the next ones wait anew
+        self._finished = asyncio.Event()
 
     def _save(self, record: JobRecord) -> None:
         if self._journal is not None:
