@@ -737,3 +737,22 @@ async def test_a_job_run_on_aer_is_seen_done_by_one_waiting_status_request(aer: 
     resp = await aer.post("/v1/jobs/status", json={"job_ids": ["lp"], "wait_seconds": 30})
     (job,) = (await resp.json())["jobs"]
     assert job["phase"] == "Done" and sum(job["result"]["counts"].values()) == 100
+
+
+async def test_a_shutdown_answers_waiting_status_requests_at_once() -> None:
+    client = await _client(Provider.AER, "aer", QueueOnly, max_qubits=4)
+    try:
+        payload = {"job_id": "w", "backend": "aer", "qasm": GHZ3, "shots": 10}
+        assert (await client.post("/v1/jobs", json=payload)).status == 202
+        waiting = asyncio.ensure_future(
+            client.post("/v1/jobs/status", json={"job_ids": ["w"], "wait_seconds": 30})
+        )
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        began = time.monotonic()
+        await client.app.shutdown()  # what the server's runner does first when it stops
+        resp = await asyncio.wait_for(waiting, 5)
+        assert [j["phase"] for j in (await resp.json())["jobs"]] == ["Queued"]
+        assert time.monotonic() - began < 5
+    finally:
+        await client.close()

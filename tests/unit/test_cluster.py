@@ -912,3 +912,22 @@ def test_a_loop_is_not_scored_behind_its_own_batch_so_it_does_not_move_back_and_
     # Where the others' queue really is longer, the loop's next batches go elsewhere.
     (move,) = decide_at("qa", {"qa": 6, "qb": 1}).moves
     assert (move.source.name, move.target.name) == ("qa", "qb")
+
+
+def test_scores_thousands_of_units_apart_give_a_finite_gain_and_the_pass_does_not_raise() -> None:
+    # A budget of a cent and a deadline of 10 s that nothing keeps: the ranking orders by
+    # breach, and the best of it may score thousands of units over staying. 2 ** 1024
+    # overflowed; the pass must never raise on its input.
+    assert relative_gain(0.0, 5000.0) == pytest.approx(1.0 - 2.0**64)
+    assert relative_gain(5000.0, 0.0) == pytest.approx(1.0)
+    wf = spec(backends=("qa", "qb"), budget=BudgetSpec(maxCostUSD=0.01, deadlineSeconds=10))
+    predictions: Predictions = {
+        ("a", "qa"): qpu("a", "qa", 1e6, run=0.001),
+        ("a", "qb"): qpu("a", "qb", 0.0, run=100.0),
+    }
+    sub = SubtaskEntry("a", Stage.QUEUED, "qa", since=NOW)
+    snap = ClusterSnapshot(
+        NOW, [entry("ns/w", wf, [sub], predictions)], {"qa": load("qa"), "qb": load("qb")}
+    )
+    decision = decide(snap)
+    assert all(math.isfinite(m.gain) for m in decision.moves)

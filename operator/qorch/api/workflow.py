@@ -376,14 +376,16 @@ class ReallocationSpec(StrictModel):
         ge=0,
         le=1,
         description="Relative cost gain a move must beat: 1 - 2^(cost there - cost here), "
-        "the cost being the workflow's weighted sum of log2 terms (0.2: staying costs "
-        "1.25x what moving does).",
+        "the cost being the workflow's weighted terms, one unit each for twice the time, "
+        "ten points of fidelity or twice the spend (0.2: staying costs 1.25x what moving "
+        "does).",
     )
     hysteresis: float = Field(
         default=DEFAULT_HYSTERESIS,
         ge=0,
         le=1,
-        description="Margin below threshold before a moved subtask may move back.",
+        description="Added to threshold for a subtask that moved recently or would move "
+        "back where it came from.",
     )
     maxMovesPerSubtask: int = Field(default=2, ge=0, le=10)
 

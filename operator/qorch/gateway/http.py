@@ -490,6 +490,10 @@ def make_app(
                 await task
         await service.close()
 
+    async def release_waiters(app: web.Application) -> None:
+        service.stop_waiting()  # long polls answer now: a shutdown does not wait for them
+
+    app.on_shutdown.append(release_waiters)
     app.cleanup_ctx.append(background)
     return app
 

@@ -419,6 +419,7 @@ class GatewayService:
         # Set (and replaced) whenever a job reaches a final phase: what a status request
         # that waits (``wait_for_final``) wakes on.
         self._finished = asyncio.Event()
+        self._stopping = False  # shutting down: status requests no longer wait
         self._label = metrics.labels_for(adapter.name)
         # A provider that queues jobs itself (IBM): the hand-off is not the start.
         self._remote = adapter.provider is Provider.IBM
@@ -496,7 +497,12 @@ class GatewayService:
         deadline = time.monotonic() + max(seconds, 0.0)
         while True:
             records = self.status(job_ids)
-            if len(records) < len(job_ids) or not records or any(r.final for r in records):
+            if (
+                self._stopping
+                or len(records) < len(job_ids)
+                or not records
+                or any(r.final for r in records)
+            ):
                 return records
             left = deadline - time.monotonic()
             if left <= 0:
@@ -504,6 +510,12 @@ class GatewayService:
             finished = self._finished
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), left)
+
+    def stop_waiting(self) -> None:
+        """The gateway is shutting down: every waiting status request answers now, and
+        none waits from here on."""
+        self._stopping = True
+        self._finished.set()
 
     def queue_positions(self) -> dict[str, int]:
         """How many jobs are ahead of each queued one (submission order). A local device

@@ -75,8 +75,9 @@ PREDICTION_MEDIAN_RELATIVE_ERROR = Gauge(
 )
 BACKEND_LEARNED_SERVICE_SECONDS = Gauge(
     "qorch_backend_learned_service_seconds",
-    "Seconds each job ahead holds the backend, learned from the operator's own jobs (median "
-    "of wait / jobs ahead at submission); it sets the floor under the predicted queue wait.",
+    "Seconds each job ahead holds the backend, learned from the operator's own jobs (their "
+    "waits over the jobs they found ahead, summed, the analytic 66 s counting as ten more "
+    "jobs); the predicted median queue wait is the live queue length times it.",
     ["quantum_backend"],
 )
 PREDICTION_QUEUE_INTERVAL_COVERAGE = Gauge(

@@ -476,17 +476,21 @@ class _Pass:
         gone = sum(run for k, run in self.gone.get(s.resource or "", ()) if k < qkey)
         return ahead - gone - _seconds_since(self.now, s.since)
 
-    def _loop_stays(self, backend: str, p: Prediction) -> float:
+    def _loop_stays(self, backend: str, p: Prediction, predicted_wait: float) -> float:
         """Queue wait added for a variational loop's next batches where its route is now:
         each goes in anew, as a job submitted now would (``_arrival``), except that the
         loop's own batch queued there now will have left. The live queue length counts it,
-        and so does the wait predicted from it (its share: the wait over the length), as
-        ``_arrival`` counts its run seconds. Scored with its own batch ahead of it, a loop
-        looked a job's wait slower per batch where it is than anywhere else, and the next
-        pass moved it back where it came from (the week's replay, issue 14)."""
+        and so does the wait predicted from it (``predicted_wait``, before this pass's
+        shifts: its share is that over the length), as ``_arrival`` counts its run seconds.
+        Scored with its own batch ahead of it, a loop looked a job's wait slower per batch
+        where it is than anywhere else, and the next pass moved it back where it came from
+        (the week's replay, issue 14). Whether its batch is in the queue right now is not
+        known (the optimizer may be between batches, or its batch running): the share is
+        taken off anyway, which errs toward staying for a pass or two, never toward a move.
+        Every batch is scored as a fresh one: the current batch's place is not weighed."""
         load = self.backends.get(backend)
         length = load.info.queue_length if load is not None else 0
-        own_share = p.queue_seconds_p50 / length if length >= 1 else 0.0
+        own_share = max(predicted_wait, 0.0) / length if length >= 1 else 0.0
         return self._arrival(backend) - _run_seconds(p) - own_share
 
     def _flow(self, e: WorkflowEntry, shift: Mapping[str, float]) -> _Flow:
@@ -664,7 +668,8 @@ class _Pass:
                 if r != current and (load is None or not load.info.healthy):
                     continue
                 if r == current and s.stage is Stage.QUEUED and s.pod_pool is not None:
-                    p = _queue_shifted(p, self._loop_stays(r, p))
+                    stored = flow.entry.predictions.get((name, r), p)
+                    p = _queue_shifted(p, self._loop_stays(r, p, stored.queue_seconds_p50))
                 elif r == current and s.stage is Stage.QUEUED and s.jobs_ahead is not None:
                     # Its place in the queue is known: only the jobs ahead of it count
                     # (one that joined the queue after it never delays it).
@@ -943,15 +948,21 @@ def decide(snapshot: ClusterSnapshot) -> ClusterDecision:
             gc.enable()
 
 
+_GAIN_EXPONENT: Final = 64.0  # 1 - 2 ** 64: far below any threshold, and finite
+
+
 def relative_gain(here: float, there: float) -> float:
     """How much better ``there`` is than ``here``, as a fraction of what staying costs.
 
-    A score is a weighted sum of base-2 logs (one unit of a term: twice the best time or
-    spend, or ten points of fidelity), so ``2 ** score`` is the cost as a factor over the
-    ideal, and the gain is ``1 - 2 ** (there - here)``. Time weighing alone, a move that
+    One unit of a score's term is twice the best completion time, ten points of fidelity,
+    or (without a budget) twice the cheapest spend; time and spend are base-2 logs, so for
+    them ``2 ** score`` is the cost as a factor over the ideal, and the gain is
+    ``1 - 2 ** (there - here)`` for every term alike. Time weighing alone, a move that
     finishes the workflow 20% sooner gains 20%; weighing a third (``balanced``), it
     gains 1 - 0.8 ** (1/3), 7%. The score difference divided by the score itself (the
     distance from the ideal) made a place a percent slower than the ideal look a hundred
     percent worse: replaying the week of real queues, loops moved for 1% of their
     predicted completion, and back again a pass later (issue 14)."""
-    return 1.0 - math.pow(2.0, there - here)
+    # Clamped: a breach of the budget or deadline can put thousands of units between two
+    # scores, and 2 ** 1024 overflows (the pass never raises).
+    return 1.0 - math.pow(2.0, min(max(there - here, -_GAIN_EXPONENT), _GAIN_EXPONENT))

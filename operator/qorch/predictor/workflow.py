@@ -139,9 +139,11 @@ class QueueObservations:
 
     def service_seconds(self) -> dict[str, float]:
         """Per backend with enough jobs that found others ahead: the seconds a job ahead
-        holds it, ``(sum w + k n prior) / (sum n + k n)`` over its recent jobs (waits ``w``
-        behind ``n`` ahead; ``n`` their mean, ``k`` = ``SERVICE_PRIOR_JOBS``): their
-        waits per job ahead, the analytic figure counting as ``k`` more such jobs."""
+        holds it, ``(sum w + k m prior) / (sum n + k m)`` over its recent jobs (each waited
+        ``w`` behind ``n`` ahead; ``m``: the mean ``n``, ``k``: ``SERVICE_PRIOR_JOBS``):
+        their waits per job ahead, the analytic figure counting as ``k`` more such jobs.
+        With 20 jobs the prior keeps a third of the weight: a backend that serves a job in
+        5 s is learned at 25 s, one at 300 s at 222 s."""
         out = {}
         for name, seen in self._ahead.items():
             if len(seen) < MIN_SERVICE_SAMPLES:
