@@ -15,7 +15,8 @@ differ in where ``plan`` is told to place work and whether anything moves:
   time 0.02): Qorch at the fidelity of the baselines that always wait for the best device.
 - ``oracle``: Qorch's decisions on perfect predictions (the real wait ahead, the real
   fidelity on the day the job will start): the bound better predictions could reach with
-  the same cost function. Greedy over time like Qorch, so a bound, not an optimum.
+  the same cost function, placing once. Greedy over time like Qorch and never moving, so
+  not an optimum: Qorch's moves, which react to what the predictions missed, can beat it.
 """
 
 from __future__ import annotations
