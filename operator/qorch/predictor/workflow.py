@@ -70,8 +70,8 @@ class QueueObservations:
     the median of ``w / n`` over 20 such jobs followed those lucky few: replaying the week
     of real queues, it once learned 6 s a job for a device that drained at 76 s, and a loop
     moved there waited hours a batch. Weighing each job by the jobs it saw ahead, and the
-    analytic figure as ``SERVICE_PRIOR_JOBS`` jobs like them, halved the wait lost by
-    picking the queue this predicts shortest (``bench/real_traces.py``, issue 14's note).
+    analytic figure as ``SERVICE_PRIOR_JOBS`` jobs like them, cut the wait lost by picking
+    the queue this predicts shortest from 259 to 191 s on average over that week (issue 14).
     """
 
     def __init__(
