@@ -76,7 +76,8 @@ def test_prometheus_scrapes_gateway_and_worker_and_reader_reads_them(
         )
         try:
             prometheus.set_targets("gateway", [f"127.0.0.1:{gw.port}"])
-            prometheus.set_targets("worker", [f"127.0.0.1:{worker_port}"])
+            worker_target = f"127.0.0.1:{worker_port}"
+            prometheus.set_targets("worker", [worker_target])
             for i in range(3):
                 post(
                     f"{gw.url}/v1/jobs",
@@ -99,11 +100,16 @@ def test_prometheus_scrapes_gateway_and_worker_and_reader_reads_them(
                 view = reader.read()
                 backend = view.by_backend_name.get("fake_manila")
                 # Each figure is its own query: one read may straddle the first scrape.
+                # This worker scraped, not only a series another test's worker left in the
+                # session's Prometheus: it is killed once this holds.
+                scraped = prometheus.query(f'up{{job="worker",instance="{worker_target}"}}')
                 ready = (
                     backend is not None
                     and backend.queue_length is not None
                     and backend.execution_p50_seconds is not None
                     and ("statevector", "CPU") in view.worker_execution_p50_seconds
+                    and bool(scraped)
+                    and scraped[0]["value"][1] == "1"
                 )
                 return view if ready else None
 
