@@ -124,6 +124,7 @@ def _gateway(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         min_job_seconds=args.min_job_seconds,
         bill_held_seconds=args.bill_held_seconds,
+        transpile_workers=args.transpile_workers,
     )
     logging.getLogger("qorch.gateway").info(
         "gateway for %s (%s, %d qubits%s) on %s:%d",
@@ -212,6 +213,17 @@ def _duration(text: str) -> timedelta:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _workers(text: str) -> int:
+    """argparse type of ``--transpile-workers``: 1 to 16 processes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"must be 1 to 16, not {value}")
+    return value
 
 
 def _fmt(value: Any) -> str:
@@ -530,6 +542,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "job, one PUB each, up to N (default 64): each run pays a fixed cost (a simulator "
         "call, a provider job and its queue), shared by its jobs; a job's result comes "
         "when its whole batch has run",
+    )
+    p.add_argument(
+        "--transpile-workers",
+        type=_workers,
+        default=2,
+        metavar="N",
+        help="processes that parse and transpile submissions side by side (default 2), "
+        "beside the simulator and the HTTP server: a client's submissions are ready for "
+        "the next batch sooner; each is a Python process with qiskit loaded",
     )
     p.add_argument("--price-per-qpu-second", type=float, default=0.0)
     p.add_argument(

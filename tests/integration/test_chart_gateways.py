@@ -49,6 +49,7 @@ IBM: dict[str, Any] = {
     "stateVolume": {"persistentVolumeClaim": "gw-journal"},
     "maxQueued": 50,
     "batchSize": 4,
+    "transpileWorkers": 3,
 }
 VALUES: dict[str, Any] = {
     "gateway": {"port": PORT, "allowNamespaces": ["team-a", "team-b"]},
@@ -190,7 +191,7 @@ def test_ibm_gateway_mounts_exactly_the_secret_its_quantum_backend_names(
     assert args.instance == backend["instance"] == IBM["instance"]
     assert args.execution_mode == backend["executionMode"] == "batch"
     assert args.price_per_qpu_second == backend["pricePerQpuSecondUSD"] == 1.6
-    assert (args.max_queued, args.batch_size) == (50, 4)
+    assert (args.max_queued, args.batch_size, args.transpile_workers) == (50, 4, 3)
 
 
 def test_ibm_secret_key_defaults_to_token_and_price_to_pay_as_you_go(
@@ -220,6 +221,7 @@ def test_aer_gateway_mounts_no_secret(
     args = gateway_args(deployment, monkeypatch)
     assert args.token_file is None
     assert args.max_qubits == AER["numQubits"]
+    assert args.transpile_workers == 2  # the gateway's own default
 
 
 def test_a_fake_gateway_follows_the_calibration_configmap_it_names(

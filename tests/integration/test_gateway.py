@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import os
 import random
 import statistics
 import threading
@@ -313,6 +314,22 @@ async def test_jobs_still_being_transpiled_join_the_batch_about_to_run(
         assert runs == [3]
     finally:
         dispatcher.cancel()
+
+
+async def test_submissions_are_transpiled_in_several_processes_side_by_side(
+    services: list[GatewayService],
+) -> None:
+    """``--transpile-workers 2``: while one worker is busy, another takes the next task."""
+    adapter = build_backend(Provider.AER, "aer", max_qubits=12)
+    service = _service(services, adapter, transpile_workers=2)
+    pool = await service._preparer.start()
+    busy = pool.submit(time.sleep, 1.0)
+    other = await asyncio.wrap_future(pool.submit(os.getpid))
+    assert not busy.done()  # the second process answered while the first was busy
+    assert other in pool._processes
+    await asyncio.wrap_future(busy)
+    lone = _service(services, adapter, transpile_workers=1)
+    assert len((await lone._preparer.start())._processes) == 1
 
 
 @pytest.mark.parametrize("mode", ["batch", "session"])

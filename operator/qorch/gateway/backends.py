@@ -292,7 +292,7 @@ class QuantumBackendAdapter:
 
         backend = self.backend
         if self._local_primitives is None or self._local_primitives[0] is not backend:
-            serialise_noise_once(backend)
+            prepare_noise_model(backend)
             self._local_primitives = (
                 backend,
                 BackendSamplerV2(backend=backend),
@@ -613,18 +613,22 @@ def _device_operations(target: Target) -> set[tuple[str, tuple[int, ...]]]:
     }
 
 
-def serialise_noise_once(backend: Any) -> None:
-    """Make a fake device's noise model serialise once, not on every run
-    (``SerialisedOnceNoiseModel``). A backend without a noise model (Aer's ideal
-    simulator, IBM) is left as it is."""
+def prepare_noise_model(backend: Any) -> None:
+    """Make what a fake device's simulator does with its noise model on every run cheap
+    (``qorch.gateway.noise``): the model serialises once, and each run gets only the
+    errors its circuits meet, as Kraus channels. A backend without a noise model (Aer's
+    ideal simulator, IBM) is left as it is."""
+    from qiskit_aer import AerSimulator
     from qiskit_aer.noise import NoiseModel
 
-    from qorch.gateway.noise import SerialisedOnceNoiseModel
+    from qorch.gateway.noise import BatchNoiseSimulator, SerialisedOnceNoiseModel
 
     setup = getattr(backend, "_setup_sim", None)
     if getattr(backend, "sim", True) is None and callable(setup):
         setup()  # what the fake backend's first run() would do: build its simulator
     options = getattr(backend, "options", None)
     noise = getattr(options, "noise_model", None) if options is not None else None
-    if type(noise) is NoiseModel:  # none, or already serialised once: nothing to do
+    if type(noise) is NoiseModel:  # none, or already prepared: nothing to do
         noise.__class__ = SerialisedOnceNoiseModel
+    if type(getattr(backend, "sim", None)) is AerSimulator:
+        backend.sim.__class__ = BatchNoiseSimulator
