@@ -50,7 +50,13 @@ from qorch.orchestrator.events import coalesce as coalesce_events
 from qorch.orchestrator.lifecycle import ACTIVE
 from qorch.orchestrator.plan import Plan, SubmitJob, plan
 from qorch.orchestrator.prices import IBM_PAY_AS_YOU_GO_USD_PER_QPU_SECOND
-from qorch.orchestrator.snapshot import BackendInfo, CircuitInfo, WorkflowSnapshot
+from qorch.orchestrator.snapshot import (
+    BackendInfo,
+    CircuitInfo,
+    PodPhase,
+    PodState,
+    WorkflowSnapshot,
+)
 from qorch.orchestrator.text import MESSAGE_LIMIT, SHORT_LIMIT, bounded
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -341,24 +347,44 @@ async def drive_workflow(
                 metrics.action_failures("Reconcile")
             else:
                 failures = 0
+            woken = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=delay)
+                woken = await asyncio.wait_for(wake.wait(), timeout=delay)
             # At most one cycle per min_cycle_seconds, longer for a large workflow (20 ms
             # per subtask: its status write grows with it, up to the resync): what else
             # happens meanwhile (the rest of a burst of pod events) is planned and written
             # together. bench/scale.py, 10 workflows of 100 pods: 50 status writes of up to
-            # 53 KB per workflow at a 0.5 s floor.
+            # 53 KB per workflow at a 0.5 s floor. The pause ends early once a pod event
+            # leaves a finished pod for every subtask: no more of the burst can come, and the
+            # cycle that records them (the workflow's end, or its retries) runs now.
             floor = min(
                 max(runtime.settings.min_cycle_seconds, CYCLE_SECONDS_PER_SUBTASK * subtasks),
                 runtime.settings.resync_seconds,
             )
-            pause = started + floor - time.perf_counter()
-            if pause > 0 and not stopped:
-                await asyncio.sleep(pause)
+            label = workflow_label(name)
+            while not stopped and (pause := started + floor - time.perf_counter()) > 0:
+                if woken and pods_all_finished(runtime.pods.workflow_pods(ns, label), subtasks):
+                    break
+                wake.clear()
+                woken = False
+                with contextlib.suppress(TimeoutError):
+                    woken = await asyncio.wait_for(wake.wait(), timeout=pause)
     finally:
         runtime.wakeups.pop((ns, name), None)
         if runtime.cluster is not None:
             runtime.cluster.withdraw(f"{ns}/{name}")
+
+
+def pods_all_finished(pods: list[PodState], subtasks: int) -> bool:
+    """Whether every one of the workflow's ``subtasks`` has a pod and every pod has
+    finished (Succeeded or Failed, and not being deleted): the workflow's end (or its
+    retries) is there to record, and no further pod event of it is on its way. Pods the
+    cache does not show yet (just created) or subtasks without pods (circuits at a
+    gateway) keep the pause: a cycle then would find nothing new to record."""
+    finished = all(
+        p.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED) and not p.deleting for p in pods
+    )
+    return finished and subtasks > 0 and len({p.subtask for p in pods}) >= subtasks
 
 
 async def _write_then_record(
