@@ -491,7 +491,12 @@ async def _fail_unparseable(
     kopf.event(body, type="Warning", reason="InvalidSpec", message=bounded(problem, SHORT_LIMIT))
 
 
-@kopf.on.event(GROUP, VERSION, "hybridworkflows")
+# Only a workflow being deleted is this handler's: the field filter keeps Kopf from
+# invoking it for every other event of every workflow (5% of the operator's CPU placing
+# 1,000 one-pod workflows, py-spy, for a handler that returned at once).
+@kopf.on.event(
+    GROUP, VERSION, "hybridworkflows", field="metadata.deletionTimestamp", value=kopf.PRESENT
+)
 async def cancel_gateway_jobs(
     body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, logger: Logger, **_: Any
 ) -> None:
