@@ -150,12 +150,19 @@ def test_a_delay_is_still_noised_by_the_relaxation_pass() -> None:
     assert abs(counts.get("0", 0) - direct.result().get_counts().get("0", 0)) < 150
 
 
+def _if_test(qc: QuantumCircuit) -> None:
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):  # control flow: Aer inlines it
+        qc.x(1)
+
+
 @pytest.mark.parametrize(
     "build",
     [
         lambda qc: qc.x(0, label="pulse"),  # errors matched by label
         lambda qc: qc.initialize([0, 1], [1]),  # Aer expands it
         lambda qc: qc.cx(0, 1, ctrl_state=0),  # Aer adds X gates (name cx_o0)
+        _if_test,
     ],
 )
 def test_circuits_whose_noise_cannot_be_told_run_with_the_whole_model(build: Any) -> None:
@@ -163,11 +170,20 @@ def test_circuits_whose_noise_cannot_be_told_run_with_the_whole_model(build: Any
     build(qc)
     qc.measure([0, 1], [0, 1])
     assert operations_used([qc]) is None
-    with qc.if_test((qc.clbits[0], 1)):
-        qc.x(1)
     assert operations_used([QuantumCircuit(2)]) == frozenset()
     adapter = fake_manila()
     noise = adapter.backend.options.noise_model
+    assert noise.for_circuits([qc]) is noise
+
+
+def test_a_run_that_meets_most_errors_gets_the_whole_model() -> None:
+    adapter = fake_manila()
+    noise = adapter.backend.options.noise_model
+    qc = QuantumCircuit(5)
+    for name, errors in noise._local_quantum_errors.items():
+        for qubits in errors:
+            if name in ("sx", "x", "cx"):
+                getattr(qc, name)(*qubits)
     assert noise.for_circuits([qc]) is noise
 
 

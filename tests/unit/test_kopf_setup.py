@@ -43,3 +43,13 @@ def test_only_kopfs_success_lines_are_silenced() -> None:
         _record(logging.INFO, "Activity 'configure' succeeded."),
     ):
         assert quiet.filter(kept), kept.msg
+
+
+def test_the_deletion_handler_is_invoked_only_for_workflows_being_deleted() -> None:
+    """Kopf invokes an unfiltered on.event handler for every event of every workflow."""
+    registry = kopf.get_default_registry()
+    [handler] = [
+        h for h in registry._watching.get_all_handlers() if h.id.startswith("cancel_gateway_jobs")
+    ]
+    assert handler.field == ("metadata", "deletionTimestamp")
+    assert handler.value is kopf.PRESENT

@@ -27,6 +27,7 @@ one-circuit GHZ-3 run on fake_manila 28 -> 3 ms; GHZ-5 on fake_kolkata 97 -> 4 m
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -38,7 +39,11 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.noise import NoiseModel, QuantumError
 
 # Distinct operation sets whose restricted models one noise model keeps (most recent).
-RESTRICTED_MODELS_KEPT = 64
+RESTRICTED_MODELS_KEPT = 16
+# A run that meets more than this share of the model's gate errors gets the whole model:
+# building the restricted one (about 1.2 s for all of fake_kolkata's errors) would cost
+# more than the errors left out save, and its copy would hold most of the model again.
+RESTRICT_UP_TO_SHARE = 0.5
 
 Operation = tuple[str, tuple[int, ...]]
 
@@ -63,22 +68,30 @@ class SerialisedOnceNoiseModel(NoiseModel):  # type: ignore[misc]
         """The model a run of ``circuits`` needs: this one's errors on the operations and
         qubits they use, each as one Kraus channel (the module's doc says why the
         simulation stays the same). This model itself where that cannot be told from
-        the circuits (control flow, labelled or open-controlled gates, initialisation)."""
+        the circuits (control flow, labelled or open-controlled gates, initialisation)
+        or where they meet most of its errors anyway (``RESTRICT_UP_TO_SHARE``)."""
         used = operations_used(circuits)
         if used is None:
             return self
-        restricted: OrderedDict[frozenset[Operation], NoiseModel] = self.__dict__.setdefault(
-            "_restricted", OrderedDict()
-        )
-        model = restricted.get(used)
-        if model is None:
-            model = self._restricted_to(used)
-            restricted[used] = model
-            if len(restricted) > RESTRICTED_MODELS_KEPT:
-                restricted.popitem(last=False)
-        else:
-            restricted.move_to_end(used)
-        return model
+        whole = sum(len(errors) for errors in self._local_quantum_errors.values())
+        if sum(1 for name, qubits in used if qubits in self._local_quantum_errors.get(name, ())) > (
+            RESTRICT_UP_TO_SHARE * whole
+        ):
+            return self
+        # Runs may come from several threads (the gateway's batches): one at a time here.
+        with self.__dict__.setdefault("_lock", threading.Lock()):
+            restricted: OrderedDict[frozenset[Operation], NoiseModel] = self.__dict__.setdefault(
+                "_restricted", OrderedDict()
+            )
+            model = restricted.get(used)
+            if model is None:
+                model = self._restricted_to(used)
+                restricted[used] = model
+                if len(restricted) > RESTRICTED_MODELS_KEPT:
+                    restricted.popitem(last=False)
+            else:
+                restricted.move_to_end(used)
+            return model
 
     def _restricted_to(self, used: frozenset[Operation]) -> NoiseModel:
         kraus: dict[tuple[str, tuple[int, ...] | None], QuantumError] = self.__dict__.setdefault(
@@ -127,7 +140,7 @@ class SerialisedOnceNoiseModel(NoiseModel):  # type: ignore[misc]
         return self.plain().__reduce__()
 
 
-_CACHES = frozenset({"_serialised", "_restricted", "_kraus"})
+_CACHES = frozenset({"_serialised", "_restricted", "_kraus", "_lock"})
 
 
 def operations_used(circuits: Iterable[QuantumCircuit]) -> frozenset[Operation] | None:
@@ -165,6 +178,6 @@ class BatchNoiseSimulator(AerSimulator):  # type: ignore[misc]
     ) -> Any:
         noise = getattr(self.options, "noise_model", None)
         if "noise_model" not in run_options and isinstance(noise, SerialisedOnceNoiseModel):
-            batch = [circuits] if isinstance(circuits, QuantumCircuit) else list(circuits)
-            run_options["noise_model"] = noise.for_circuits(batch)
+            circuits = [circuits] if isinstance(circuits, QuantumCircuit) else list(circuits)
+            run_options["noise_model"] = noise.for_circuits(circuits)
         return super().run(circuits, parameter_binds, **run_options)

@@ -248,7 +248,8 @@ class _Preparer:
             initializer=_worker_init,
             initargs=(transpiler, os.getpid()),
         )
-        # Every process up and initialized (a pool starts one per task it cannot place).
+        # Start the processes now, not on the first submissions (a pool starts one for a
+        # task no idle process takes; a quick one may take two of these).
         for started in [pool.submit(time.sleep, 0.05) for _ in range(self._workers)]:
             started.result()
         return pool
@@ -267,7 +268,7 @@ class _Preparer:
 
     def retarget(self, transpiler: Transpiler) -> None:
         """Transpile for ``transpiler``'s target from now on (a new calibration of the same
-        device). Submissions already handed to the old process finish there: what they get
+        device). Submissions already handed to the old processes finish there: what they get
         is valid on the device all the same."""
         self._transpiler = transpiler
         old, self._pool = self._pool, None

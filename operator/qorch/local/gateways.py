@@ -102,6 +102,7 @@ async def _start_one(name: str, spec: QuantumBackendSpec) -> LocalGateway:
         GatewayMetrics.create(quantum_backend=name),
         price_per_qpu_second=spec.pricePerQpuSecondUSD,
         bill_held_seconds=True,  # a local device's jobs are billed the seconds they held it
+        transpile_workers=1,  # a laptop's run: one transpiler process per backend
     )
     runner = web.AppRunner(make_app(service), access_log=None)
     await runner.setup()

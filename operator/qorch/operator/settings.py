@@ -42,7 +42,8 @@ class OperatorSettings:
     gateway_token_file: str | None = None  # projected SA token (audience qorch-gateway)
     resync_seconds: float = 10.0  # re-plan at least this often even without events
     # ... and at most this often: the pod events of a burst (one pod bound then running,
-    # ten pods at once) wait for one plan and one status write, not one each.
+    # ten pods at once) wait for one plan and one status write, not one each (a pod event
+    # that leaves a finished pod for every subtask ends the wait: ``handlers``).
     min_cycle_seconds: float = 0.5
     # Kopf peering: the replica with the highest priority acts. The newest start wins
     # (milliseconds since the epoch, plus a random tie-break), so a replica that replaces
