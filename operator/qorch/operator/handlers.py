@@ -492,8 +492,9 @@ async def _fail_unparseable(
 
 
 # Only a workflow being deleted is this handler's: the field filter keeps Kopf from
-# invoking it for every other event of every workflow (5% of the operator's CPU placing
-# 1,000 one-pod workflows, py-spy, for a handler that returned at once).
+# invoking it for every other event of every workflow, only to return at once (py-spy,
+# placing 1,000 one-pod workflows: Kopf's on-event path 5.4% of the operator's samples,
+# 3.6% with the filter).
 @kopf.on.event(
     GROUP, VERSION, "hybridworkflows", field="metadata.deletionTimestamp", value=kopf.PRESENT
 )
