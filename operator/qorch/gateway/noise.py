@@ -111,8 +111,8 @@ class SerialisedOnceNoiseModel(NoiseModel):  # type: ignore[misc]
                 model.add_all_qubit_quantum_error(as_kraus(error, (name, None)), name, False)
         for name, errors in self._local_quantum_errors.items():
             for qubits, error in errors.items():
-                if (name, tuple(qubits)) in used:
-                    key = (name, tuple(qubits))
+                key = (name, tuple(qubits))
+                if key in used:
                     model.add_quantum_error(as_kraus(error, key), name, qubits, False)
         if measured and self._default_readout_error is not None:
             model.add_all_qubit_readout_error(self._default_readout_error, False)

@@ -244,6 +244,7 @@ async def drive_workflow(
     await runtime.pods.synced.wait()
     ns = _namespaced(namespace)
     wake = runtime.wakeup(ns, name)
+    label = workflow_label(name)
     # The daemon plans on what it last wrote (the watched body lags), writes with the
     # resourceVersion it planned on, and adopts the stored status when somebody else
     # wrote it (a 409 on its own write, or a foreign write seen in the body).
@@ -278,7 +279,7 @@ async def drive_workflow(
                 sources, infos = loaded
                 if any(i.transient for i in infos.values()):
                     loaded = None  # unreadable for now: read again next cycle
-                pods = runtime.pods.workflow_pods(ns, workflow_label(name))
+                pods = runtime.pods.workflow_pods(ns, label)
                 pods += await runtime.read_missing_pods(ns, status, pods)
                 refused = refused_pod_states(runtime.applier, ns, status, pods)
                 refused_names = {p.name for p in refused}
@@ -361,7 +362,6 @@ async def drive_workflow(
                 max(runtime.settings.min_cycle_seconds, CYCLE_SECONDS_PER_SUBTASK * subtasks),
                 runtime.settings.resync_seconds,
             )
-            label = workflow_label(name)
             while not stopped and (pause := started + floor - time.perf_counter()) > 0:
                 if woken and pods_all_finished(runtime.pods.workflow_pods(ns, label), subtasks):
                     break
