@@ -29,6 +29,8 @@ noisy fake device, ``--provider fake --backend fake_<device>``), the same N GHZ-
   conversion (``sampler_result``) all timed;
 - one call per circuit: the same, one ``run([pub]).result()`` per circuit, sequentially;
 - lone job: one job at a time through an idle gateway (``--lone`` times, default 20),
+  submitted with ``wait_seconds`` ``--wait-s`` (the gateway answers once the job is
+  final, as the variational worker asks; ``--wait-s 0``: submitted, then short-polled),
   against one direct parse + transpile + run + convert here; medians and their ratio.
 
 Targets (issue 16): gateway / batched call <= 1.3, lone job gateway / direct <= 2.
@@ -133,8 +135,8 @@ class JobTiming:
 
     job_id: str
     submitted: float  # the POST started
-    accepted: float  # the POST was answered (202)
-    seen_done: float  # the first status answer that had it finished
+    accepted: float  # the POST was answered (202; 200 when it waited for the job's end)
+    seen_done: float  # the first answer that had it finished
     job: dict[str, Any]  # the job as that answer had it
 
     @property
@@ -187,8 +189,19 @@ class GatewayClient:
                 # busy loop of requests; a long poll that just timed out loses 20 ms.
                 await asyncio.sleep(self.poll_s)
 
-    async def run_job(self, job_id: str, backend: str, shots: int) -> JobTiming:
-        payload = {"job_id": job_id, "backend": backend, "qasm": GHZ3, "shots": shots}
+    async def run_job(
+        self, job_id: str, backend: str, shots: int, *, wait_on_submit: bool = False
+    ) -> JobTiming:
+        """``wait_on_submit`` (with a long poll's ``wait_s``): the submission waits for the
+        job to be final, and a final answer ends it without a status request."""
+        payload: dict[str, Any] = {
+            "job_id": job_id,
+            "backend": backend,
+            "qasm": GHZ3,
+            "shots": shots,
+        }
+        if wait_on_submit and self.wait_s > 0:
+            payload["wait_seconds"] = self.wait_s
         submitted = time.perf_counter()
         while True:
             async with self.session.post(f"{self.url}/v1/jobs", json=payload) as resp:
@@ -196,16 +209,19 @@ class GatewayClient:
                 if resp.status == 429:  # queue full (--max-queued): as asked, wait
                     await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
                     continue
-                if resp.status != 202:
+                if resp.status not in (200, 202):
                     raise RuntimeError(f"submitting {job_id}: {resp.status} {body}")
                 break
         accepted = time.perf_counter()
-        future: asyncio.Future[tuple[float, dict[str, Any]]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._pending[job_id] = future
-        self._submitted.set()
-        seen_done, job = await future
+        if body["phase"] in FINAL:
+            seen_done, job = accepted, body
+        else:
+            future: asyncio.Future[tuple[float, dict[str, Any]]] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._pending[job_id] = future
+            self._submitted.set()
+            seen_done, job = await future
         if job["phase"] != "Done":
             raise RuntimeError(f"job {job_id}: {job['phase']}: {job['message']}")
         if job["result"]["shots"] != shots:
@@ -216,6 +232,8 @@ class GatewayClient:
 def _gateway_side(t: JobTiming) -> float:
     """The submission's answer plus the gateway's queue and execution seconds: the latency
     without the wait for the next status poll (and the status answer itself)."""
+    if t.seen_done == t.accepted:  # the submission's answer had it final: nothing polled
+        return t.latency
     queue = float(t.job["queue_seconds"])
     return t.accepted - t.submitted + queue + float(t.job["execution_seconds"] or 0.0)
 
@@ -332,7 +350,7 @@ async def _gateway_runs(
     lone: list[JobTiming] = []
     for i in range(settings.lone):
         await asyncio.sleep(0.2)  # idle: the previous job's batch has wound down
-        lone.append(await client.run_job(f"lone-{i}", name, shots))
+        lone.append(await client.run_job(f"lone-{i}", name, shots, wait_on_submit=True))
     gateway_cpu_all = sum(cpu_seconds(gw.process.pid).values())
 
     def ms(values: Sequence[float]) -> dict[str, float]:
@@ -553,7 +571,7 @@ def show(r: dict[str, Any]) -> None:
         "bold",
     )
     row(
-        "  lone: submit answered / execution ms",
+        "  lone: submission answered / gateway execution ms",
         lambda b: (
             f"{b['gateway']['lone_submit_answer_ms']['median']:.1f} / "
             f"{b['gateway']['lone_execution_ms']['median']:.1f}"

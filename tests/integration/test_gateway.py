@@ -36,6 +36,7 @@ from qorch.gateway.service import (
 )
 from qorch.metrics.exporters import GatewayMetrics
 from qorch.orchestrator.snapshot import JobPhase
+from qorch.quantum.circuits import load_qasm
 
 STD = 'OPENQASM 3.0; include "stdgates.inc"; '
 GHZ3 = STD + "qubit[3] q; bit[3] c; h q[0]; cx q[0], q[1]; cx q[1], q[2]; c = measure q;"
@@ -680,6 +681,8 @@ async def test_a_providers_queue_counts_as_queue_wait_not_as_execution(
     services: list[GatewayService],
 ) -> None:
     adapter = QueuesAtProvider(queued_for=0.4)
+    # Aer's first run in a process takes most of a second: paid here, not in the timing.
+    adapter.run_here("sampler", [adapter.prepare(load_qasm(GHZ3), ())], 10).result()
     adapter.gate.clear()
     service = _service(services, adapter)
     record = await service.submit(Submission("p", "aer", GHZ3, "sampler", 100, ()))
@@ -771,5 +774,39 @@ async def test_a_shutdown_answers_waiting_status_requests_at_once() -> None:
         resp = await asyncio.wait_for(waiting, 5)
         assert [j["phase"] for j in (await resp.json())["jobs"]] == ["Queued"]
         assert time.monotonic() - began < 5
+    finally:
+        await client.close()
+
+
+async def test_a_submission_may_wait_for_its_job_to_finish(aer: TestClient) -> None:
+    """``wait_seconds`` on a submission: a short job comes back Done (200) with its
+    counts, no status request needed; the field is not part of the job."""
+    payload = {"job_id": "sw", "backend": "aer", "qasm": GHZ3, "shots": 100, "wait_seconds": 30}
+    resp = await aer.post("/v1/jobs", json=payload)
+    job = await resp.json()
+    assert resp.status == 200, job
+    assert job["phase"] == "Done" and sum(job["result"]["counts"].values()) == 100
+    # The same job again, waiting or not: the same job, not a second one.
+    for wait in (0, 5):
+        again = await aer.post("/v1/jobs", json={**payload, "wait_seconds": wait})
+        assert again.status == (200 if wait else 202)
+        assert (await again.json())["result"] == job["result"]
+
+
+async def test_a_submission_that_waits_longer_than_its_job_lasts_answers_after_the_wait() -> None:
+    client = await _client(Provider.AER, "aer", QueueOnly, max_qubits=4)
+    try:
+        began = time.monotonic()
+        payload = {"job_id": "q", "backend": "aer", "qasm": GHZ3, "shots": 10, "wait_seconds": 0.4}
+        resp = await client.post("/v1/jobs", json=payload)
+        assert resp.status == 202 and (await resp.json())["phase"] == "Queued"
+        assert 0.35 < time.monotonic() - began < 5
+        # A bad wait is refused before anything is submitted.
+        for bad in (-1, 31, "5", True, None):
+            bad_payload = {**payload, "job_id": "bad", "wait_seconds": bad}
+            resp = await client.post("/v1/jobs", json=bad_payload)
+            assert resp.status == 400
+            assert "'wait_seconds' must be a number from 0 to 30" in (await resp.json())["detail"]
+        assert (await client.get("/v1/jobs/bad")).status == 404
     finally:
         await client.close()

@@ -15,6 +15,7 @@ built again from the new properties, and the simulator process is replaced.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import io
 import json
@@ -398,6 +399,13 @@ class LocalJob:
     def result(self) -> Any:
         try:
             return self._future.result()
+        except BrokenProcessPool:
+            raise MemoryError("the simulator process died (out of memory?)") from None
+
+    async def wait(self) -> Any:
+        """``result()`` awaited on the event loop, without a thread blocked on it."""
+        try:
+            return await asyncio.wrap_future(self._future)
         except BrokenProcessPool:
             raise MemoryError("the simulator process died (out of memory?)") from None
 

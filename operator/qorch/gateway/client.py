@@ -81,14 +81,24 @@ class HttpGatewayClient:
     def _url(self, backend: str) -> str:
         return self._target(backend).url.rstrip("/")
 
-    async def _request(self, method: str, url: str, json: Any = None) -> Any:
+    async def _request(
+        self, method: str, url: str, json: Any = None, *, wait_seconds: float = 0.0
+    ) -> Any:
         """The one place requests go through. Returns the decoded JSON of a 2xx answer;
-        raises ``GatewayResponseError`` for anything else."""
+        raises ``GatewayResponseError`` for anything else. ``wait_seconds``: what the
+        gateway may wait before answering, on top of the client's timeout."""
         headers = self._headers()
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
+        timeout = (
+            aiohttp.ClientTimeout(total=(self._timeout.total or 0.0) + wait_seconds)
+            if wait_seconds
+            else None  # the session's
+        )
         try:
-            async with self._session.request(method, url, json=json, headers=headers) as resp:
+            async with self._session.request(
+                method, url, json=json, headers=headers, timeout=timeout
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
@@ -115,6 +125,12 @@ class HttpGatewayClient:
         return body
 
     async def submit(self, request: JobRequest) -> None:
+        await self.submit_and_wait(request, 0.0)
+
+    async def submit_and_wait(self, request: JobRequest, wait_seconds: float) -> JobState:
+        """Submit, and have the gateway answer once the job is final or after
+        ``wait_seconds`` (at most 30, the gateway's limit; 0: once it is queued). The job as
+        the answer has it: a short job comes back done, with no status request."""
         payload: dict[str, Any] = {
             "job_id": request.job_id,
             "backend": self._target(request.backend).backend_name,
@@ -125,13 +141,22 @@ class HttpGatewayClient:
         }
         if request.remote_job_id is not None:
             payload["remote_job_id"] = request.remote_job_id
+        if wait_seconds:
+            payload["wait_seconds"] = wait_seconds
         url = f"{self._url(request.backend)}/v1/jobs"
-        body = await self._request("POST", url, json=payload)
-        _job_or_raise(body, "POST", url)
+        body = await self._request("POST", url, json=payload, wait_seconds=wait_seconds)
+        return _job_or_raise(body, "POST", url)
 
-    async def status(self, backend: str, job_ids: Iterable[str]) -> dict[str, JobState]:
+    async def status(
+        self, backend: str, job_ids: Iterable[str], *, wait_seconds: float = 0.0
+    ) -> dict[str, JobState]:
+        """The jobs' states (unknown ids left out). ``wait_seconds``: a long poll, answered
+        once one of the jobs is final or after that long."""
         url = f"{self._url(backend)}/v1/jobs/status"
-        body = await self._request("POST", url, json={"job_ids": list(job_ids)})
+        payload: dict[str, Any] = {"job_ids": list(job_ids)}
+        if wait_seconds:
+            payload["wait_seconds"] = wait_seconds
+        body = await self._request("POST", url, json=payload, wait_seconds=wait_seconds)
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if not isinstance(jobs, list):
             raise _malformed("POST", url, 200, "expected an object with a 'jobs' list")

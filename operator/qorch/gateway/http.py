@@ -28,9 +28,10 @@ CALIBRATION_REFRESH_SECONDS = 60.0
 # How often a calibration file (``--calibration-file``) is checked for a change, by default.
 CALIBRATION_FILE_CHECK_SECONDS = 5.0
 SERVICE_KEY = web.AppKey("service", GatewayService)
-# The longest a status request may wait for a job to finish (``wait_seconds``): under the
-# usual 60 s idle timeouts of proxies between a client and the gateway.
-MAX_STATUS_WAIT_SECONDS = 30
+# The longest a status request or a submission may wait for a job to finish
+# (``wait_seconds``): under the usual 60 s idle timeouts of proxies between a client and
+# the gateway.
+MAX_WAIT_SECONDS = 30
 
 JOB_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -124,6 +125,15 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
             "description": "The provider's job this job already ran as (its `remote_job_id`): "
             "a gateway that does not know the job re-attaches to it where the provider can.",
         },
+        "wait_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_WAIT_SECONDS,
+            "description": "Answer once the job is final (200), or after this many seconds "
+            "(202): a short job's result comes with its submission, without a status "
+            "request. Not part of the job: a resubmission may wait otherwise. 0 (the "
+            "default): answer once the job is queued.",
+        },
     },
 }
 OPENAPI: dict[str, Any] = {
@@ -138,6 +148,10 @@ OPENAPI: dict[str, Any] = {
                     "content": {"application/json": {"schema": SUBMISSION_SCHEMA}},
                 },
                 "responses": {
+                    "200": {
+                        "description": "Final within the `wait_seconds` asked for",
+                        **JOB_RESPONSE,
+                    },
                     "202": {"description": "Accepted (or already known)", **JOB_RESPONSE},
                     "400": ERROR,
                     "404": ERROR,
@@ -164,7 +178,7 @@ OPENAPI: dict[str, Any] = {
                                     "wait_seconds": {
                                         "type": "number",
                                         "minimum": 0,
-                                        "maximum": MAX_STATUS_WAIT_SECONDS,
+                                        "maximum": MAX_WAIT_SECONDS,
                                         "description": "Long poll: answer once one of the "
                                         "jobs is final (Done, Error, Cancelled), or after "
                                         "this many seconds; at once when one is final "
@@ -365,9 +379,29 @@ def _submission(body: dict[str, Any]) -> Submission:
     )
 
 
+def _wait_seconds(body: dict[str, Any]) -> float:
+    wait = body.get("wait_seconds", 0)
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, int | float)
+        or not 0 <= wait <= MAX_WAIT_SECONDS
+    ):
+        raise GatewayRequestError(
+            400, f"field 'wait_seconds' must be a number from 0 to {MAX_WAIT_SECONDS}"
+        )
+    return float(wait)
+
+
 async def submit(request: web.Request) -> web.Response:
-    record = await request.app[SERVICE_KEY].submit(_submission(await _json(request)))
-    return web.json_response(record.to_json(), status=202)
+    body = await _json(request)
+    sub = _submission(body)
+    wait = _wait_seconds(body)
+    service = request.app[SERVICE_KEY]
+    record = await service.submit(sub)
+    if wait and not record.final:
+        # The job's record as it is now; gone from the status list only if forgotten.
+        record = next(iter(await service.wait_for_final([sub.job_id], wait)), record)
+    return web.json_response(record.to_json(), status=200 if wait and record.final else 202)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -376,15 +410,7 @@ async def status(request: web.Request) -> web.Response:
     ids = body.get("job_ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise GatewayRequestError(400, "field 'job_ids' must be a list of strings")
-    wait = body.get("wait_seconds", 0)
-    if (
-        isinstance(wait, bool)
-        or not isinstance(wait, int | float)
-        or not 0 <= wait <= MAX_STATUS_WAIT_SECONDS
-    ):
-        raise GatewayRequestError(
-            400, f"field 'wait_seconds' must be a number from 0 to {MAX_STATUS_WAIT_SECONDS}"
-        )
+    wait = _wait_seconds(body)
     service = request.app[SERVICE_KEY]
     records = await service.wait_for_final(ids, wait) if wait else service.status(ids)
     positions = service.queue_positions()

@@ -31,12 +31,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qorch.api.workflow import SPSA_CALIBRATION_EVALUATIONS
 from qorch.worker.errors import BadInputError
+
+if TYPE_CHECKING:  # imported where used: the worker starts without the gateway client
+    from qorch.gateway.base import JobRequest
+    from qorch.gateway.client import GatewayResponseError, HttpGatewayClient
+    from qorch.orchestrator.snapshot import JobState
 
 ROUTE_ANNOTATION = "qorch.io/route"
 DEFAULT_ROUTE_FILE = "/etc/qorch/route/route"
@@ -209,7 +214,12 @@ class Evaluator:
     route given. Local batches are exact (ideal Aer estimator); a gateway's are what its
     device returns for ``shots``."""
 
-    def __init__(self, task: VariationalTask, poll_seconds: float = 0.2) -> None:
+    def __init__(
+        self, task: VariationalTask, poll_seconds: float = 0.2, wait_seconds: float = 10.0
+    ) -> None:
+        """``wait_seconds``: how long one request to a gateway may wait for the batch's job
+        to finish (a long poll: the result arrives when it is ready, not at the next poll);
+        0 polls every ``poll_seconds``."""
         from qiskit import QuantumCircuit
 
         from qorch.quantum.circuits import CircuitError, load_qasm
@@ -229,6 +239,7 @@ class Evaluator:
                 )
         self.task = task
         self.poll_seconds = poll_seconds
+        self.wait_seconds = wait_seconds
         self.token_file: str | None = None
         self._loop = asyncio.new_event_loop()
         # The gateway job of the batch in flight (route, job id): cancelled on SIGTERM.
@@ -331,10 +342,8 @@ class Evaluator:
         )
         resubmits = 0
         try:
-            await _patiently(lambda: client.submit(request))
+            state: JobState | None = await _patiently(lambda: self._submit(client, request))
             while True:
-                states = await _patiently(lambda: client.status(route.name, [job]))
-                state = states.get(job)
                 if state is None:
                     # The gateway restarted without its state: submitting again is safe
                     # (idempotent by job id), a few times.
@@ -343,7 +352,7 @@ class Evaluator:
                         raise GatewayError(
                             f"gateway of {route.name} keeps forgetting job {job}", retryable=False
                         )
-                    await _patiently(lambda: client.submit(request))
+                    state = await _patiently(lambda: self._submit(client, request))
                     continue
                 if state.phase is JobPhase.DONE:
                     evs = (state.result or {}).get("expectationValues")
@@ -357,12 +366,49 @@ class Evaluator:
                         f"job {job} on {route.name}: {state.phase}: {state.message}",
                         retryable=False,
                     )
-                await asyncio.sleep(self.poll_seconds)
+                if not self.wait_seconds:
+                    await asyncio.sleep(self.poll_seconds)
+                states = await _patiently(lambda: self._status(client, route.name, job))
+                state = states.get(job)
         finally:
             await client.close()
 
+    async def _submit(self, client: HttpGatewayClient, request: JobRequest) -> JobState:
+        """Submit; the gateway answers once the job is final or after ``wait_seconds``."""
+        from qorch.gateway.client import GatewayResponseError
+
+        if self.wait_seconds:
+            try:
+                return await client.submit_and_wait(request, self.wait_seconds)
+            except GatewayResponseError as exc:
+                if not _refuses_waiting(exc):
+                    raise
+                self.wait_seconds = 0.0
+        return await client.submit_and_wait(request, 0.0)
+
+    async def _status(
+        self, client: HttpGatewayClient, backend: str, job: str
+    ) -> dict[str, JobState]:
+        """The job's state: a long poll (``wait_seconds``), or at once."""
+        from qorch.gateway.client import GatewayResponseError
+
+        if self.wait_seconds:
+            try:
+                return await client.status(backend, [job], wait_seconds=self.wait_seconds)
+            except GatewayResponseError as exc:
+                if not _refuses_waiting(exc):
+                    raise
+                self.wait_seconds = 0.0
+        return await client.status(backend, [job])
+
     def close(self) -> None:
         self._loop.close()
+
+
+def _refuses_waiting(exc: GatewayResponseError) -> bool:
+    """A gateway from before ``wait_seconds`` (a rolling upgrade): it refuses the field,
+    and the evaluator polls instead."""
+    return exc.status == 400 and "wait_seconds" in str(exc)
 
 
 class Terminated(SystemExit):
