@@ -25,6 +25,7 @@ from qiskit.circuit import Parameter
 from qiskit_aer import AerSimulator
 
 from qorch.api.backend import Provider
+from qorch.gateway import service as service_mod
 from qorch.gateway.backends import QuantumBackendAdapter, build_backend
 from qorch.gateway.http import MAX_BODY_BYTES, make_app
 from qorch.gateway.service import (
@@ -810,3 +811,26 @@ async def test_a_submission_that_waits_longer_than_its_job_lasts_answers_after_t
         assert (await client.get("/v1/jobs/bad")).status == 404
     finally:
         await client.close()
+
+
+async def test_the_jobs_that_ended_first_are_forgotten_past_the_limit(
+    services: list[GatewayService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_mod, "MAX_FINISHED_JOBS", 3)
+    adapter = build_backend(Provider.AER, "aer", max_qubits=4)
+    service = _service(services, adapter, state_dir=tmp_path)  # no dispatcher: all queue
+    for i in range(6):
+        await service.submit(Submission(f"j{i}", "aer", GHZ3, "sampler", 10, ()))
+    assert [r.submission.job_id for r in service.queued()] == [f"j{i}" for i in range(6)]
+    for i in (4, 0, 2, 5):  # ended in this order
+        await service.cancel(f"j{i}")
+    assert [r.submission.job_id for r in service.queued()] == ["j1", "j3"]
+    assert service.queue_positions() == {"j1": 0, "j3": 1}
+    assert sorted(service.jobs) == ["j0", "j1", "j2", "j3", "j5"]  # j4 ended first
+    await service.cancel("j1")
+    assert sorted(service.jobs) == ["j1", "j2", "j3", "j5"]
+    assert [r.submission.job_id for r in service.queued()] == ["j3"]
+    # The journal forgot them too: a restarted gateway knows the same jobs.
+    again = _service(services, adapter, state_dir=tmp_path)
+    assert sorted(again.jobs) == ["j1", "j2", "j3", "j5"]
+    assert [r.submission.job_id for r in again.queued()] == ["j3"]

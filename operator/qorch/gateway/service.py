@@ -427,6 +427,11 @@ class GatewayService:
         self.max_queued = max_queued
         self.price = price_per_qpu_second
         self.jobs: OrderedDict[str, JobRecord] = OrderedDict()
+        # The jobs not final yet (queued or running), in submission order, and the final
+        # ones' ids, oldest first: what the queue, the gauges and forgetting read, so that
+        # the up to ``MAX_FINISHED_JOBS`` kept for status requests cost nothing per job.
+        self._open: dict[str, JobRecord] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()
         self._wakeup = asyncio.Event()
         # Set (and replaced) whenever a job reaches a final phase: what a status request
         # that waits (``wait_for_final``) wakes on.
@@ -471,6 +476,7 @@ class GatewayService:
         self._check_room()
         record = JobRecord(sub, prepared)
         self.jobs[sub.job_id] = record
+        self._open[sub.job_id] = record
         if sub.remote_job_id:
             record.remote_job_id = sub.remote_job_id
             record.attaching = True  # not for the dispatcher until re-attached or re-queued
@@ -567,7 +573,7 @@ class GatewayService:
     # ---- execution ------------------------------------------------------------------
 
     def queued(self) -> list[JobRecord]:
-        return [j for j in self.jobs.values() if j.phase is JobPhase.QUEUED]
+        return [j for j in self._open.values() if j.phase is JobPhase.QUEUED]
 
     def next_batch(self) -> list[JobRecord]:
         queued = [j for j in self.queued() if not j.attaching]
@@ -756,6 +762,10 @@ class GatewayService:
         records = self._journal.load()
         for record in records:
             self.jobs[record.submission.job_id] = record
+            if record.final:
+                self._closed[record.submission.job_id] = None
+            else:
+                self._open[record.submission.job_id] = record
             if record.submission.backend != self.adapter.name and record.phase in (
                 JobPhase.QUEUED,
                 JobPhase.RUNNING,
@@ -852,6 +862,10 @@ class GatewayService:
         record.permanent = permanent and phase is JobPhase.ERROR
         record.finished_at = time.time()
         record.remote = None
+        job_id = record.submission.job_id
+        self._open.pop(job_id, None)
+        self._closed[job_id] = None
+        self._closed.move_to_end(job_id)
         outcome = {JobPhase.DONE: "done", JobPhase.ERROR: "error", JobPhase.CANCELLED: "cancelled"}[
             phase
         ]
@@ -883,10 +897,13 @@ class GatewayService:
             self.metrics.backend_pending_jobs.labels(**self._label).set(waiting)
 
     def _forget_old(self) -> None:
-        finished = [k for k, j in self.jobs.items() if j.finished_at is not None]
-        old = finished[: max(0, len(finished) - MAX_FINISHED_JOBS)]
+        """Past ``MAX_FINISHED_JOBS`` final jobs, the ones that ended first are forgotten."""
+        old = [
+            self._closed.popitem(last=False)[0]
+            for _ in range(len(self._closed) - MAX_FINISHED_JOBS)
+        ]
         for key in old:
-            del self.jobs[key]
+            self.jobs.pop(key, None)
         if old and self._journal is not None:
             self._journal.forget(old)
 
