@@ -26,7 +26,15 @@ from qiskit_aer import AerSimulator
 
 from qorch.api.backend import Provider
 from qorch.gateway import service as service_mod
-from qorch.gateway.backends import QuantumBackendAdapter, build_backend
+from qorch.gateway.backends import (
+    SMALL_RUN_OPERATIONS,
+    SMALL_RUN_QUBITS,
+    SMALL_RUN_SHOTS,
+    PreparedCircuit,
+    QuantumBackendAdapter,
+    build_backend,
+    runs_here,
+)
 from qorch.gateway.http import MAX_BODY_BYTES, make_app
 from qorch.gateway.service import (
     MAX_MESSAGE_CHARS,
@@ -165,12 +173,13 @@ async def test_fake_backend_shows_noise_consistent_with_its_calibration(
 ) -> None:
     service = _service(services, build_backend(Provider.FAKE, "fake_manila"))
     record = await service.submit(Submission("ghz-noisy", "fake_manila", GHZ3, "sampler", 8000, ()))
+    prepared = record.prepared  # dropped once the job is final
     await service.execute([record])
     assert record.phase is JobPhase.DONE, record.message
     counts = record.result["counts"] if record.result else {}
     fidelity = (counts.get("000", 0) + counts.get("111", 0)) / 8000
-    assert record.prepared is not None
-    expected = estimated_success_probability(record.prepared.isa, service.adapter.backend.target)
+    assert prepared is not None
+    expected = estimated_success_probability(prepared.isa, service.adapter.backend.target)
     calibration = service.adapter.calibration()
     assert calibration.medianTwoQubitError is not None
     assert 0 < calibration.medianTwoQubitError < 0.1
@@ -293,8 +302,8 @@ async def test_jobs_still_being_transpiled_join_the_batch_about_to_run(
             runs.append(len(circuits))
             return real_run(primitive, circuits, shots)
 
-        async def held_prepare(sub: Submission) -> Any:
-            prepared = await real_prepare(sub)
+        async def held_prepare(sub: Submission, **kw: Any) -> Any:
+            prepared = await real_prepare(sub, **kw)
             if sub.job_id != "first":
                 await release.wait()  # still "being transpiled"
             return prepared
@@ -834,3 +843,72 @@ async def test_the_jobs_that_ended_first_are_forgotten_past_the_limit(
     again = _service(services, adapter, state_dir=tmp_path)
     assert sorted(again.jobs) == ["j1", "j2", "j3", "j5"]
     assert [r.submission.job_id for r in again.queued()] == ["j3"]
+
+
+def _ghz(n: int) -> str:
+    body = " ".join(f"cx q[{i}], q[{i + 1}];" for i in range(n - 1))
+    return f'OPENQASM 3.0; include "stdgates.inc"; qubit[{n}] q; bit[{n}] c; h q[0]; {body} c = measure q;'  # noqa: E501
+
+
+def test_only_a_lone_small_circuit_runs_in_the_gateways_process() -> None:
+    adapter = build_backend(Provider.FAKE, "fake_manila", isolate=False)
+    small = adapter.prepare(load_qasm(GHZ3), ())
+    wide = build_backend(Provider.AER, "aer", max_qubits=12, isolate=False)
+    assert runs_here([small], 1000) and runs_here([small], SMALL_RUN_SHOTS)
+    assert not runs_here([small, small], 10)  # a batch: the simulator process
+    assert not runs_here([small], SMALL_RUN_SHOTS + 1)
+    assert not runs_here([wide.prepare(load_qasm(_ghz(SMALL_RUN_QUBITS + 1)), ())], 10)
+    assert runs_here([wide.prepare(load_qasm(_ghz(SMALL_RUN_QUBITS)), ())], 10)
+    deep = QuantumCircuit(1, 1)
+    for _ in range(SMALL_RUN_OPERATIONS):
+        deep.x(0)
+    deep.measure(0, 0)
+    assert not runs_here([PreparedCircuit(deep)], 10)  # as given: transpiling cancels it
+
+
+async def test_a_lone_small_job_is_transpiled_and_run_here_and_others_are_not(
+    services: list[GatewayService],
+) -> None:
+    adapter = build_backend(Provider.FAKE, "fake_manila")  # a simulator process
+    service = _service(services, adapter)
+    here: list[str] = []
+    real_result_here = adapter._result_here
+
+    def result_here(*args: Any) -> Any:
+        here.append("run")
+        return real_result_here(*args)
+
+    adapter._result_here = result_here  # type: ignore[method-assign]
+    dispatcher = asyncio.ensure_future(service.run_forever())
+    try:
+        await service._warm_up()
+        pool = await service._preparer.start()
+        handed: list[str] = []
+        real_submit = pool.submit
+        pool.submit = lambda fn, *a, **k: handed.append(a[0].job_id) or real_submit(fn, *a, **k)  # type: ignore[method-assign]
+        lone = await service.submit(Submission("lone", "fake_manila", GHZ3, "sampler", 2000, ()))
+        await _finished(lone)
+        assert lone.phase is JobPhase.DONE and lone.result is not None
+        assert lone.prepared is None  # a final job keeps its result, not its circuit
+        counts = lone.result["counts"]
+        assert sum(counts.values()) == 2000
+        assert counts.get("000", 0) + counts.get("111", 0) > 1600  # GHZ, with the device's noise
+        assert 0 < len(counts) <= 8  # and its errors: not only 000 and 111
+        assert (handed, here) == ([], ["run"])
+        # Deeper than small: transpiled in a worker process, simulated in the simulator's.
+        layers = " ".join(f"cx q[0], q[1]; rz({0.01 * (i + 1)}) q[1];" for i in range(110))
+        deep = GHZ3.replace("c = measure q;", f"{layers} c = measure q;")
+        wide = await service.submit(Submission("wide", "fake_manila", deep, "sampler", 100, ()))
+        await _finished(wide)
+        assert wide.phase is JobPhase.DONE
+        assert (handed, here) == (["wide"], ["run"])
+        # Not idle (a job still queued): the next one goes to the worker processes too.
+        service.jobs["lone"].phase = JobPhase.QUEUED  # stands in for a queued job
+        service._open["lone"] = service.jobs["lone"]
+        busy = await service.submit(Submission("busy", "fake_manila", GHZ3, "sampler", 100, ()))
+        assert handed == ["wide", "busy"]
+        assert busy.prepared is not None
+    finally:
+        dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dispatcher

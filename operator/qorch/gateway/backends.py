@@ -29,7 +29,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +82,21 @@ class Transpiler:
     def __getstate__(self) -> dict[str, Any]:
         return {"target": self.target, "_pass_manager": None}
 
-    def prepare(self, circuit: QuantumCircuit, observables: tuple[str, ...]) -> PreparedCircuit:
+    @property
+    def ready(self) -> bool:
+        """Whether the pass manager is built (``build``): a first use costs no more."""
+        return self._pass_manager is not None
+
+    def build(self) -> None:
+        """Build the pass manager (tens of milliseconds; blocks: call it from a thread)."""
         if self._pass_manager is None:
             self._pass_manager = generate_preset_pass_manager(
                 optimization_level=1, target=self.target
             )
+
+    def prepare(self, circuit: QuantumCircuit, observables: tuple[str, ...]) -> PreparedCircuit:
+        self.build()
+        assert self._pass_manager is not None
         isa = self._pass_manager.run(circuit)
         ops = tuple(SparsePauliOp(o).apply_layout(isa.layout) for o in observables)
         return PreparedCircuit(isa, ops)
@@ -156,9 +166,11 @@ class QuantumBackendAdapter:
         self.service = service
         self.transpiler = Transpiler(backend.target)
         # fake / aer: simulate in a child process (see ``LocalJob``); built on first use.
+        # A small lone circuit runs in a thread here instead (``runs_here``).
         self.simulator_process = simulator_process
         self._simulator: ProcessPoolExecutor | None = None
         self._simulator_lock = threading.Lock()
+        self._small_runs: ThreadPoolExecutor | None = None
         # fake: the calibration file, the raw properties in use (None: the fake backend's
         # own) and the file's stat key when it was last read.
         self.calibration_file = calibration_file
@@ -187,6 +199,11 @@ class QuantumBackendAdapter:
         Blocks while a simulator process starts (call it from a thread)."""
         if not self.simulator_process:
             return self.run_here(primitive, circuits, shots)
+        if runs_here(circuits, shots) and self._local_primitives is not None:
+            if self._small_runs is None:
+                self._small_runs = ThreadPoolExecutor(1, thread_name_prefix="small-runs")
+            future = self._small_runs.submit(self._result_here, primitive, circuits, shots)
+            return LocalJob(future, f"local-{uuid.uuid4()}")
         for _ in range(2):
             # Under the lock: a new calibration cannot retire the process in between.
             with self._simulator_lock:
@@ -200,11 +217,21 @@ class QuantumBackendAdapter:
             raise BrokenProcessPool("the simulator process cannot be started")
         return LocalJob(future, f"local-{uuid.uuid4()}")
 
+    def _result_here(self, primitive: str, circuits: list[PreparedCircuit], shots: int) -> Any:
+        return self.run_here(primitive, circuits, shots).result()
+
     def start(self) -> None:
-        """Start what ``run`` needs ahead of the first job (blocks: call it from a thread)."""
+        """Start what ``run`` needs ahead of the first job (blocks: call it from a thread):
+        the simulator process, and the primitives a small circuit runs on here."""
         if self.simulator_process:
             with self._simulator_lock:
                 self._simulator_locked()
+            if self.provider is not Provider.IBM and self.execution_mode == "job":
+                # Aer's first run in a process takes most of a second: not a job's.
+                _, sampler, _ = self._primitives()
+                probe = QuantumCircuit(1, 1)
+                probe.measure(0, 0)
+                sampler.run([(probe,)], shots=1).result()
 
     def _simulator_locked(self) -> ProcessPoolExecutor:
         """The simulator process, started if there is none (hold ``_simulator_lock``)."""
@@ -282,6 +309,22 @@ class QuantumBackendAdapter:
             estimator.options.default_shots = shots
             return estimator.run([(c.isa, list(c.observables)) for c in circuits])
 
+    def _primitives(self) -> tuple[Any, Any, Any]:
+        """(backend, sampler, estimator) for the current backend object, built once."""
+        from qiskit.primitives import BackendEstimatorV2, BackendSamplerV2
+
+        backend = self.backend
+        primitives = self._local_primitives
+        if primitives is None or primitives[0] is not backend:
+            prepare_noise_model(backend)
+            primitives = (
+                backend,
+                BackendSamplerV2(backend=backend),
+                BackendEstimatorV2(backend=backend),
+            )
+            self._local_primitives = primitives
+        return primitives
+
     def _run_local(self, primitive: str, circuits: list[PreparedCircuit], shots: int) -> Any:
         """What qiskit-ibm-runtime's local mode runs for a fake or Aer backend
         (``BackendSamplerV2`` / ``BackendEstimatorV2`` on it, the estimator at precision
@@ -289,17 +332,7 @@ class QuantumBackendAdapter:
         options, backend included, so a fake backend builds its noise model again each time
         (0.11 s of a 0.13 s one-circuit call on fake_manila, measured). The primitives are
         built once per backend object; a new calibration is a new backend."""
-        from qiskit.primitives import BackendEstimatorV2, BackendSamplerV2
-
-        backend = self.backend
-        if self._local_primitives is None or self._local_primitives[0] is not backend:
-            prepare_noise_model(backend)
-            self._local_primitives = (
-                backend,
-                BackendSamplerV2(backend=backend),
-                BackendEstimatorV2(backend=backend),
-            )
-        _, sampler, estimator = self._local_primitives
+        _, sampler, estimator = self._primitives()
         if primitive == "sampler":
             return sampler.run([(c.isa,) for c in circuits], shots=shots)
         return estimator.run(
@@ -311,6 +344,9 @@ class QuantumBackendAdapter:
             if self._simulator is not None:
                 self._simulator.shutdown(wait=False, cancel_futures=True)
                 self._simulator = None
+        if self._small_runs is not None:
+            self._small_runs.shutdown(wait=False, cancel_futures=True)
+            self._small_runs = None
 
     def _mode(self) -> Any:
         """``job``: each batch is its own job. ``batch`` / ``session``: jobs share one
@@ -383,11 +419,33 @@ _GONE = (-1, -1, -1)
 _NOT_GATES = frozenset({"measure", "reset", "delay", "barrier"})
 
 
+# A lone circuit this small simulates in the gateway's own process, in a thread: the hop to
+# the simulator process costs more than the simulation (a GHZ-3 at 1,000 shots: 2-4 ms
+# either way, plus ~2 ms for the hop, measured), and it holds the GIL for milliseconds at
+# most. Aer simulates only the qubits a circuit touches; a noisy one this small runs as a
+# density matrix of at most 4^SMALL_RUN_QUBITS entries.
+SMALL_RUN_QUBITS = 6
+SMALL_RUN_OPERATIONS = 200
+SMALL_RUN_SHOTS = 10_000
+
+
+def runs_here(circuits: list[PreparedCircuit], shots: int) -> bool:
+    """Whether a run is one circuit small enough to simulate in the gateway's process."""
+    if len(circuits) != 1 or shots > SMALL_RUN_SHOTS:
+        return False
+    isa = circuits[0].isa
+    if len(isa.data) > SMALL_RUN_OPERATIONS:
+        return False
+    touched = {q for instruction in isa.data for q in instruction.qubits}
+    return len(touched) <= SMALL_RUN_QUBITS
+
+
 class LocalJob:
     """A ``fake`` / ``aer`` job running in the gateway's simulator process. Aer holds the GIL
     for a whole simulation (4 s of a 4 s run, measured), so in a thread of the gateway it
-    would freeze the event loop: no health checks, no status answers until it ends. The id
-    is the gateway's own: local runs leave nothing to re-attach to."""
+    would freeze the event loop: no health checks, no status answers until it ends; only a
+    lone small circuit (``runs_here``) runs in a thread here. The id is the gateway's own:
+    local runs leave nothing to re-attach to."""
 
     def __init__(self, future: Future[Any], job_id: str) -> None:
         self._future = future
