@@ -31,7 +31,8 @@ noisy fake device, ``--provider fake --backend fake_<device>``), the same N GHZ-
 - lone job: one job at a time through an idle gateway (``--lone`` times, default 20),
   submitted with ``wait_seconds`` ``--wait-s`` (the gateway answers once the job is
   final, as the variational worker asks; ``--wait-s 0``: submitted, then short-polled),
-  against one direct parse + transpile + run + convert here; medians and their ratio.
+  against one direct parse + transpile + run + convert here, each after the same 0.2 s
+  pause; medians and their ratio.
 
 Targets (issue 16): gateway / batched call <= 1.3, lone job gateway / direct <= 2.
 
@@ -90,6 +91,9 @@ FINAL = frozenset({"Done", "Error", "Cancelled"})
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 TARGET_THROUGHPUT_RATIO = 1.3
 TARGET_LONE_RATIO = 2.0
+# Before each lone job, through the gateway and direct alike: an idle machine (caches and
+# cores gone cold) is what a lone job meets.
+LONE_PAUSE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,7 @@ async def _gateway_runs(
     # One job at a time on an idle gateway.
     lone: list[JobTiming] = []
     for i in range(settings.lone):
-        await asyncio.sleep(0.2)  # idle: the previous job's batch has wound down
+        await asyncio.sleep(LONE_PAUSE_S)  # idle: the previous job's batch has wound down
         lone.append(await client.run_job(f"lone-{i}", name, shots, wait_on_submit=True))
     gateway_cpu_all = sum(cpu_seconds(gw.process.pid).values())
 
@@ -447,6 +451,7 @@ def direct_phase(case: Case, settings: Settings) -> dict[str, Any]:
             raise RuntimeError(f"{key}: {got} shots in all, not {shots * len(qasms)}")
     lone: list[float] = []
     for _ in range(settings.lone):
+        time.sleep(LONE_PAUSE_S)  # as before each lone gateway job: the same idle machine
         t0 = time.perf_counter()
         per_circuit_calls(adapter, [GHZ3], shots)
         lone.append(time.perf_counter() - t0)
