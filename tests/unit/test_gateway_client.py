@@ -4,6 +4,7 @@ JSONDecodeError, KeyError, ...), with the HTTP status and, for 429, the Retry-Af
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -217,3 +218,34 @@ async def test_an_unreachable_gateway_is_retryable_without_a_status() -> None:
         await client.close()
     assert err.value.retryable
     assert getattr(err.value, "status", "missing") is None
+
+
+async def test_a_gateway_that_does_not_answer_times_out_unless_asked_to_wait() -> None:
+    """A request gives up after the client's timeout; one that asks the gateway to wait
+    (``wait_seconds``) gives it that much longer."""
+
+    async def slow(request: web.Request) -> web.Response:
+        body = await request.json()
+        await asyncio.sleep(1.0)
+        return web.json_response({**JOB, "job_id": body.get("job_id", "j1")}, status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = HttpGatewayClient(
+        {"qpu": GatewayTarget(str(server.make_url("/")), "aer")}, timeout_seconds=0.3
+    )
+    request = JobRequest(job_id="j1", backend="qpu", qasm="OPENQASM 3.0;")
+    try:
+        with pytest.raises(GatewayError) as err:
+            await client.submit(request)
+        assert err.value.retryable
+        with pytest.raises(GatewayError):
+            await client.status("qpu", ["j1"])
+        state = await client.submit_and_wait(request, wait_seconds=2.0)
+        assert state.phase is JobPhase.DONE
+        await client.submit_and_wait(request, wait_seconds=2.0)  # again: the same answer
+    finally:
+        await client.close()
+        await server.close()

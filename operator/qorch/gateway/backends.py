@@ -421,23 +421,40 @@ _NOT_GATES = frozenset({"measure", "reset", "delay", "barrier"})
 
 # A lone circuit this small simulates in the gateway's own process, in a thread: the hop to
 # the simulator process costs more than the simulation (a GHZ-3 at 1,000 shots: 2-4 ms
-# either way, plus ~2 ms for the hop, measured), and it holds the GIL for milliseconds at
-# most. Aer simulates only the qubits a circuit touches; a noisy one this small runs as a
-# density matrix of at most 4^SMALL_RUN_QUBITS entries.
+# either way, plus ~2 ms for the hop, measured). Aer holds the GIL while it simulates, so
+# the work is bounded: shots x operations x 2^qubits touched (Aer simulates only those)
+# under SMALL_RUN_WORK, no loops or branches (one operation, any number of iterations), no
+# measurement or reset before the end (each shot its own trajectory), few observables.
 SMALL_RUN_QUBITS = 6
 SMALL_RUN_OPERATIONS = 200
 SMALL_RUN_SHOTS = 10_000
+SMALL_RUN_WORK = 10_000_000
+SMALL_RUN_OBSERVABLE_TERMS = 16
 
 
 def runs_here(circuits: list[PreparedCircuit], shots: int) -> bool:
     """Whether a run is one circuit small enough to simulate in the gateway's process."""
     if len(circuits) != 1 or shots > SMALL_RUN_SHOTS:
         return False
-    isa = circuits[0].isa
+    prepared = circuits[0]
+    isa = prepared.isa
     if len(isa.data) > SMALL_RUN_OPERATIONS:
         return False
-    touched = {q for instruction in isa.data for q in instruction.qubits}
-    return len(touched) <= SMALL_RUN_QUBITS
+    if sum(len(o) for o in prepared.observables) > SMALL_RUN_OBSERVABLE_TERMS:
+        return False
+    touched: set[Any] = set()
+    measured: set[Any] = set()
+    for instruction in isa.data:
+        operation = instruction.operation
+        if operation.name == "reset" or getattr(operation, "blocks", ()):
+            return False
+        if measured.intersection(instruction.qubits):
+            return False  # an operation after a measurement of its qubit
+        if operation.name == "measure":
+            measured.update(instruction.qubits)
+        touched.update(instruction.qubits)
+    width = len(touched)
+    return width <= SMALL_RUN_QUBITS and shots * len(isa.data) * 2**width <= SMALL_RUN_WORK
 
 
 class LocalJob:

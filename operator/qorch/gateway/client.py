@@ -90,14 +90,13 @@ class HttpGatewayClient:
         headers = self._headers()
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        timeout = (
-            aiohttp.ClientTimeout(total=(self._timeout.total or 0.0) + wait_seconds)
-            if wait_seconds
-            else None  # the session's
-        )
+        extra: dict[str, Any] = {}  # none: the session's timeout
+        if wait_seconds:
+            total = (self._timeout.total or 0.0) + wait_seconds
+            extra["timeout"] = aiohttp.ClientTimeout(total=total)
         try:
             async with self._session.request(
-                method, url, json=json, headers=headers, timeout=timeout
+                method, url, json=json, headers=headers, **extra
             ) as resp:
                 raw = await resp.read()
                 status = resp.status

@@ -6,10 +6,11 @@ together as one primitive job (one PUB each), which is how IBM bills and schedul
 work best. Queued jobs can be cancelled (the orchestrator moves work that way).
 
 Nothing slow runs on the event loop: submissions are parsed and transpiled in a worker
-process, provider calls run in threads. The queue is bounded (429 when full). With a
-state directory, jobs are journaled in SQLite, so a restarted gateway still knows finished
-jobs and their results, queues the queued ones again and re-attaches to (or re-runs) the
-ones that were running.
+process, provider calls run in threads; only a small circuit submitted to an idle local
+simulator is transpiled on the loop (``small_source``), in milliseconds. The queue is
+bounded (429 when full). With a state directory, jobs are journaled in SQLite, so a
+restarted gateway still knows finished jobs and their results, queues the queued ones again
+and re-attaches to (or re-runs) the ones that were running.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import sqlite3
 import time
 from collections import OrderedDict
@@ -64,11 +66,17 @@ COALESCE_SECONDS = 0.1
 # request already in a socket to reach ``submit`` (aiohttp reads it, starts its handler).
 ARRIVAL_LOOP_TURNS = 3
 # A submission's source up to this long may be a small circuit, transpiled on the event loop
-# when the gateway is idle (``_Preparer.prepare``).
+# when the gateway is idle (``_Preparer.prepare``, ``small_source``).
 SMALL_QASM_CHARS = 4096
+SMALL_OBSERVABLES = 16
+# What a small source may not hold: gate and subroutine definitions (one line can expand to
+# millions of operations), loops and branches (one operation, any number of iterations).
+_NOT_SMALL = re.compile(r"\b(gate|def|defcal|for|while|if|box|extern|opaque)\b")
+_REGISTER = re.compile(r"\b(?:qubit|qreg)\s*(?:\[\s*(\d+)\s*\])?\s*\w+\s*(?:\[\s*(\d+)\s*\])?")
 # A batch of at most this many shots in all has its results converted on the event loop
-# (about 0.05 ms per 1,000 shots); a larger one in a thread.
-INLINE_CONVERT_SHOTS = 20_000
+# (0.05 ms per 1,000 shots of few outcomes, about 1 ms with every shot distinct); a larger
+# one in a thread.
+INLINE_CONVERT_SHOTS = 4096
 
 
 def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -212,6 +220,23 @@ def check_submission(sub: Submission, backend_name: str, num_qubits: int) -> Qua
     return circuit
 
 
+def small_source(sub: Submission) -> bool:
+    """Whether ``sub`` may be a small circuit, read from its text before parsing it: short,
+    standard gates only, no loops or branches, at most ``SMALL_RUN_QUBITS`` qubits declared
+    and a few observables. Parsing a source that passes takes milliseconds."""
+    if len(sub.qasm) > SMALL_QASM_CHARS or len(sub.observables) > SMALL_OBSERVABLES:
+        return False
+    if _NOT_SMALL.search(sub.qasm):
+        return False
+    declared = 0
+    for register in _REGISTER.finditer(sub.qasm):
+        size = register.group(1) or register.group(2)
+        declared += int(size) if size else 1
+        if declared > SMALL_RUN_QUBITS:
+            return False
+    return declared > 0
+
+
 # Set once in each worker process by its initializer; never in the gateway process.
 _worker_transpiler: Transpiler | None = None
 
@@ -249,7 +274,8 @@ class _Preparer:
     submissions is ready for the next run sooner (``bench/gateway.py``, fake_manila, 16 in
     flight: each batch waited on 16 transpiles done one after another). The transpiled
     circuit comes back as QPY; decoding it is the part left here (0.15 s for 300k
-    instructions, measured)."""
+    instructions, measured). A small circuit on an idle gateway is the exception (``prepare``,
+    ``small_here``)."""
 
     def __init__(self, adapter: QuantumBackendAdapter, workers: int = 1) -> None:
         self._transpiler = adapter.transpiler
@@ -294,12 +320,12 @@ class _Preparer:
             old.shutdown(wait=False)
 
     async def prepare(self, sub: Submission, *, small_here: bool = False) -> PreparedCircuit:
-        """``small_here``: a small circuit (``SMALL_QASM_CHARS`` of source, at most
-        ``SMALL_RUN_QUBITS`` qubits and ``SMALL_RUN_OPERATIONS`` operations) is parsed and
+        """``small_here``: a small circuit (``small_source``; at most ``SMALL_RUN_QUBITS``
+        qubits and ``SMALL_RUN_OPERATIONS`` operations once parsed) is parsed and
         transpiled on the event loop, in 1-3 ms: less than the hop to a worker process adds
-        to a lone job (1.3 ms, measured). For a gateway that is idle: under load, the
-        workers transpile beside the loop."""
-        if small_here and len(sub.qasm) <= SMALL_QASM_CHARS and self._transpiler.ready:
+        to a lone job (1.3 ms, measured). For an idle gateway of a local simulator: under
+        load, the workers transpile beside the loop."""
+        if small_here and self._transpiler.ready and small_source(sub):
             circuit = check_submission(sub, self._name, self._num_qubits)
             if circuit.num_qubits <= SMALL_RUN_QUBITS and circuit.size() <= SMALL_RUN_OPERATIONS:
                 return _transpiled(self._transpiler, circuit, sub.observables, self._name)
@@ -492,7 +518,8 @@ class GatewayService:
                 404, f"unknown backend {sub.backend!r}: this gateway serves {self.adapter.name!r}"
             )
         self._check_room()
-        idle = not self._open and not self._preparing  # no job to overtake, none to wait on
+        # No job to overtake, none to wait on; a provider's job takes seconds anyway.
+        idle = not self._open and not self._preparing and not self._remote
         self._preparing += 1
         try:
             prepared = await self._preparer.prepare(sub, small_here=idle)
@@ -643,7 +670,7 @@ class GatewayService:
         the next one: every run pays a fixed cost (a simulator call, a provider job), and
         clients that submit together (an operator's subtasks in flight) otherwise see a
         batch of one, then one of the rest. Waits until none is being transpiled or the
-        batch is full, at most ``COALESCE_SECONDS``; a lone job never waits."""
+        batch is full, at most ``COALESCE_SECONDS``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + COALESCE_SECONDS
         while self._preparing and len(self.next_batch()) < self.batch_size:
@@ -756,7 +783,7 @@ class GatewayService:
             usage = max(time.time() - min(began), 0.0) if began else 0.0
         # A large batch's results take milliseconds to convert: in a thread, so that status
         # answers do not wait on them; a few thousand shots take less than the hop.
-        if sum(r.submission.shots for r, _ in entries) <= INLINE_CONVERT_SHOTS:
+        if sum(r.submission.shots for r, _ in entries) <= INLINE_CONVERT_SHOTS:  # ~1 ms
             converted = _convert_results(entries, result, primitive)
         else:
             converted = await asyncio.to_thread(_convert_results, entries, result, primitive)
@@ -798,6 +825,8 @@ class GatewayService:
         if self._journal is None:
             return
         records = self._journal.load()
+        # The final ones in the order they ended: the first to end are forgotten first.
+        records.sort(key=lambda r: (r.final, r.finished_at or 0.0))
         for record in records:
             self.jobs[record.submission.job_id] = record
             if record.final:

@@ -408,7 +408,7 @@ class Evaluator:
 def _refuses_waiting(exc: GatewayResponseError) -> bool:
     """A gateway from before ``wait_seconds`` (a rolling upgrade): it refuses the field,
     and the evaluator polls instead."""
-    return exc.status == 400 and "wait_seconds" in str(exc)
+    return exc.status == 400 and "unknown field 'wait_seconds'" in str(exc)
 
 
 class Terminated(SystemExit):
