@@ -13,6 +13,7 @@ import statistics
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from qorch.gateway.backends import (
     SMALL_RUN_QUBITS,
     SMALL_RUN_SHOTS,
     SMALL_RUN_WORK,
+    LocalJob,
     PreparedCircuit,
     QuantumBackendAdapter,
     build_backend,
@@ -965,3 +967,32 @@ def test_a_small_source_is_told_from_its_text_before_it_is_parsed() -> None:
     assert not small_source(sub(looped))
     assert not small_source(sub(GHZ3 + " " * 4096))
     assert not small_source(sub(GHZ3, ("ZZZ",) * 17))
+
+
+class NeverStarts(QuantumBackendAdapter):
+    """A simulator whose jobs wait for a process that never takes them."""
+
+    def __init__(self) -> None:
+        super().__init__(Provider.AER, "aer", AerSimulator(), max_qubits=4)
+        self.pending: list[Future[Any]] = []
+
+    def run(self, primitive: str, circuits: list[Any], shots: int) -> Any:
+        future: Future[Any] = Future()
+        self.pending.append(future)
+        return LocalJob(future, "local-never")
+
+
+async def test_a_local_job_cancelled_before_it_starts_leaves_the_dispatcher_running(
+    services: list[GatewayService],
+) -> None:
+    adapter = NeverStarts()
+    service = _service(services, adapter)
+    record = await service.submit(Submission("c", "aer", GHZ3, "sampler", 10, ()))
+    running = asyncio.ensure_future(service.execute(service.next_batch()))
+    for _ in range(100):
+        if adapter.pending:
+            break
+        await asyncio.sleep(0.02)
+    await service.cancel("c")  # still pending in the simulator's queue: cancelled
+    await asyncio.wait_for(running, 5)  # ends as a normal batch, not a CancelledError
+    assert record.phase is JobPhase.CANCELLED and record.message == "cancelled while running"

@@ -457,6 +457,10 @@ def runs_here(circuits: list[PreparedCircuit], shots: int) -> bool:
     return width <= SMALL_RUN_QUBITS and shots * len(isa.data) * 2**width <= SMALL_RUN_WORK
 
 
+class LocalJobCancelledError(Exception):
+    """A local job was cancelled before it started (``LocalJob.wait``)."""
+
+
 class LocalJob:
     """A ``fake`` / ``aer`` job running in the gateway's simulator process. Aer holds the GIL
     for a whole simulation (4 s of a 4 s run, measured), so in a thread of the gateway it
@@ -478,11 +482,17 @@ class LocalJob:
             raise MemoryError("the simulator process died (out of memory?)") from None
 
     async def wait(self) -> Any:
-        """``result()`` awaited on the event loop, without a thread blocked on it."""
+        """``result()`` awaited on the event loop, without a thread blocked on it. A job
+        cancelled before it started raises ``LocalJobCancelledError``: an ``Exception``, not the
+        ``CancelledError`` that would end the awaiting task (the gateway's dispatcher)."""
         try:
             return await asyncio.wrap_future(self._future)
         except BrokenProcessPool:
             raise MemoryError("the simulator process died (out of memory?)") from None
+        except asyncio.CancelledError:
+            if self._future.cancelled():
+                raise LocalJobCancelledError(f"{self._job_id} was cancelled") from None
+            raise
 
     def cancel(self) -> bool:
         return self._future.cancel()  # False once it runs: a simulation cannot be stopped

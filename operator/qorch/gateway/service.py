@@ -42,6 +42,7 @@ from qorch.gateway.backends import (
     SMALL_RUN_QUBITS,
     CalibrationFileError,
     LocalJob,
+    LocalJobCancelledError,
     PreparedCircuit,
     QuantumBackendAdapter,
     Transpiler,
@@ -760,6 +761,8 @@ class GatewayService:
             else:
                 result = await asyncio.to_thread(remote.result)
                 usage = await asyncio.to_thread(_usage_seconds, remote)
+        except LocalJobCancelledError:
+            return  # cancelled before it started: its jobs say so already
         except Exception as exc:
             self._fail([r for r, _ in entries], exc)
             return
