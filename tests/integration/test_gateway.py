@@ -52,6 +52,7 @@ from qorch.gateway.service import (
 from qorch.metrics.exporters import GatewayMetrics
 from qorch.orchestrator.snapshot import JobPhase
 from qorch.quantum.circuits import load_qasm
+from tests.harness.chaos import ghz
 
 STD = 'OPENQASM 3.0; include "stdgates.inc"; '
 GHZ3 = STD + "qubit[3] q; bit[3] c; h q[0]; cx q[0], q[1]; cx q[1], q[2]; c = measure q;"
@@ -854,11 +855,6 @@ async def test_the_jobs_that_ended_first_are_forgotten_past_the_limit(
     assert sorted(again.jobs) == ["j1", "j3", "j5"]
 
 
-def _ghz(n: int) -> str:
-    body = " ".join(f"cx q[{i}], q[{i + 1}];" for i in range(n - 1))
-    return f'OPENQASM 3.0; include "stdgates.inc"; qubit[{n}] q; bit[{n}] c; h q[0]; {body} c = measure q;'  # noqa: E501
-
-
 def test_only_a_lone_small_circuit_runs_in_the_gateways_process() -> None:
     """Aer holds the GIL while it simulates: what runs in the gateway's process is bounded."""
     adapter = build_backend(Provider.FAKE, "fake_manila", isolate=False)
@@ -867,8 +863,8 @@ def test_only_a_lone_small_circuit_runs_in_the_gateways_process() -> None:
     assert runs_here([small], 1000) and runs_here([small], SMALL_RUN_SHOTS)
     assert not runs_here([small, small], 10)  # a batch: the simulator process
     assert not runs_here([small], SMALL_RUN_SHOTS + 1)
-    assert not runs_here([wide.prepare(load_qasm(_ghz(SMALL_RUN_QUBITS + 1)), ())], 10)
-    assert runs_here([wide.prepare(load_qasm(_ghz(SMALL_RUN_QUBITS)), ())], 10)
+    assert not runs_here([wide.prepare(load_qasm(ghz(SMALL_RUN_QUBITS + 1)), ())], 10)
+    assert runs_here([wide.prepare(load_qasm(ghz(SMALL_RUN_QUBITS)), ())], 10)
     deep = QuantumCircuit(1, 1)
     for _ in range(SMALL_RUN_OPERATIONS):
         deep.x(0)
@@ -954,8 +950,8 @@ def test_a_small_source_is_told_from_its_text_before_it_is_parsed() -> None:
         return Submission("s", "aer", qasm, "sampler", 10, observables)
 
     assert small_source(sub(GHZ3))
-    assert small_source(sub(_ghz(SMALL_RUN_QUBITS)))
-    assert not small_source(sub(_ghz(SMALL_RUN_QUBITS + 1)))
+    assert small_source(sub(ghz(SMALL_RUN_QUBITS)))
+    assert not small_source(sub(ghz(SMALL_RUN_QUBITS + 1)))
     assert small_source(sub('OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2];'))
     assert not small_source(sub("OPENQASM 2.0; qreg a[4]; qreg b[3];"))  # 7 in all
     assert not small_source(sub("OPENQASM 3.0; qubit[1000000] q;"))  # parsing alone: 1 s

@@ -5,8 +5,9 @@ JSONDecodeError, KeyError, ...), with the HTTP status and, for 429, the Retry-Af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,26 @@ class Gateway:
     client: HttpGatewayClient
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.Response]], timeout_seconds: float
+) -> AsyncIterator[HttpGatewayClient]:
+    """A client of backend "qpu" against a loopback server answering every path with
+    ``handler``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = HttpGatewayClient(
+        {"qpu": GatewayTarget(str(server.make_url("/")), "aer")}, timeout_seconds=timeout_seconds
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.close()
+
+
 @pytest_asyncio.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     script = Script()
@@ -65,16 +86,8 @@ async def gateway() -> AsyncIterator[Gateway]:
         script.received.append(json.loads(raw) if raw else None)
         return web.Response(status=script.status, body=script.body, headers=script.headers)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    client = HttpGatewayClient(
-        {"qpu": GatewayTarget(str(server.make_url("/")), "aer")}, timeout_seconds=5
-    )
-    yield Gateway(script, client)
-    await client.close()
-    await server.close()
+    async with serving(handler, timeout_seconds=5) as client:
+        yield Gateway(script, client)
 
 
 async def _status(gw: Gateway) -> dict[str, JobState]:
@@ -229,15 +242,8 @@ async def test_a_gateway_that_does_not_answer_times_out_unless_asked_to_wait() -
         await asyncio.sleep(1.0)
         return web.json_response({**JOB, "job_id": body.get("job_id", "j1")}, status=200)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    client = HttpGatewayClient(
-        {"qpu": GatewayTarget(str(server.make_url("/")), "aer")}, timeout_seconds=0.3
-    )
     request = JobRequest(job_id="j1", backend="qpu", qasm="OPENQASM 3.0;")
-    try:
+    async with serving(slow, timeout_seconds=0.3) as client:
         with pytest.raises(GatewayError) as err:
             await client.submit(request)
         assert err.value.retryable
@@ -245,7 +251,3 @@ async def test_a_gateway_that_does_not_answer_times_out_unless_asked_to_wait() -
             await client.status("qpu", ["j1"])
         state = await client.submit_and_wait(request, wait_seconds=2.0)
         assert state.phase is JobPhase.DONE
-        await client.submit_and_wait(request, wait_seconds=2.0)  # again: the same answer
-    finally:
-        await client.close()
-        await server.close()

@@ -457,6 +457,9 @@ def runs_here(circuits: list[PreparedCircuit], shots: int) -> bool:
     return width <= SMALL_RUN_QUBITS and shots * len(isa.data) * 2**width <= SMALL_RUN_WORK
 
 
+SIMULATOR_DIED = "the simulator process died (out of memory?)"
+
+
 class LocalJobCancelledError(Exception):
     """A local job was cancelled before it started (``LocalJob.wait``)."""
 
@@ -479,7 +482,7 @@ class LocalJob:
         try:
             return self._future.result()
         except BrokenProcessPool:
-            raise MemoryError("the simulator process died (out of memory?)") from None
+            raise MemoryError(SIMULATOR_DIED) from None
 
     async def wait(self) -> Any:
         """``result()`` awaited on the event loop, without a thread blocked on it. A job
@@ -488,7 +491,7 @@ class LocalJob:
         try:
             return await asyncio.wrap_future(self._future)
         except BrokenProcessPool:
-            raise MemoryError("the simulator process died (out of memory?)") from None
+            raise MemoryError(SIMULATOR_DIED) from None
         except asyncio.CancelledError:
             if self._future.cancelled():
                 raise LocalJobCancelledError(f"{self._job_id} was cancelled") from None
@@ -531,7 +534,7 @@ def _simulator_init(
 
 def _simulate(primitive: str, circuits: list[PreparedCircuit], shots: int) -> Any:
     assert _simulator_adapter is not None, "runs in the simulator process only"
-    return _simulator_adapter.run_here(primitive, circuits, shots).result()
+    return _simulator_adapter._result_here(primitive, circuits, shots)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:

@@ -28,10 +28,10 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # imported where used: the worker starts without the gateway 
     from qorch.gateway.base import JobRequest
     from qorch.gateway.client import GatewayResponseError, HttpGatewayClient
     from qorch.orchestrator.snapshot import JobState
+
+T = TypeVar("T")
 
 ROUTE_ANNOTATION = "qorch.io/route"
 DEFAULT_ROUTE_FILE = "/etc/qorch/route/route"
@@ -375,31 +377,27 @@ class Evaluator:
 
     async def _submit(self, client: HttpGatewayClient, request: JobRequest) -> JobState:
         """Submit; the gateway answers once the job is final or after ``wait_seconds``."""
-        from qorch.gateway.client import GatewayResponseError
-
-        if self.wait_seconds:
-            try:
-                return await client.submit_and_wait(request, self.wait_seconds)
-            except GatewayResponseError as exc:
-                if not _refuses_waiting(exc):
-                    raise
-                self.wait_seconds = 0.0
-        return await client.submit_and_wait(request, 0.0)
+        return await self._waiting(lambda wait: client.submit_and_wait(request, wait))
 
     async def _status(
         self, client: HttpGatewayClient, backend: str, job: str
     ) -> dict[str, JobState]:
         """The job's state: a long poll (``wait_seconds``), or at once."""
+        return await self._waiting(lambda wait: client.status(backend, [job], wait_seconds=wait))
+
+    async def _waiting(self, call: Callable[[float], Awaitable[T]]) -> T:
+        """``call(wait_seconds)``; a gateway that refuses to wait is asked again without,
+        and polled from then on."""
         from qorch.gateway.client import GatewayResponseError
 
         if self.wait_seconds:
             try:
-                return await client.status(backend, [job], wait_seconds=self.wait_seconds)
+                return await call(self.wait_seconds)
             except GatewayResponseError as exc:
                 if not _refuses_waiting(exc):
                     raise
                 self.wait_seconds = 0.0
-        return await client.status(backend, [job])
+        return await call(0.0)
 
     def close(self) -> None:
         self._loop.close()
