@@ -27,6 +27,13 @@ def pod(ip: str) -> PodState:
 
 
 async def read_from(host: str, body: Callable[[], bytes]) -> PodState:
+    (read,) = await read_all(host, body, [pod(host)])
+    return read
+
+
+async def read_all(host: str, body: Callable[[], bytes], pods: list[PodState]) -> list[PodState]:
+    """``pods`` through ``Runtime.with_progress``, a worker serving ``body`` at ``host``."""
+
     async def progress(_: web.Request) -> web.Response:
         return web.Response(body=body(), content_type="application/json")
 
@@ -43,8 +50,7 @@ async def read_from(host: str, body: Callable[[], bytes]) -> PodState:
     runtime = cast(Runtime, object.__new__(Runtime))
     runtime._progress_session = None
     try:
-        (read,) = await runtime.with_progress([pod(host)])
-        return read
+        return await runtime.with_progress(pods)
     finally:
         if runtime._progress_session is not None:
             await runtime._progress_session.close()
@@ -80,4 +86,22 @@ def test_an_ipv6_pod_address_is_bracketed() -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     read = asyncio.run(read_from("::1", lambda: json.dumps(PROGRESS).encode()))
+    assert read.progress is not None and read.progress.evaluations == 7
+
+
+def test_pods_no_worker_serves_are_kept_as_they_are_without_a_request() -> None:
+    """Only a running variational pod with an address is asked; the others come back as
+    they were, in their order, beside one that is read (and without one: no session)."""
+    others = [
+        PodState("a", "step", 1, PodPhase.RUNNING, ip="127.0.0.78"),  # not variational
+        PodState("b", "vqe2", 1, PodPhase.PENDING, ip="127.0.0.78", variational=True),
+        PodState("c", "vqe3", 1, PodPhase.RUNNING, variational=True),  # no address yet
+    ]
+    runtime = cast(Runtime, object.__new__(Runtime))
+    runtime._progress_session = None
+    assert asyncio.run(runtime.with_progress(others)) == others
+    assert runtime._progress_session is None
+    body = json.dumps(PROGRESS).encode()
+    *kept, read = asyncio.run(read_all("127.0.0.79", lambda: body, [*others, pod("127.0.0.79")]))
+    assert kept == others
     assert read.progress is not None and read.progress.evaluations == 7

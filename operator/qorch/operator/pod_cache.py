@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
+import orjson
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -252,7 +252,7 @@ class PodCache:
                 _preload_content=False,
             )
             try:
-                doc = json.loads(response.data)
+                doc = orjson.loads(response.data)
             finally:
                 response.release_conn()
             meta = doc.get("metadata") or {}
@@ -304,7 +304,7 @@ class PodCache:
                     break
                 if not line:
                     continue
-                event = json.loads(line)
+                event = orjson.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     raise client.ApiException(

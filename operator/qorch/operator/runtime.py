@@ -245,8 +245,11 @@ class Runtime:
         on its metrics port); a pod that does not answer within a second keeps none, and
         the status keeps what it last showed."""
 
+        def served(pod: PodState) -> bool:
+            return bool(pod.variational and pod.ip and pod.phase is PodPhase.RUNNING)
+
         async def read(pod: PodState) -> PodState:
-            if not (pod.variational and pod.ip and pod.phase is PodPhase.RUNNING):
+            if not (served(pod) and pod.ip):
                 return pod
             host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip  # an IPv6 pod address
             url = f"http://{host}:{METRICS_PORT}/progress"
@@ -276,6 +279,9 @@ class Runtime:
                 return pod
             return replace(pod, progress=progress)
 
+        if not any(served(p) for p in pods):
+            # Most cycles (no variational pod running): no task per pod, no loop turn.
+            return pods
         return list(await asyncio.gather(*(read(p) for p in pods)))
 
     async def job_states(self, status: HybridWorkflowStatus) -> dict[str, JobState]:
