@@ -62,3 +62,38 @@ def test_the_scale_benchmark_places_every_subtask_once(tmp_path: Path) -> None:
         # operator took over without waiting out the dead one's 60 s peering lease.
         assert qorch["killed_at_pods"] >= w * k // 2, qorch
         assert qorch["takeover_s"] is not None and qorch["takeover_s"] < 45, qorch
+    _prices_the_requests_of(out, tmp_path)
+
+
+def _prices_the_requests_of(scale_json: Path, tmp_path: Path) -> None:
+    """``bench/apiserver_cost.py`` on the scale run's figures: every kind of request is
+    priced, and the Qorch phase's extra requests are the workflows' own (one apply each,
+    every status write), so the floor it derives counts what the phase sent."""
+    out = tmp_path / "cost.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "apiserver_cost.py"), "--requests", "40",
+         "--rounds", "1", "--scale-json", str(scale_json), "--json", str(out)],
+        timeout=300, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:]
+    cost = json.loads(out.read_text())
+    assert set(cost["prices_ms"]) == {
+        "APPLY hybridworkflows", "PATCH hybridworkflows status", "POST events", "POST pods",
+        "PATCH pods status",
+    }  # fmt: skip
+    prices = cost["prices_ms"]
+    for kind in ("APPLY hybridworkflows", "PATCH hybridworkflows status"):
+        assert set(prices[kind]) == {"1", "10", "100"}, prices  # per workflow size
+    assert all(ms > 0 for by_size in prices.values() for ms in by_size.values()), prices
+    # What is priced per size is that size: 100 subtasks' status is ~70 KB, one's ~1 KB.
+    status = prices["PATCH hybridworkflows status"]
+    assert status["100"] > 3 * status["1"], status
+    figures = {r["shape"]: r for r in json.loads(scale_json.read_text())["results"]}
+    assert [row["shape"] for row in cost["floors"]] == list(figures)
+    for row in cost["floors"]:
+        qorch = figures[row["shape"]]["qorch"]
+        w, _ = SHAPES[row["shape"]]
+        assert row["extra_requests"]["APPLY hybridworkflows"] == w
+        assert row["extra_requests"]["PATCH hybridworkflows status"] == qorch["status_writes"]
+        assert row["extra_request_cpu_s"] > 0
+        assert 1 < row["floor_without_operator"] <= row["floor_with_operator"], row
