@@ -13,34 +13,40 @@ whatever the operator does with its own CPU, so it bounds the ratio from below.
 
 ONE control plane (``devenv/controlplane.py``, the same nodes and CRDs as
 ``bench/scale.py``); no operator, no scheduler work (pods are created with a scheduler
-name nobody serves). Each kind is sent ``--requests`` times with ``--concurrency`` (16)
-in flight, ``--rounds`` times; the cheapest round counts (the others met Go's garbage
-collector or a compaction). For each: the CPU seconds of kube-apiserver and etcd
-(psutil) per request:
+name nobody serves). Each kind is sent with ``--concurrency`` (16) in flight, ``--rounds``
+times; the cheapest round counts (the others met Go's garbage collector or a compaction).
+For each: the CPU seconds of kube-apiserver and etcd (psutil) per request:
 
-- ``APPLY hybridworkflows``: the server-side apply of a one-subtask workflow
-  (``bench/scale.py``'s manifest);
-- ``PATCH hybridworkflows status``: a merge patch of a one-subtask status as the operator
-  writes it (conditions, the subtask with its placement, pod, history and prediction),
-  built from ``qorch.api`` and alternating between two values so that each one changes
-  the stored object;
-- ``POST events``: a Normal Event about a workflow, as Kopf posts them;
+- ``APPLY hybridworkflows``: the server-side apply of a workflow of 1, 10 and 100
+  subtasks (``--subtasks``; ``bench/scale.py``'s manifest), ``--requests`` / size times
+  (at least 20);
+- ``PATCH hybridworkflows status``: a merge patch of such a workflow's status as the
+  operator writes it (conditions; each subtask with its placement, pod, history and
+  prediction), built from ``qorch.api``, in turn with two values so that each write
+  changes the stored object; as many times;
+- ``POST events``: a Normal Event about a workflow, as Kopf posts them, ``--requests``
+  times;
 - ``POST pods`` and ``PATCH pods status``: for scale, the pod create and the pod status
-  write every phase pays (KWOK's).
+  write both phases pay (KWOK's), ``--requests`` times.
 
-With ``--scale-json`` (a ``bench/scale.py --json`` file), per shape: the requests of
-these kinds the Qorch phase sent beyond the scheduler phase (``api_breakdown``), their
-cost at these prices, and two floors of the ratio "done" on that machine: the scheduler
-phase's CPU plus what those extra requests cost, over the scheduler phase's CPU (an
-operator that costs nothing), and the same plus the operator's measured CPU. Both hold
-only where the scheduler phase kept the cores busy (it says so). A floor above 1.25 says
-that no change to the operator's own code meets the target there: only fewer requests do.
+With ``--scale-json`` (a ``bench/scale.py --json`` file), per shape: the requests only
+Qorch sends (the workflows' applies and status writes, and the Events beyond the
+scheduler phase's, counted only where neither phase replayed background pods, whose
+scheduler Events would count too), their cost at these prices (the price of the shape's
+workflow size: measured, or interpolated between the sizes measured), and two floors of
+the ratio "done" on that machine: the scheduler phase's CPU plus what those requests
+cost, over the scheduler phase's CPU (an operator that costs nothing), and the same plus
+the operator's measured CPU. Pod requests are left out (both phases send them for the
+same pods). Both floors hold only where the scheduler phase kept the cores busy (it
+says so). A floor above 1.25 says that no change to the operator's own code meets the
+target there: only fewer or cheaper requests do.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -77,6 +83,8 @@ PATCH_STATUS = "PATCH hybridworkflows status"
 POST_EVENT = "POST events"
 POST_POD = "POST pods"
 PATCH_POD_STATUS = "PATCH pods status"
+# What the scheduler phase does not send, or sends less of (Events: one per pod bound).
+QORCH_ONLY = (APPLY_WORKFLOW, PATCH_STATUS, POST_EVENT)
 RUNNING, SCHEDULED = SubtaskPhase.RUNNING, SubtaskPhase.SCHEDULED
 MIN_REQUESTS = 20  # of the workflow's own kinds, however large its workflows
 
@@ -172,7 +180,9 @@ def measure(
 def price_requests(args: argparse.Namespace, console: Console) -> dict[str, dict[int, float]]:
     """Milliseconds of apiserver + etcd CPU per request, per kind and, for the workflow's
     own requests, per size (subtasks per workflow); the cheapest round of each."""
-    workdir = Path(tempfile.mkdtemp(prefix="qorch-apicost-"))
+    keep = args.workdir is not None
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="qorch-apicost-"))).resolve()
+    shutil.rmtree(workdir / "control-plane", ignore_errors=True)
     plane = scale.cp_mod.start(workdir / "control-plane", nodes=scale.NODES, crds=REPO / "crds")
     prices: dict[str, dict[int, float]] = {}
 
@@ -211,7 +221,7 @@ def price_requests(args: argparse.Namespace, console: Console) -> dict[str, dict
                     (APPLY_WORKFLOW, apply),
                     (PATCH_STATUS, patch_status),
                     # Each write changes the stored status, as the operator's do.
-                    (PATCH_STATUS, lambda i, f=flows, k=size: patch_status(i, f, k, SCHEDULED)),
+                    (PATCH_STATUS, lambda i, p=patch_status: p(i, phase=SCHEDULED)),
                 ]
                 for kind, send in sized:
                     per_request, wall = measure(api, pids, n, args.concurrency, send)
@@ -242,6 +252,8 @@ def price_requests(args: argparse.Namespace, console: Console) -> dict[str, dict
             scale.delete_namespaces(api, [ns])
     finally:
         plane.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     return prices
 
 
@@ -272,8 +284,10 @@ def floors(prices: dict[str, dict[int, float]], scale_json: Path) -> list[dict[s
         size = int(result["subtasks"])
         extra = {
             kind: qorch["api_breakdown"].get(kind, 0) - sched["api_breakdown"].get(kind, 0)
-            for kind in prices
+            for kind in QORCH_ONLY
         }
+        if sched.get("background_pods") or qorch.get("background_pods"):
+            extra.pop(POST_EVENT)  # the background pods' scheduler Events would count too
         extra_cpu = sum(
             max(count, 0) * price_at(prices[kind], size) / 1000 for kind, count in extra.items()
         )
@@ -311,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--scale-json", type=Path, help="a bench/scale.py --json file")
+    parser.add_argument("--workdir", type=Path, help="control plane and logs (kept)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     console = Console(width=160)

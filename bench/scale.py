@@ -791,7 +791,7 @@ def _api(phase: Phase, delta: Counter[tuple[str, str, str]], workflows: int) -> 
     phase.api_requests = sum(delta.values())
     phase.api_requests_per_pod = round(phase.api_requests / max(phase.pods, 1), 2)
     phase.api_breakdown = {
-        " ".join(p for p in key if p): value for key, value in delta.most_common(25)
+        " ".join(p for p in key if p): value for key, value in delta.most_common()
     }
     phase.status_writes = sum(
         v for (verb, res, sub), v in delta.items()

@@ -72,7 +72,8 @@ def _prices_the_requests_of(scale_json: Path, tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "apiserver_cost.py"), "--requests", "40",
-         "--rounds", "1", "--scale-json", str(scale_json), "--json", str(out)],
+         "--rounds", "1", "--scale-json", str(scale_json), "--json", str(out),
+         "--workdir", str(tmp_path / "cost")],
         timeout=300, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:]
@@ -85,7 +86,7 @@ def _prices_the_requests_of(scale_json: Path, tmp_path: Path) -> None:
     for kind in ("APPLY hybridworkflows", "PATCH hybridworkflows status"):
         assert set(prices[kind]) == {"1", "10", "100"}, prices  # per workflow size
     assert all(ms > 0 for by_size in prices.values() for ms in by_size.values()), prices
-    # What is priced per size is that size: 100 subtasks' status is ~70 KB, one's ~1 KB.
+    # What is priced per size is that size: 100 subtasks' status is ~55 KB, one's ~1 KB.
     status = prices["PATCH hybridworkflows status"]
     assert status["100"] > 3 * status["1"], status
     figures = {r["shape"]: r for r in json.loads(scale_json.read_text())["results"]}

@@ -91,10 +91,11 @@ def test_an_ipv6_pod_address_is_bracketed() -> None:
 
 def test_pods_no_worker_serves_are_kept_as_they_are_without_a_request() -> None:
     """Only a running variational pod with an address is asked; the others come back as
-    they were, in their order, beside one that is read (and without one: no session)."""
+    they were, in their order, beside one that is read (and without one: no session).
+    The others' address serves a progress too: asked, they would come back with it."""
     others = [
-        PodState("a", "step", 1, PodPhase.RUNNING, ip="127.0.0.78"),  # not variational
-        PodState("b", "vqe2", 1, PodPhase.PENDING, ip="127.0.0.78", variational=True),
+        PodState("a", "step", 1, PodPhase.RUNNING, ip="127.0.0.79"),  # not variational
+        PodState("b", "vqe2", 1, PodPhase.PENDING, ip="127.0.0.79", variational=True),
         PodState("c", "vqe3", 1, PodPhase.RUNNING, variational=True),  # no address yet
     ]
     runtime = cast(Runtime, object.__new__(Runtime))
@@ -103,5 +104,5 @@ def test_pods_no_worker_serves_are_kept_as_they_are_without_a_request() -> None:
     assert runtime._progress_session is None
     body = json.dumps(PROGRESS).encode()
     *kept, read = asyncio.run(read_all("127.0.0.79", lambda: body, [*others, pod("127.0.0.79")]))
-    assert kept == others
+    assert kept == others and all(p.progress is None for p in kept)
     assert read.progress is not None and read.progress.evaluations == 7
