@@ -36,7 +36,7 @@ from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.apply import record_worker_usage, refused_pod_states
 from qorch.operator.cluster_loop import ClusterLoop
-from qorch.operator.kopfsetup import NoDiffBase
+from qorch.operator.kopfsetup import NoDiffBase, settle_heap
 from qorch.operator.nodes import node_info
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER, WorkflowObject, has_gateway_jobs
 from qorch.operator.podspec import (
@@ -90,6 +90,7 @@ async def configure(
         memo.cluster_pass = asyncio.create_task(memo.runtime.cluster.run())
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
+    settle_heap()  # last: what start-up made lives as long as the process
     logger.info(
         "qorch operator started (peering priority %d, gateway client %s)",
         ours.priority,
