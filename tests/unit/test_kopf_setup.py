@@ -3,18 +3,12 @@ skip: no handler that reads Kopf's diff base, and only success lines are silence
 
 from __future__ import annotations
 
-import gc
 import logging
 
 import kopf
 
 import qorch.operator.handlers  # noqa: F401  (registers the handlers)
-from qorch.operator.kopfsetup import (
-    GC_YOUNG_THRESHOLD,
-    NoDiffBase,
-    QuietHandlerSuccesses,
-    settle_heap,
-)
+from qorch.operator.kopfsetup import NoDiffBase, QuietHandlerSuccesses
 
 
 def test_no_registered_handler_needs_the_diff_base() -> None:
@@ -59,22 +53,3 @@ def test_the_deletion_handler_is_invoked_only_for_workflows_being_deleted() -> N
     ]
     assert handler.field == ("metadata", "deletionTimestamp")
     assert handler.value is kopf.PRESENT
-
-
-def test_what_lives_at_start_up_is_frozen_and_later_garbage_still_collected() -> None:
-    threshold = gc.get_threshold()
-    try:
-        settle_heap()
-        assert gc.get_freeze_count() > 10_000  # the modules imported here, at least
-        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, threshold[1], threshold[2])
-
-        class Node:
-            def __init__(self) -> None:
-                self.me = self
-
-        for _ in range(1_000):  # a cycle made after the freeze is still found and freed
-            Node()
-        assert gc.collect() >= 1_000
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)

@@ -36,7 +36,8 @@ from qorch.gateway.client import HttpGatewayClient
 from qorch.metrics import operator_metrics as metrics
 from qorch.operator.apply import record_worker_usage, refused_pod_states
 from qorch.operator.cluster_loop import ClusterLoop
-from qorch.operator.kopfsetup import NoDiffBase, settle_heap
+from qorch.operator.heap import settle_heap
+from qorch.operator.kopfsetup import NoDiffBase
 from qorch.operator.nodes import node_info
 from qorch.operator.objectstate import GATEWAY_JOBS_FINALIZER, WorkflowObject, has_gateway_jobs
 from qorch.operator.podspec import (

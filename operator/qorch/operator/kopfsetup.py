@@ -6,16 +6,12 @@ serve features Qorch does not use."""
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 import kopf
 
-# Objects allocated (less those freed) between two collections of the youngest generation;
-# CPython's default is 700. See ``settle_heap``.
-GC_YOUNG_THRESHOLD = 20_000
 # Kopf's line for each handler call that returned normally: f"{handler} succeeded."
 _SUCCESS_PREFIXES = ("Handler ", "Daemon ", "Timer ")
 
@@ -64,25 +60,3 @@ def quiet_handler_successes() -> None:
     logger = logging.getLogger("kopf.objects")
     if not any(isinstance(f, QuietHandlerSuccesses) for f in logger.filters):
         logger.addFilter(QuietHandlerSuccesses())
-
-
-def settle_heap() -> None:
-    """Keep Python's cyclic garbage collector off what lives as long as the process.
-
-    Once started, the operator holds 300,000-400,000 objects that never die (the modules
-    of qiskit, pydantic, Kopf and the Kubernetes client, the predictor's models) and makes
-    a few hundred short-lived ones per pod event and per cycle. With CPython's defaults
-    (a collection every 700 allocations, every tenth of those a collection of the middle
-    generation, and full ones as the heap grows) each full collection walked all of them:
-    placing 1,000 one-pod workflows (``bench/scale.py``, 2 cores), 12 full collections of
-    ~320 ms each and 1,600 smaller ones, 5.7 s of an operator that spent 16.4 s of CPU.
-
-    What lives now is collected once and frozen (``gc.freeze``: kept out of every later
-    collection; it is never garbage), and the youngest generation is collected every
-    ``GC_YOUNG_THRESHOLD`` allocations instead of 700, so that the older generations,
-    counted in those collections, are walked less often too. Cyclic garbage still goes,
-    later: at most that many young objects wait for it (a few MB)."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
