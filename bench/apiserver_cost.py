@@ -21,8 +21,9 @@ For each: the CPU seconds of kube-apiserver and etcd (psutil) per request:
   subtasks (``--subtasks``; ``bench/scale.py``'s manifest), ``--requests`` / size times
   (at least 20);
 - ``PATCH hybridworkflows status``: a merge patch of such a workflow's status as the
-  operator writes it (conditions; each subtask with its placement, pod, history and
-  prediction), built from ``qorch.api``, in turn with two values so that each write
+  operator writes it (conditions; each subtask with its placement, pod, two history
+  entries and prediction; a finished subtask has four entries, so the price errs low, as
+  a floor may), built from ``qorch.api``, in turn with two values so that each write
   changes the stored object; as many times;
 - ``POST events``: a Normal Event about a workflow, as Kopf posts them, ``--requests``
   times;

@@ -6,8 +6,8 @@ makes a few hundred short-lived ones per pod event and per cycle. With CPython's
 (a collection every 700 allocations, every tenth of those a collection of the middle
 generation, and full ones as the heap grows) each full collection walks all of them:
 placing 1,000 one-pod workflows (``bench/scale.py``, 2 cores), the operator made 12 full
-collections of ~320 ms each and 1,600 smaller ones, 5.7 s of a process that spent 16.4 s
-of CPU.
+collections of ~320 ms each and 1,600 smaller ones: 5.7 s in collections (wall time, every
+core busy) of a process that spent 16.4 s of CPU.
 """
 
 from __future__ import annotations
